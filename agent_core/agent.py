@@ -1,0 +1,198 @@
+"""The memory agent: per step, LOG then PLAN over one shared conversation.
+
+Two roles share the conversation: the *memory* role runs LOG and the consultation part of
+PLAN; the *action* role commits the world action. By default both are the same model; with
+a trained memory specialist they are two handles (adapter and base) of one model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from agent_core.commands import Command, format_command, parse_reply
+from agent_core.conversation import Conversation
+from agent_core.memory import MemoryDir
+from agent_core.models.base import ChatModel
+from agent_core.records import MemoryOp, ModelCall, Routine
+from agent_core.scaffold import WRITE_OPS, RoutineConfig, Scaffold
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Roles:
+    """Which model plays which role. `action` defaults to the memory model."""
+
+    memory: ChatModel
+    action: ChatModel | None = None
+
+    def __post_init__(self) -> None:
+        self.action = self.action or self.memory
+
+    @property
+    def shared(self) -> bool:
+        """One model plays both roles: it may commit the action while consulting memory."""
+        return self.action is self.memory
+
+
+@dataclass
+class StepDecision:
+    """What the agent decided in one step and everything it did to get there."""
+
+    action_text: str
+    action_source: str  # "model" | "default"
+    calls: list[ModelCall] = field(default_factory=list)
+    memory_ops: list[MemoryOp] = field(default_factory=list)
+    invalid_ops: int = 0
+
+
+_COMMAND_HELP = [
+    format_command("create", file="name.md", text="text"),
+    format_command("append", file="name.md", text="text"),
+    format_command("rewrite", file="name.md", text="whole new text"),
+    format_command("replace", file="name.md", old="old passage", new="new passage"),
+    format_command("upsert", file="name.md", key="key", value="value"),
+    format_command("read", file="name.md"),
+    format_command("tail", file="name.md"),
+    format_command("search", query="keyword"),
+    format_command("list"),
+    format_command("delete", file="name.md"),
+]
+
+
+class MemoryAgent:
+    """Runs the LOG and PLAN routines of one episode. Holds no game state."""
+
+    def __init__(self, scaffold: Scaffold, roles: Roles, memory: MemoryDir, env_actions: list[str],
+                 instructions: str, game: str, episode_id: str = ""):
+        self.scaffold, self.cfg, self.roles, self.memory = scaffold, scaffold.config, roles, memory
+        self.actions = env_actions
+        self.default_action = self.cfg.default_action or env_actions[0]
+        allowed = set(self.cfg.log.allowed_ops) | set(self.cfg.plan.allowed_ops)
+        help_lines = [h for h in _COMMAND_HELP if _op_of(h) in allowed]
+        self._vars = dict(
+            game=game,
+            instructions=instructions,
+            actions=env_actions,
+            memory_files=[f.model_dump() for f in self.cfg.memory_files],
+            command_help=help_lines,
+            log_ops=[o.upper() for o in self.cfg.log.allowed_ops],
+            plan_ops=[o.upper() for o in self.cfg.plan.allowed_ops],
+            done=format_command("done"),
+            action_example=format_command("action", name=env_actions[0]),
+        )
+        self.conv = Conversation(scaffold.render("system", **self._vars), self.cfg.history_window,
+                                 call_prefix=f"{episode_id}:")
+        self._validate_write = scaffold.hook("validate_write")
+        self._postprocess = scaffold.hook("postprocess_observation")
+
+    # ------------------------------------------------------------------
+    def step(self, step: int, observation: str, last_action: str | None, reward: float) -> StepDecision:
+        if self._postprocess:
+            observation = str(self._postprocess(observation))
+        decision = StepDecision(action_text="", action_source="model")
+        self.conv.begin_step()
+        self.conv.add_user(self.scaffold.render(
+            "log", step=step, observation=observation, last_action=last_action, reward=reward,
+            memory_listing=self.memory.list().text, **self._vars))
+        self._routine("log", self.cfg.log, decision)
+        self.conv.add_user(self.scaffold.render("plan", **self._vars))
+        action = self._routine("plan", self.cfg.plan, decision)
+        if action is None:
+            action = self._commit_action(decision)
+        if action is None:
+            decision.action_text, decision.action_source = self.default_action, "default"
+        else:
+            decision.action_text = action
+        return decision
+
+    # ------------------------------------------------------------------
+    def _routine(self, routine: Routine, cfg: RoutineConfig, decision: StepDecision) -> str | None:
+        """Memory-role turns until DONE or the turn limit. Returns an action when the shared
+        model committed one during PLAN."""
+        ops_left = cfg.max_ops
+        for _ in range(cfg.max_turns):
+            call = self.conv.call(self.roles.memory, self.cfg.model, routine, "memory")
+            decision.calls.append(call)
+            parsed = parse_reply(call.reply)
+            feedback = list(parsed.errors)
+            decision.invalid_ops += parsed.error_count
+            finished, action = False, None
+            for cmd in parsed.commands:
+                if cmd.op == "done":
+                    finished = True
+                    break
+                if cmd.op == "action":
+                    if routine == "plan" and self.roles.shared:
+                        action, finished = cmd.args.get("name", ""), True
+                        break
+                    decision.invalid_ops += 1
+                    feedback.append(f"ACTION is not allowed in {routine.upper()}; end it with DONE.")
+                    continue
+                if ops_left <= 0:
+                    feedback.append(f"{cmd.op.upper()} ignored: at most {cfg.max_ops} operations per {routine.upper()}.")
+                    continue
+                ops_left -= 1
+                op = self._apply(routine, cfg, cmd, call.call_id)
+                decision.memory_ops.append(op)
+                decision.invalid_ops += not op.ok
+                feedback.append(f"{cmd.op.upper()}: {op.result}")
+            if feedback:
+                self.conv.add_user("\n".join(feedback))
+            if finished:
+                return action
+        return None
+
+    def _apply(self, routine: Routine, cfg: RoutineConfig, cmd: Command, call_id: str) -> MemoryOp:
+        def record(ok: bool, result: str, delta: int = 0, duplicate: bool = False) -> MemoryOp:
+            return MemoryOp(call_id=call_id, routine=routine, op=cmd.op, args=cmd.args, ok=ok,
+                            result=result, delta_chars=delta, duplicate=duplicate)
+
+        if cmd.op not in cfg.allowed_ops:
+            allowed = ", ".join(o.upper() for o in cfg.allowed_ops)
+            return record(False, f"{cmd.op.upper()} is not allowed in {routine.upper()}; allowed: {allowed}")
+        duplicate = False
+        if cmd.op in WRITE_OPS:
+            if self._validate_write:
+                try:
+                    refusal = self._validate_write(cmd.op, dict(cmd.args), self.memory.files())
+                except Exception as exc:  # a hook bug must not end the episode
+                    refusal = f"write validation hook failed: {type(exc).__name__}: {exc}"
+                if refusal:
+                    return record(False, str(refusal))
+            duplicate = _is_duplicate(self.memory, cmd)
+        res = self.memory.apply(cmd.op, cmd.args)
+        return record(res.ok, res.text, res.delta_chars, duplicate and res.ok)
+
+    def _commit_action(self, decision: StepDecision) -> str | None:
+        """The action role's turn: one world action, with a correction on a bad reply."""
+        self.conv.add_user(self.scaffold.render("act", **self._vars))
+        for attempt in range(self.cfg.action_attempts):
+            call = self.conv.call(self.roles.action, self.cfg.model, "plan", "action")
+            decision.calls.append(call)
+            actions = [c for c in parse_reply(call.reply).commands if c.op == "action"]
+            if actions:
+                return actions[0].args.get("name", "")
+            decision.invalid_ops += 1
+            if attempt + 1 < self.cfg.action_attempts:
+                self.conv.add_user(
+                    f"No action found. Reply with exactly {self._vars['action_example']}.")
+        return None
+
+
+def _op_of(help_line: str) -> str:
+    return help_line.split("|>", 1)[0].removeprefix("<|").lower()
+
+
+def _is_duplicate(memory: MemoryDir, cmd: Command) -> bool:
+    """A write whose text already stands in the target file (wasteful logging)."""
+    text = (cmd.args.get("text") or cmd.args.get("value") or "").strip()
+    name = cmd.args.get("file", "")
+    if not text or cmd.op in ("delete", "rewrite", "replace"):
+        return False
+    existing = memory.files().get(name)
+    if cmd.op == "upsert":
+        key = cmd.args.get("key", "").strip()
+        return existing is not None and f"{key}: {text}" in existing
+    return existing is not None and text in existing

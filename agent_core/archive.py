@@ -1,0 +1,195 @@
+"""The Parquet trace archive: one schema, defined here, for episodes, steps, model calls
+and memory operations.
+
+Layout (hive partitions, so a query on one game or scaffold touches only its files):
+
+    <root>/<table>/game=<game>/scaffold_hash=<hash>/<episode_id>.parquet
+
+The partition columns (`game`, `scaffold_hash`) live in the path, not in the files; DuckDB
+reads them back as columns (`connect`).
+
+Archival is idempotent: an episode's rows and file names depend only on its trace, and
+files are replaced atomically, so archiving the same traces twice gives the same files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agent_core.trace import Trace, read_trace
+
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+PARTITIONS = ("game", "scaffold_hash")
+_KEYS = [("episode_id", pa.string()), ("task", pa.string()), ("seed", pa.int64())]
+
+#: The archive's schema, table by table (partition columns excluded). Columns mirror the
+#: record models in `agent_core.records` (StepRecord, ModelCall, MemoryOp, EpisodeHeader/Summary).
+SCHEMAS: dict[str, pa.Schema] = {
+    "episodes": pa.schema(_KEYS + [
+        ("memory_model", pa.string()), ("action_model", pa.string()), ("max_steps", pa.int64()),
+        ("sampling", pa.string()), ("started_at", pa.string()), ("complete", pa.bool_()),
+        ("steps", pa.int64()), ("progression", pa.float64()), ("total_reward", pa.float64()),
+        ("invalid_actions", pa.int64()), ("invalid_ops", pa.int64()), ("default_actions", pa.int64()),
+        ("memory_chars", pa.int64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+        ("end_reason", pa.string()), ("error", pa.string())]),
+    "steps": pa.schema(_KEYS + [
+        ("step", pa.int64()), ("observation", pa.string()), ("action", pa.string()),
+        ("action_text", pa.string()), ("action_source", pa.string()), ("reward", pa.float64()),
+        ("done", pa.bool_()), ("progression", pa.float64()), ("invalid_ops", pa.int64()),
+        ("memory_chars", pa.int64()), ("memory_lines", pa.int64()), ("elapsed_s", pa.float64())]),
+    "calls": pa.schema(_KEYS + [
+        ("step", pa.int64()), ("call_id", pa.string()), ("call_index", pa.int64()),
+        ("routine", pa.string()), ("role", pa.string()), ("model", pa.string()),
+        ("messages_digest", pa.string()), ("window_start", pa.int64()), ("context_end", pa.int64()),
+        ("new_messages", _MESSAGES), ("reply", pa.string()), ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()), ("latency_s", pa.float64())]),
+    "memory_ops": pa.schema(_KEYS + [
+        ("step", pa.int64()), ("op_index", pa.int64()), ("call_id", pa.string()),
+        ("routine", pa.string()), ("op", pa.string()), ("args", pa.map_(pa.string(), pa.string())),
+        ("ok", pa.bool_()), ("result", pa.string()), ("delta_chars", pa.int64()),
+        ("duplicate", pa.bool_())]),
+}
+TABLES = tuple(SCHEMAS)
+
+
+def rows(trace: Trace) -> dict[str, list[dict[str, Any]]]:
+    """The archive rows of one trace, table by table."""
+    h = trace.header
+    keys = dict(episode_id=h.episode_id, game=h.game, task=h.task, seed=h.seed,
+                scaffold_hash=h.scaffold_hash)
+    s = trace.summary
+    episode = {**keys, **h.model_dump(include={"memory_model", "action_model", "max_steps", "started_at"}),
+               "sampling": h.sampling.model_dump_json(), "complete": s is not None, "error": trace.error,
+               "steps": len(trace.steps),
+               "progression": trace.steps[-1].progression if trace.steps else 0.0}
+    if s:
+        episode.update(s.model_dump(include={"progression", "total_reward", "invalid_actions",
+                                             "invalid_ops", "default_actions", "memory_chars",
+                                             "prompt_tokens", "completion_tokens", "end_reason"}))
+    out: dict[str, list[dict[str, Any]]] = {"episodes": [episode], "steps": [], "calls": [], "memory_ops": []}
+    call_index = 0
+    for st in trace.steps:
+        out["steps"].append({**keys, **st.model_dump(exclude={"kind", "episode_id", "calls", "memory_ops"})})
+        for call in st.calls:
+            out["calls"].append({**keys, "step": st.step, "call_index": call_index,
+                                 **call.model_dump()})
+            call_index += 1
+        for i, op in enumerate(st.memory_ops):
+            out["memory_ops"].append({**keys, "step": st.step, "op_index": i,
+                                      **{**op.model_dump(), "args": list(op.args.items())}})
+    return out
+
+
+def partition_path(root: Path, table: str, game: str, scaffold_hash: str, episode_id: str) -> Path:
+    return Path(root) / table / f"game={game}" / f"scaffold_hash={scaffold_hash}" / f"{episode_id}.parquet"
+
+
+def archive_trace(trace_path: Path | str, root: Path | str) -> list[Path]:
+    """Write one trace's rows into the archive; returns the files written."""
+    trace = read_trace(trace_path)
+    h = trace.header
+    written = []
+    for table, table_rows in rows(trace).items():
+        schema = SCHEMAS[table]
+        data = pa.Table.from_pylist(
+            [{name: r.get(name) for name in schema.names} for r in table_rows], schema=schema)
+        dest = partition_path(Path(root), table, h.game, h.scaffold_hash, h.episode_id)
+        _write_atomic(data, dest)
+        written.append(dest)
+    return written
+
+
+def _write_atomic(table: pa.Table, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def connect(root: Path | str, *, sandbox: bool = True):
+    """A DuckDB connection with one view per archive table (`episodes`, `steps`, `calls`,
+    `memory_ops`), partition columns included.
+
+    With `sandbox` (the default), file access is limited to the archive and the
+    configuration is locked, so SQL cannot read other files or re-enable access. (Writes
+    inside the archive are still possible at this level: `run_query` accepts only a single
+    read-only statement.)"""
+    import duckdb
+
+    root = Path(root).resolve()
+    con = duckdb.connect(":memory:")
+    if sandbox:
+        con.execute("SET allowed_directories = [?]", [str(root) + os.sep])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    for table, schema in SCHEMAS.items():
+        glob = root / table / "*" / "*" / "*.parquet"
+        if any((root / table).glob("*/*/*.parquet")):
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_quote(glob)}', "
+                        "hive_partitioning = true, union_by_name = true)")
+        else:  # an empty table with the right columns, so queries still bind
+            cols = [f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema]
+            cols += [f'CAST(NULL AS VARCHAR) AS "{p}"' for p in PARTITIONS]
+            con.execute(f"CREATE VIEW {table} AS SELECT {', '.join(cols)} WHERE false")
+    return con
+
+
+class QueryError(ValueError):
+    pass
+
+
+def run_query(root: Path | str, sql: str, timeout_s: float = 30.0):
+    """Run one read-only SQL statement over the archive, sandboxed and time-limited.
+    Returns a pyarrow Table."""
+    import threading
+
+    import duckdb
+
+    con = connect(root, sandbox=True)
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL does not parse: {exc}") from exc
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        kinds = [st.type.name for st in statements]
+        raise QueryError(f"only one read-only SELECT statement is allowed, got {kinds or 'nothing'}")
+    timer = threading.Timer(timeout_s, con.interrupt)
+    timer.start()
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.InterruptException:
+        raise QueryError(f"query exceeded its time limit of {timeout_s:g} s") from None
+    except duckdb.Error as exc:
+        raise QueryError(f"query failed: {exc}") from exc
+    finally:
+        timer.cancel()
+        con.close()
+
+
+def _quote(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_float64(t):
+        return "DOUBLE"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_map(t):
+        return "MAP(VARCHAR, VARCHAR)"
+    if pa.types.is_list(t):
+        return "STRUCT(role VARCHAR, content VARCHAR)[]"
+    return "VARCHAR"

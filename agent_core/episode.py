@@ -1,0 +1,172 @@
+"""Play one episode: environment + scaffold + models -> a JSONL trace and a memory directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_core.agent import MemoryAgent, Roles
+from agent_core.memory import MemoryDir
+from agent_core.models.config import ModelConfig
+from agent_core.records import EpisodeHeader, EpisodeSummary, StepRecord
+from agent_core.scaffold import Scaffold
+from agent_core.trace import MEMORY_DIRNAME, TRACE_NAME, TraceError, TraceWriter, read_trace
+from agent_core.workspace import episode_dir
+from environments import Environment, make_env
+
+log = logging.getLogger(__name__)
+
+
+def episode_key(scaffold_hash: str, memory_model: str, action_model: str, game: str, task: str,
+                seed: int, max_steps: int, sampling: dict) -> str:
+    """Everything that determines an episode, hashed: the cache key and the episode id."""
+    blob = json.dumps([scaffold_hash, memory_model, action_model, game, task, seed, max_steps,
+                       sampling], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_episode(
+    env: Environment,
+    scaffold: Scaffold,
+    roles: Roles,
+    seed: int,
+    max_steps: int,
+    out_dir: Path,
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> EpisodeSummary:
+    """Play until the game ends or `max_steps`; every step is on disk as soon as it is played.
+
+    A model failure (after the backend's own retries) is recorded in the trace and re-raised:
+    the steps played so far stay on disk. A previous incomplete trace in `out_dir` is kept
+    beside the new one, never overwritten.
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    out_dir = Path(out_dir)
+    _set_aside_previous(out_dir)
+    cfg = scaffold.config
+    memory = MemoryDir(out_dir / MEMORY_DIRNAME, cfg.limits)
+    memory.seed_files({f.name: f.initial for f in cfg.memory_files})
+    episode_id = episode_key(scaffold.hash, roles.memory.model_id, roles.action.model_id, env.game,
+                             env.task, seed, max_steps, cfg.model.model_dump())
+    header = EpisodeHeader(
+        episode_id=episode_id, game=env.game, task=env.task, seed=seed, scaffold_hash=scaffold.hash,
+        memory_model=roles.memory.model_id, action_model=roles.action.model_id, max_steps=max_steps,
+        sampling=cfg.model, started_at=datetime.now(timezone.utc).isoformat())
+    started = time.perf_counter()
+    observation = env.reset(seed)
+    agent = MemoryAgent(scaffold, roles, memory, env.actions, env.instructions, env.game, episode_id)
+    last_action, reward, total_reward = None, 0.0, 0.0
+    steps, invalid_ops, default_actions, ptok, ctok = 0, 0, 0, 0, 0
+    end_reason = "max_steps"
+    with TraceWriter(out_dir / TRACE_NAME) as trace:
+        trace.write(header)
+        try:
+            for step in range(max_steps):
+                t0 = time.perf_counter()
+                decision = agent.step(step, observation.text, last_action, reward)
+                result = env.step(decision.action_text)
+                steps += 1
+                reward = result.reward
+                total_reward += reward
+                invalid_ops += decision.invalid_ops
+                default_actions += decision.action_source == "default"
+                ptok += sum(c.prompt_tokens for c in decision.calls)
+                ctok += sum(c.completion_tokens for c in decision.calls)
+                record = StepRecord(
+                    episode_id=episode_id, step=step, observation=observation.text,
+                    action=result.action, action_text=decision.action_text,
+                    action_source=decision.action_source, reward=reward, done=result.done,
+                    progression=env.progression, calls=decision.calls,
+                    memory_ops=decision.memory_ops, invalid_ops=decision.invalid_ops,
+                    memory_chars=memory.total_chars, memory_lines=memory.total_lines,
+                    elapsed_s=time.perf_counter() - t0)
+                trace.write(record)
+                if on_step:
+                    on_step(record)
+                observation = result.observation
+                last_action = result.action or decision.action_text
+                if result.done:
+                    end_reason = "done"
+                    break
+        except Exception as exc:
+            trace.write({"kind": "error", "episode_id": episode_id, "step": steps,
+                         "message": f"{type(exc).__name__}: {exc}"})
+            log.error("episode %s failed at step %d: %s", episode_id, steps, exc)
+            raise
+        summary = EpisodeSummary(
+            episode_id=episode_id, game=env.game, task=env.task, seed=seed,
+            scaffold_hash=scaffold.hash, steps=steps, progression=env.progression,
+            total_reward=total_reward, invalid_actions=env.invalid_actions,
+            invalid_ops=invalid_ops, default_actions=default_actions,
+            memory_chars=memory.total_chars, prompt_tokens=ptok, completion_tokens=ctok,
+            wall_s=time.perf_counter() - started, end_reason=end_reason,
+            trace_path=str(out_dir / TRACE_NAME), memory_path=str(out_dir / MEMORY_DIRNAME))
+        trace.write(summary)
+    log.info("episode %s: %s after %d steps, progression %.3f", episode_id, end_reason, steps,
+             summary.progression)
+    return summary
+
+
+def _set_aside_previous(out_dir: Path) -> None:
+    """Keep an earlier (e.g. killed) attempt's trace and memory under `attempts/<n>/`."""
+    trace = out_dir / TRACE_NAME
+    if not trace.exists():
+        return
+    attempts = out_dir / "attempts"
+    n = len(list(attempts.glob("*"))) if attempts.exists() else 0
+    dest = attempts / str(n)
+    dest.mkdir(parents=True)
+    shutil.move(str(trace), dest / TRACE_NAME)
+    if (out_dir / MEMORY_DIRNAME).exists():
+        shutil.move(str(out_dir / MEMORY_DIRNAME), dest / MEMORY_DIRNAME)
+
+
+class EpisodeSpec(BaseModel):
+    """Everything that determines one episode, plus where its files go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    game: str
+    task: str
+    seed: int = Field(ge=0)
+    max_steps: int = Field(ge=1)
+    scaffold_dir: str = Field(description="Scaffold directory.")
+    models: ModelConfig
+    workspace: str = Field(description="Workspace root; the episode lives under episodes/.")
+
+    def key(self) -> str:
+        scaffold = Scaffold(self.scaffold_dir)
+        memory_id, action_id = self.models.ids()
+        return episode_key(scaffold.hash, memory_id, action_id, self.game, self.task, self.seed,
+                           self.max_steps, scaffold.config.model.model_dump())
+
+    def out_dir(self) -> Path:
+        return episode_dir(Path(self.workspace), self.game, self.key())
+
+
+def play(spec: EpisodeSpec, on_step: Callable[[StepRecord], None] | None = None) -> EpisodeSummary:
+    """Play `spec`'s episode, or return the summary of its finished trace if one is on disk
+    (an episode is deterministic in its key, so it is never played twice)."""
+    out = spec.out_dir()
+    try:
+        done = read_trace(out)
+        if done.summary is not None:
+            log.info("episode %s already played: reusing %s", done.header.episode_id, out)
+            return done.summary
+    except TraceError:
+        pass
+    env = make_env(spec.game, spec.task, max_steps=spec.max_steps)
+    try:
+        return run_episode(env, Scaffold(spec.scaffold_dir), spec.models.build(), spec.seed,
+                           spec.max_steps, out, on_step)
+    finally:
+        env.close()

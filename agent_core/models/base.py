@@ -1,0 +1,19 @@
+"""The one protocol every model backend implements."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from agent_core.records import Completion, Message, SamplingParams
+
+
+class ModelError(RuntimeError):
+    """The model backend failed for good (after its retries): the episode stops clearly."""
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    #: the identifier recorded in traces and cache keys (base name or adapter name)
+    model_id: str
+
+    def complete(self, messages: list[Message], params: SamplingParams) -> Completion: ...

@@ -1,0 +1,128 @@
+"""Which models play the two roles: one config shared by the CLI, tasks and flows.
+
+The config is small and serialisable (it travels as a flow parameter) and names the model
+ids that go into every cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent_core.agent import Roles
+from agent_core.models.base import ChatModel
+from agent_core.records import Message
+
+
+class RoutineScript(BaseModel):
+    """Replies of the built-in scripted model, chosen by the routine being asked for."""
+
+    log: str = Field("<|APPEND|>action_log.md|saw: step done<|END|><|DONE|>", description="LOG reply.")
+    plan: str = Field("<|SEARCH|>key<|END|><|DONE|>", description="PLAN consultation reply.")
+    act: str = Field("<|ACTION|>look<|END|>", description="Action-role reply.")
+
+    def reply(self, messages: list[Message]) -> str:
+        """Answer by the routine the latest prompt asks for (the scaffold prompts name it)."""
+        last = messages[-1].content if messages else ""
+        if "world action" in last or "No action found" in last:
+            return self.act
+        if "PLAN routine" in last:
+            return self.plan
+        if "LOG routine" in last:
+            return self.log
+        return "<|DONE|>"  # operation results: end the routine
+
+    def model(self, model_id: str) -> ChatModel:
+        from agent_core.models.scripted import ScriptedModel
+
+        return ScriptedModel(self.reply, model_id=model_id)
+
+
+class ModelConfig(BaseModel):
+    """The model backend and, optionally, a memory specialist for the memory role."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["local", "openai", "scripted"] = Field(
+        "local", description="local: in-process transformers model; openai: an OpenAI-compatible "
+        "server (vLLM, `automem serve`); scripted: deterministic replies for tests.")
+    base_url: str | None = Field(None, description="Server URL for the openai backend, e.g. http://host:8000/v1.")
+    model: str | None = Field(None, description="Served base model name (openai backend).")
+    specialist: str | None = Field(
+        None, description="Memory specialist: a served adapter name (openai) or a peft adapter "
+        "directory (local). None: the base model plays both roles.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    script: RoutineScript = Field(default_factory=RoutineScript, description="Scripted backend replies.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ModelConfig":
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError("the openai backend needs base_url and model")
+        return self
+
+    def ids(self) -> tuple[str, str]:
+        """(memory model id, action model id) as recorded in traces and cache keys."""
+        if self.backend == "scripted":
+            digest = hashlib.sha256(self.script.model_dump_json().encode()).hexdigest()[:8]
+            return (f"scripted-{digest}",) * 2
+        if self.backend == "openai":
+            return (self.specialist or self.model, self.model)  # type: ignore[return-value]
+        from agent_core.models.local import DEFAULT_MODEL_ID
+
+        if self.specialist:
+            return (f"{DEFAULT_MODEL_ID}+{_dir_digest(Path(self.specialist))}", DEFAULT_MODEL_ID)
+        return (DEFAULT_MODEL_ID, DEFAULT_MODEL_ID)
+
+    def check(self) -> None:
+        """Fail fast (before any episode) when the backend cannot work."""
+        if self.backend == "openai":
+            from agent_core.models.openai_client import check_reachable
+
+            check_reachable(self.base_url)  # type: ignore[arg-type]
+        elif self.backend == "local":
+            from agent_core.models.weights import local_model_path
+
+            local_model_path()
+            if self.specialist and not (Path(self.specialist) / "adapter_config.json").is_file():
+                raise ValueError(f"specialist {self.specialist!r} is not a peft adapter directory")
+
+    def build(self) -> Roles:
+        if self.backend == "scripted":
+            return Roles(memory=self.script.model(self.ids()[0]))
+        if self.backend == "openai":
+            from agent_core.models.openai_client import OpenAIChatModel
+
+            key = os.environ.get(self.api_key_env)
+            base = OpenAIChatModel(base_url=self.base_url, model=self.model, api_key=key)
+            if not self.specialist:
+                return Roles(memory=base)
+            return Roles(memory=OpenAIChatModel(base_url=self.base_url, model=self.specialist, api_key=key),
+                         action=base)
+        local = shared_local_model()
+        if not self.specialist:
+            return Roles(memory=local)
+        name = self.ids()[0]
+        if name not in local.adapters:
+            local.load_adapter(name, Path(self.specialist))
+        return Roles(memory=local.handle(name), action=local.handle(local.model_id))
+
+
+@lru_cache(maxsize=1)
+def shared_local_model():
+    """One in-process model per process: episodes running in threads share its weights."""
+    from agent_core.models.local import LocalModel
+
+    return LocalModel()
+
+
+def _dir_digest(path: Path) -> str:
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(path).as_posix().encode() + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:12]

@@ -1,0 +1,143 @@
+"""Typed data, defined once: chat messages, completions, model calls, memory operations,
+step records and episode summaries. The JSONL traces and the Parquet archive derive from
+these models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Role = Literal["system", "user", "assistant"]
+Routine = Literal["log", "plan"]
+#: who produced a reply: the memory role (LOG + PLAN consultation) or the action role
+AgentRole = Literal["memory", "action"]
+
+
+class Message(BaseModel):
+    role: Role
+    content: str
+
+
+class SamplingParams(BaseModel):
+    """Model parameters from the scaffold; part of every episode's cache key."""
+
+    max_tokens: int = Field(256, ge=1, le=32768, description="Maximum tokens per reply.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, description="Sampling seed where the backend supports one.")
+
+
+class Completion(BaseModel):
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    model: str = ""
+
+
+class ModelCall(BaseModel):
+    """One call to a model inside a routine, with the verbatim reply."""
+
+    call_id: str
+    routine: Routine
+    role: AgentRole
+    model: str
+    #: digest of the exact message list sent (see `messages_digest`)
+    messages_digest: str
+    #: the context sent was `[log[0]] + log[window_start:context_end]`, where `log` is the
+    #: episode's message log: the concatenation of every call's `new_messages` in order
+    window_start: int
+    context_end: int
+    #: messages appended to the episode's log since the previous call (incl. its reply)
+    new_messages: list[Message]
+    reply: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+
+class MemoryOp(BaseModel):
+    """One memory operation parsed from a reply, and what the model saw back."""
+
+    call_id: str
+    routine: Routine
+    op: str
+    args: dict[str, str] = Field(default_factory=dict)
+    ok: bool
+    result: str
+    #: characters added to memory by this operation (negative when it shrank)
+    delta_chars: int = 0
+    #: a write whose text was already present in the file (wasteful logging)
+    duplicate: bool = False
+
+
+class StepRecord(BaseModel):
+    """One line of the JSONL trace: everything that happened in one agent step."""
+
+    kind: Literal["step"] = "step"
+    episode_id: str
+    step: int
+    observation: str
+    action: str | None
+    #: the action text the model committed (may be invalid or the default action)
+    action_text: str
+    action_source: Literal["model", "default"]
+    reward: float
+    done: bool
+    progression: float
+    calls: list[ModelCall]
+    memory_ops: list[MemoryOp]
+    invalid_ops: int
+    memory_chars: int
+    memory_lines: int
+    elapsed_s: float
+
+
+class EpisodeHeader(BaseModel):
+    """First line of every trace."""
+
+    kind: Literal["header"] = "header"
+    episode_id: str
+    game: str
+    task: str
+    seed: int
+    scaffold_hash: str
+    memory_model: str
+    action_model: str
+    max_steps: int
+    sampling: SamplingParams
+    started_at: str
+
+
+class EpisodeSummary(BaseModel):
+    """Last line of a finished trace (absent when the episode was killed)."""
+
+    kind: Literal["summary"] = "summary"
+    episode_id: str
+    game: str
+    task: str
+    seed: int
+    scaffold_hash: str
+    steps: int
+    progression: float
+    total_reward: float
+    invalid_actions: int
+    invalid_ops: int
+    default_actions: int
+    memory_chars: int
+    prompt_tokens: int
+    completion_tokens: int
+    wall_s: float
+    end_reason: str
+    trace_path: str = ""
+    memory_path: str = ""
+
+
+def messages_digest(messages: list[Message] | list[dict[str, Any]]) -> str:
+    """Stable digest of a message list (role + content), used to tie calls to contexts."""
+    payload = [m.model_dump() if isinstance(m, BaseModel) else dict(m) for m in messages]
+    blob = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

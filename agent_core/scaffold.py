@@ -1,0 +1,203 @@
+"""Scaffolds: the memory structure the outer loop optimises.
+
+A scaffold is a directory, content-addressed by a hash of its files:
+
+    scaffold.yaml        ScaffoldConfig (validated here)
+    prompts/*.jinja      system, log, plan, act (rendered with StrictUndefined)
+    hooks.py             optional code-level revisions (observation post-processing,
+                         write validation)
+
+Nothing rewrites a scaffold in place: a revision is a new directory with a new hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from functools import cached_property
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Literal
+
+import jinja2
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent_core.memory import MemoryLimits
+from agent_core.records import SamplingParams
+
+#: prompts every scaffold must provide
+REQUIRED_PROMPTS = ("system", "log", "plan", "act")
+WRITE_OPS = ("create", "append", "rewrite", "replace", "upsert", "delete")
+READ_OPS = ("read", "tail", "search", "list")
+MEMORY_OPS = WRITE_OPS + READ_OPS
+BUILTIN_DIR = Path(__file__).parent / "scaffolds"
+
+
+class ScaffoldError(ValueError):
+    """A scaffold directory that cannot be used, with the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MemoryFileSpec(_Strict):
+    """An initial memory file and what it is for (shown to the model)."""
+
+    name: str = Field(description="File name inside the memory directory.")
+    kind: Literal["append-log", "keyed-table", "document"] = Field(
+        description="append-log: chronological lines; keyed-table: one `key: value` line per "
+        "key (use UPSERT); document: free text rewritten as a whole."
+    )
+    purpose: str = Field(description="One line telling the model what belongs in the file.")
+    initial: str = Field("", description="Initial contents.")
+
+
+class RoutineConfig(_Strict):
+    """Limits and vocabulary of one routine."""
+
+    allowed_ops: list[str] = Field(description="Memory operations this routine may use.")
+    max_ops: int = Field(4, ge=0, le=64, description="Memory operations executed per step.")
+    max_turns: int = Field(2, ge=1, le=16, description="Model calls per step in this routine.")
+
+    @field_validator("allowed_ops")
+    @classmethod
+    def _known_ops(cls, ops: list[str]) -> list[str]:
+        ops = [o.lower() for o in ops]
+        unknown = sorted(set(ops) - set(MEMORY_OPS))
+        if unknown:
+            raise ValueError(f"unknown operations {unknown}; valid: {list(MEMORY_OPS)}")
+        return ops
+
+
+class ScaffoldConfig(_Strict):
+    """`scaffold.yaml`."""
+
+    name: str = Field(description="Human-readable name, e.g. crafter-v0.")
+    game: str = Field(description="The game this scaffold was written for.")
+    description: str = Field("", description="What changed relative to the parent, and why.")
+    parent: str | None = Field(None, description="Hash of the scaffold this one revises.")
+    memory_files: list[MemoryFileSpec] = Field(description="Initial memory files.")
+    limits: MemoryLimits = Field(default_factory=MemoryLimits, description="Memory size caps.")
+    log: RoutineConfig = Field(description="The LOG routine: record what the last action led to.")
+    plan: RoutineConfig = Field(description="The PLAN routine: consult memory, then act.")
+    action_attempts: int = Field(
+        2, ge=1, le=8, description="Action-role calls before the default action is played."
+    )
+    default_action: str | None = Field(
+        None, description="Played (and counted) when no valid action is committed; "
+        "None means the game's first action."
+    )
+    history_window: int = Field(
+        4, ge=0, le=1000, description="Past steps of conversation kept in the context."
+    )
+    model: SamplingParams = Field(default_factory=SamplingParams, description="Sampling parameters.")
+
+    @model_validator(mode="after")
+    def _plan_read_only(self) -> "ScaffoldConfig":
+        writes = sorted(set(self.plan.allowed_ops) & set(WRITE_OPS))
+        if writes:
+            raise ValueError(f"plan.allowed_ops may only hold read operations {list(READ_OPS)}; got {writes}")
+        names = [f.name for f in self.memory_files]
+        if len(names) != len(set(names)):
+            raise ValueError(f"memory_files has duplicate names: {names}")
+        return self
+
+
+def hash_files(files: dict[str, bytes]) -> str:
+    """Content hash of a set of files (relative path -> bytes), order-independent."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
+    return h.hexdigest()[:16]
+
+
+def _read_tree(root: Path) -> dict[str, bytes]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            raise ScaffoldError(f"scaffold contains a symlink: {p.relative_to(root)}")
+        if p.is_file() and "__pycache__" not in p.parts:
+            out[p.relative_to(root).as_posix()] = p.read_bytes()
+    return out
+
+
+class Scaffold:
+    """A loaded, validated scaffold directory."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        if not (self.root / "scaffold.yaml").is_file():
+            raise ScaffoldError(f"{self.root} has no scaffold.yaml")
+        self.files = _read_tree(self.root)
+        self.hash = hash_files(self.files)
+        try:
+            raw = yaml.safe_load(self.files["scaffold.yaml"].decode())
+            self.config = ScaffoldConfig.model_validate(raw)
+        except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as exc:
+            raise ScaffoldError(f"scaffold.yaml is invalid: {exc}") from exc
+        missing = [p for p in REQUIRED_PROMPTS if f"prompts/{p}.jinja" not in self.files]
+        if missing:
+            raise ScaffoldError(f"scaffold is missing required prompts: {missing}")
+        env = jinja2.Environment(
+            undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
+        )
+        try:
+            self._templates = {
+                name: env.from_string(self.files[f"prompts/{name}.jinja"].decode())
+                for name in (Path(k).stem for k in self.files if k.startswith("prompts/") and k.endswith(".jinja"))
+            }
+        except jinja2.TemplateSyntaxError as exc:
+            raise ScaffoldError(f"prompt template has a syntax error: {exc}") from exc
+
+    @classmethod
+    def builtin(cls, game: str) -> "Scaffold":
+        """The shipped v0 scaffold for a game."""
+        path = BUILTIN_DIR / game
+        if not path.is_dir():
+            valid = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir())
+            raise ScaffoldError(f"no built-in scaffold for {game!r}; available: {valid}")
+        return cls(path)
+
+    def render(self, prompt: str, **variables: Any) -> str:
+        """Render a prompt; a missing variable raises (StrictUndefined)."""
+        try:
+            return self._templates[prompt].render(**variables).strip()
+        except KeyError:
+            raise ScaffoldError(f"scaffold has no prompt {prompt!r}") from None
+        except jinja2.UndefinedError as exc:
+            raise ScaffoldError(f"prompt {prompt!r} uses an undefined variable: {exc}") from exc
+
+    @cached_property
+    def hooks(self) -> ModuleType | None:
+        """The scaffold's `hooks.py`, imported in-process (validated beforehand by the outer loop)."""
+        if "hooks.py" not in self.files:
+            return None
+        name = f"automem_hooks_{self.hash}"
+        spec = importlib.util.spec_from_file_location(name, self.root / "hooks.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    def hook(self, name: str) -> Callable[..., Any] | None:
+        return getattr(self.hooks, name, None) if self.hooks else None
+
+    def write_copy(self, dest: Path) -> Path:
+        """Copy this scaffold's files to `dest` (a new directory)."""
+        write_scaffold_files(dest, {k: v for k, v in self.files.items()})
+        return dest
+
+
+def write_scaffold_files(dest: Path, files: dict[str, bytes | str]) -> None:
+    """Write a scaffold directory from a file mapping (paths must stay inside `dest`)."""
+    dest = Path(dest)
+    for rel, content in files.items():
+        target = (dest / rel).resolve()
+        if not target.is_relative_to(dest.resolve()):
+            raise ScaffoldError(f"scaffold file escapes its directory: {rel!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content.encode() if isinstance(content, str) else content)

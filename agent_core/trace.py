@@ -1,0 +1,95 @@
+"""JSONL traces: written line by line as the episode happens, read back tolerantly.
+
+Line 1 is an `EpisodeHeader`, then one `StepRecord` per step (flushed at once, so a crash
+or kill loses nothing already played), then an `EpisodeSummary` when the episode finished
+or an error record when it failed. A killed run leaves no summary; a torn last line (the
+kill landed mid-write) is ignored on reading.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from pydantic import BaseModel
+
+from agent_core.records import EpisodeHeader, EpisodeSummary, StepRecord
+
+TRACE_NAME = "trace.jsonl"
+MEMORY_DIRNAME = "memory"
+
+
+class TraceWriter:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] = self.path.open("w", encoding="utf-8")
+
+    def write(self, record: BaseModel | dict) -> None:
+        line = record.model_dump_json() if isinstance(record, BaseModel) else json.dumps(record)
+        self._fh.write(line + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Trace:
+    path: Path
+    header: EpisodeHeader
+    steps: list[StepRecord] = field(default_factory=list)
+    summary: EpisodeSummary | None = None
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def memory_dir(self) -> Path:
+        return self.path.parent / MEMORY_DIRNAME
+
+
+class TraceError(ValueError):
+    pass
+
+
+def read_trace(path: Path | str) -> Trace:
+    """Read a trace; tolerant of a torn final line left by a kill."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TRACE_NAME
+    if not path.is_file():
+        raise TraceError(f"no trace at {path}")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    trace: Trace | None = None
+    for i, line in enumerate(lines):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # torn last line from a kill mid-write
+            raise TraceError(f"{path}:{i + 1} is not JSON") from None
+        kind = data.get("kind")
+        if kind == "header":
+            trace = Trace(path=path, header=EpisodeHeader.model_validate(data))
+        elif trace is None:
+            raise TraceError(f"{path} does not start with a header")
+        elif kind == "step":
+            trace.steps.append(StepRecord.model_validate(data))
+        elif kind == "summary":
+            trace.summary = EpisodeSummary.model_validate(data)
+        elif kind == "error":
+            trace.error = data.get("message", "")
+    if trace is None:
+        raise TraceError(f"{path} has no header")
+    return trace

@@ -1,0 +1,37 @@
+"""Where runs live: one workspace directory (default `./automem-runs`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_WORKSPACE = "automem-runs"
+
+
+def workspace_root(override: str | Path | None = None) -> Path:
+    """`override`, else `$AUTOMEM_WORKSPACE`, else `./automem-runs`."""
+    return Path(override or os.environ.get("AUTOMEM_WORKSPACE") or DEFAULT_WORKSPACE)
+
+
+def episode_dir(root: Path, game: str, episode_id: str) -> Path:
+    return root / "episodes" / game / episode_id
+
+
+def configure_prefect_env(workspace: str | Path | None = None) -> None:
+    """Prefect defaults for this project, set before `prefect` is imported: no telemetry or
+    other calls to the internet, Prefect's home inside the workspace (not scattered over
+    the home directory), our loggers in the run logs. Values already set win."""
+    root = workspace_root(workspace).resolve()
+    defaults = {
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "agent_core,environments",
+        # a brand-new home creates its database on the first run; the default timeout is short
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_LOCAL_STORAGE_PATH": str(root / "prefect-results"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,106 @@
+"""Pieces every flow shares: fan episodes out with bounded concurrency, publish reports."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
+from agent_core.diagnostics import Diagnostics
+from agent_core.episode import EpisodeSpec
+from agent_core.records import EpisodeSummary
+from tasks.episodes import run_episode
+
+
+class EpisodesFailed(RuntimeError):
+    """Some episodes failed after their retries; the others' results are kept."""
+
+
+def run_episodes(specs: list[EpisodeSpec], concurrency: int, label: str = "episodes") -> list[EpisodeSummary]:
+    """Run episodes concurrently (at most `concurrency` at a time, so a model server can batch
+    their requests), with a progress artifact. Raises `EpisodesFailed` after all others
+    finished if any episode failed for good."""
+    logger = get_run_logger()
+    progress = create_progress_artifact(0.0, description=f"{label}: episodes finished")
+    pending, in_flight = list(enumerate(specs)), []
+    refreshed: set[int] = set()
+    results: dict[int, EpisodeSummary] = {}
+    failures: list[str] = []
+    while pending or in_flight:
+        while pending and len(in_flight) < concurrency:
+            index, spec = pending.pop(0)
+            # cache records live in the workspace: deleting a workspace deletes its cache too
+            task = run_episode.with_options(result_storage=Path(spec.workspace) / "prefect-results",
+                                            refresh_cache=index in refreshed or None)
+            in_flight.append((task.submit(spec), index))
+        finished = next(as_completed([f for f, _ in in_flight]))
+        index = next(i for f, i in in_flight if f is finished)
+        in_flight = [(f, i) for f, i in in_flight if f is not finished]
+        finished.wait()  # sets the future's final state locally (no API round trip)
+        state, spec = finished.state, specs[index]
+        if state.is_completed():
+            summary = finished.result()
+            if not Path(summary.trace_path).is_file() and index not in refreshed:
+                # a cache record whose files were deleted: play the episode again
+                logger.warning("cached episode %s has no trace on disk; replaying", summary.episode_id)
+                refreshed.add(index)
+                pending.insert(0, (index, spec))
+                continue
+            results[index] = summary
+        else:
+            error = finished.result(raise_on_failure=False)
+            reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message
+            failures.append(f"{spec.game}/{spec.task} seed {spec.seed}: {reason}")
+            logger.error("episode failed for good: %s", failures[-1])
+        update_progress_artifact(progress, 100.0 * (len(results) + len(failures)) / len(specs))
+    if failures:
+        raise EpisodesFailed(f"{len(failures)} of {len(specs)} episodes failed (the others are "
+                             "kept and a re-run reuses them):\n" + "\n".join(failures))
+    return [results[i] for i in range(len(specs))]
+
+
+def publish_rollout_report(summaries: list[EpisodeSummary], diagnostics: list[Diagnostics],
+                           report_dir: Path, title: str = "rollout") -> Path:
+    """Table + markdown artifacts in the UI, and the same markdown under the workspace."""
+    rows = [
+        {
+            "game": s.game, "task": s.task, "seed": s.seed, "progression": round(s.progression, 4),
+            "steps": s.steps, "memory_growth_chars_per_step": round(d.growth_chars_per_step, 2),
+            "write_search_ratio": None if d.write_search_ratio is None else round(d.write_search_ratio, 3),
+            "invalid_op_rate": round(d.invalid_op_rate, 3),
+            "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+            "end_reason": s.end_reason, "episode_id": s.episode_id,
+        }
+        for s, d in zip(summaries, diagnostics)
+    ]
+    create_table_artifact(rows, key=f"{title}-episodes", description=f"{title}: per-episode results")
+    markdown = summary_markdown(summaries, diagnostics, title)
+    create_markdown_artifact(markdown, key=f"{title}-summary", description=f"{title} summary")
+    from prefect.runtime import flow_run
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / f"{title}-{flow_run.get_name() or 'local'}.md"
+    path.write_text(markdown)
+    return path
+
+
+def summary_markdown(summaries: list[EpisodeSummary], diagnostics: list[Diagnostics], title: str) -> str:
+    groups: dict[tuple[str, str], list[tuple[EpisodeSummary, Diagnostics]]] = defaultdict(list)
+    for s, d in zip(summaries, diagnostics):
+        groups[(s.game, s.task)].append((s, d))
+    lines = [f"# {title}", "", "| game | task | episodes | mean progression | sd | growth chars/step | "
+             "write/search | invalid-op rate | tokens |", "|---|---|---|---|---|---|---|---|---|"]
+    for (game, task), items in sorted(groups.items()):
+        prog = [s.progression for s, _ in items]
+        ws = [d.write_search_ratio for _, d in items if d.write_search_ratio is not None]
+        lines.append(
+            f"| {game} | {task} | {len(items)} | {statistics.fmean(prog):.4f} | "
+            f"{statistics.pstdev(prog):.4f} | {statistics.fmean(d.growth_chars_per_step for _, d in items):.1f} | "
+            f"{(statistics.fmean(ws) if ws else float('nan')):.2f} | "
+            f"{statistics.fmean(d.invalid_op_rate for _, d in items):.3f} | "
+            f"{sum(s.prompt_tokens + s.completion_tokens for s, _ in items)} |")
+    return "\n".join(lines) + "\n"

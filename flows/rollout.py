@@ -1,0 +1,78 @@
+"""`rollout`: fan out seeds x games over a scaffold and models, archive, summarise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent_core.episode import EpisodeSpec
+from agent_core.models.config import ModelConfig
+from agent_core.scaffold import Scaffold
+from agent_core.workspace import workspace_root
+from environments.registry import resolve
+from flows.common import publish_rollout_report, run_episodes
+from tasks.archive import archive_traces, diagnose_traces
+
+
+class RolloutParams(BaseModel):
+    """What to play. Validated before any episode starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    games: list[str] = Field(["tiny"], min_length=1, description="Games as `game` or `game/task`, e.g. crafter, minihack/Quest-Easy.")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds (non-negative, distinct); every game plays every seed.")
+    max_steps: int = Field(20, ge=1, le=100_000, description="Step budget per episode.")
+    scaffold: str | None = Field(None, description="Scaffold directory; default: each game's built-in v0.")
+    models: ModelConfig = Field(default_factory=ModelConfig, description="Model backend and roles.")
+    concurrency: int = Field(4, ge=1, le=512, description="Episodes in flight at once.")
+    workspace: str | None = Field(None, description="Workspace root (default $AUTOMEM_WORKSPACE or ./automem-runs).")
+
+    @field_validator("games")
+    @classmethod
+    def _known_games(cls, games: list[str]) -> list[str]:
+        out = []
+        for g in games:
+            game, _, task = g.partition("/")
+            out.append("/".join(resolve(game, task or None)))  # EnvError (a ValueError) lists valid names
+        return out
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        bad = [s for s in seeds if s < 0]
+        if bad:
+            raise ValueError(f"seeds must be non-negative integers, got {bad}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
+
+    def root(self) -> Path:
+        return workspace_root(self.workspace).resolve()
+
+    def episode_specs(self) -> list[EpisodeSpec]:
+        specs = []
+        for entry in self.games:
+            game, task = entry.split("/", 1)
+            scaffold = self.scaffold or str(Scaffold.builtin(game).root)
+            specs += [EpisodeSpec(game=game, task=task, seed=seed, max_steps=self.max_steps,
+                                  scaffold_dir=scaffold, models=self.models, workspace=str(self.root()))
+                      for seed in self.seeds]
+        return specs
+
+
+@flow(name="rollout")
+def rollout(params: RolloutParams = RolloutParams()) -> dict:
+    """Play every (game, seed), archive the traces to Parquet, publish a report."""
+    logger = get_run_logger()
+    params.models.check()  # an unreachable model server fails here, before any episode
+    specs = params.episode_specs()
+    logger.info("rollout: %d episodes, concurrency %d", len(specs), params.concurrency)
+    summaries = run_episodes(specs, params.concurrency, label="rollout")
+    traces = [s.trace_path for s in summaries]
+    archive_traces(traces, str(params.root() / "archive"))
+    diagnostics = diagnose_traces(traces)
+    report = publish_rollout_report(summaries, diagnostics, params.root() / "reports")
+    logger.info("rollout report: %s", report)
+    return {"report": str(report), "episodes": [s.model_dump() for s in summaries]}

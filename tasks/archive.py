@@ -1,0 +1,20 @@
+"""Archive tasks: JSONL traces -> the Parquet archive; diagnostics from traces."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from agent_core.archive import archive_trace
+from agent_core.diagnostics import Diagnostics, diagnose
+from agent_core.trace import read_trace
+
+
+@task(name="archive_traces")
+def archive_traces(trace_paths: list[str], archive_root: str) -> list[str]:
+    """Idempotent: archiving the same traces again rewrites the same files."""
+    return [str(p) for trace in trace_paths for p in archive_trace(trace, archive_root)]
+
+
+@task(name="diagnose_traces")
+def diagnose_traces(trace_paths: list[str]) -> list[Diagnostics]:
+    return [diagnose(read_trace(p)) for p in trace_paths]

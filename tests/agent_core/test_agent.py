@@ -1,0 +1,170 @@
+"""The inner loop with the scripted model on the tiny game."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from agent_core.agent import Roles
+from agent_core.conversation import rebuild_contexts
+from agent_core.diagnostics import diagnose
+from agent_core.episode import run_episode
+from agent_core.models.base import ModelError
+from agent_core.models.config import RoutineScript
+from agent_core.models.scripted import ScriptedModel
+from agent_core.scaffold import Scaffold
+from agent_core.trace import read_trace
+from environments import make_env
+
+LOG_REPLY = "<|APPEND|>action_log.md|step done<|END|>\n<|DONE|>"
+PLAN_REPLY = "<|SEARCH|>key<|END|><|DONE|>"
+ACT_REPLY = "<|ACTION|>look<|END|>"
+
+
+def by_routine(log=LOG_REPLY, plan=PLAN_REPLY, act=ACT_REPLY):
+    """The built-in scripted policy: replies by the routine the last prompt asks for."""
+    return RoutineScript(log=log, plan=plan, act=act).reply
+
+
+def play(tmp_path, roles, steps=3, scaffold=None, seed=0):
+    env = make_env("tiny")
+    sc = scaffold or Scaffold.builtin("tiny")
+    summary = run_episode(env, sc, roles, seed=seed, max_steps=steps, out_dir=tmp_path / "ep")
+    return summary, read_trace(summary.trace_path)
+
+
+def test_log_and_plan_write_consult_and_act(tmp_path):
+    model = ScriptedModel(by_routine())
+    summary, trace = play(tmp_path, Roles(memory=model))
+    assert summary.steps == 3 and trace.complete
+    memory = (tmp_path / "ep" / "memory" / "action_log.md").read_text()
+    assert memory.count("step done") == 3
+    for step in trace.steps:
+        assert [op.op for op in step.memory_ops] == ["append", "search"]
+        assert [(c.routine, c.role) for c in step.calls][:2] == [("log", "memory"), ("plan", "memory")]
+        assert step.action == "look" and step.action_source == "model"
+    d = diagnose(trace)
+    assert d.writes == 3 and d.consults == 3 and d.write_search_ratio == 1.0
+    assert d.duplicate_write_ratio == pytest.approx(2 / 3)  # the same line appended again
+    assert d.growth_chars_per_step > 0
+
+
+def test_two_roles_share_one_conversation(tmp_path):
+    memory = ScriptedModel(by_routine(plan="<|SEARCH|>door<|END|><|DONE|>"), model_id="specialist")
+    action = ScriptedModel(by_routine(), model_id="base")
+    _, trace = play(tmp_path, Roles(memory=memory, action=action), steps=2)
+    calls = [c for s in trace.steps for c in s.calls]
+    assert {(c.role, c.model) for c in calls} == {("memory", "specialist"), ("action", "base")}
+    contexts = rebuild_contexts(calls)
+    act_index = next(i for i, c in enumerate(calls) if c.role == "action")
+    seen_by_action = "\n".join(m.content for m in contexts[act_index])
+    # the memory role's consultation and its results are in the action role's context
+    assert "<|SEARCH|>door<|END|>" in seen_by_action and "SEARCH:" in seen_by_action
+    # the rebuilt contexts are exactly what each scripted model received
+    received = memory.calls + action.calls
+    assert sorted(json.dumps([m.model_dump() for m in c]) for c in contexts) == sorted(
+        json.dumps([m.model_dump() for m in c]) for c in received)
+
+
+def test_shared_model_may_act_during_plan(tmp_path):
+    model = ScriptedModel(by_routine(plan="<|READ|>strategy.md<|END|><|ACTION|>wait<|END|>"))
+    _, trace = play(tmp_path, Roles(memory=model), steps=2)
+    for step in trace.steps:
+        assert step.action == "wait" and all(c.role == "memory" for c in step.calls)
+
+
+@pytest.mark.parametrize("junk", [
+    "", "I think I will go north.", "\x00\xff\xfe" * 50, "<|APPEND|>../../etc/passwd|x<|END|>",
+    "<|WRITE|>a|b<|END|>", "x" * 200_000, "<|SEARCH|>" + "(a+)+$" * 100 + "<|END|>",
+    "<|APPEND|>/abs/path|x<|END|><|ACTION|>fly<|END|>",
+])
+def test_any_model_output_never_crashes_an_episode(tmp_path, junk):
+    model = ScriptedModel(lambda messages: junk)
+    summary, trace = play(tmp_path, Roles(memory=model), steps=2)
+    assert summary.steps == 2 and trace.complete
+    assert all(s.action_source == "default" or s.action_text for s in trace.steps)
+    assert not (tmp_path / "etc").exists() and not Path("/abs/path").exists()
+    if "SEARCH" not in junk:
+        assert summary.invalid_ops > 0
+
+
+def test_unparseable_reply_gets_a_correction_and_default_action(tmp_path):
+    model = ScriptedModel(lambda messages: "hello there")
+    _, trace = play(tmp_path, Roles(memory=model), steps=1)
+    step = trace.steps[0]
+    assert step.action_source == "default" and step.action == "look"  # tiny's default
+    contexts = rebuild_contexts(step.calls)
+    assert any("could not parse" in m.content.lower() or "no action found" in m.content.lower()
+               for m in contexts[-1])
+    assert step.invalid_ops >= 3
+
+
+def test_plan_cannot_write(tmp_path):
+    model = ScriptedModel(by_routine(plan="<|APPEND|>strategy.md|sneaky<|END|><|DONE|>"))
+    _, trace = play(tmp_path, Roles(memory=model), steps=1)
+    plan_ops = [op for op in trace.steps[0].memory_ops if op.routine == "plan"]
+    assert plan_ops and not plan_ops[0].ok and "not allowed" in plan_ops[0].result
+    assert "sneaky" not in (tmp_path / "ep" / "memory" / "strategy.md").read_text()
+
+
+def test_model_down_fails_clearly_and_keeps_trace(tmp_path):
+    replies = [LOG_REPLY, PLAN_REPLY, ACT_REPLY]  # exactly one step, then the model is gone
+    model = ScriptedModel(replies, when_exhausted="error")
+    with pytest.raises(ModelError):
+        play(tmp_path, Roles(memory=model), steps=5)
+    trace = read_trace(tmp_path / "ep")
+    assert len(trace.steps) == 1 and not trace.complete and trace.error
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from agent_core.agent import Roles
+    from agent_core.episode import run_episode
+    from agent_core.models.scripted import ScriptedModel
+    from agent_core.scaffold import Scaffold
+    from environments import make_env
+
+    def slow(messages):
+        time.sleep(0.02)
+        last = messages[-1].content
+        if "Commit one world action" in last:
+            return "<|ACTION|>look<|END|>"
+        return "<|APPEND|>action_log.md|tick<|END|><|DONE|>"
+
+    env = make_env("tiny", max_steps=100000)
+    run_episode(env, Scaffold.builtin("tiny"), Roles(memory=ScriptedModel(slow)), seed=1,
+                max_steps=100000, out_dir=Path(sys.argv[1]))
+""")
+
+
+def test_kill_mid_episode_keeps_every_played_step(tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(out)], cwd=Path(__file__).parents[2])
+    trace_file = out / "trace.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if trace_file.exists() and trace_file.read_text().count('"kind":"step"') >= 5:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    trace = read_trace(out)
+    assert not trace.complete and len(trace.steps) >= 5
+    assert [s.step for s in trace.steps] == list(range(len(trace.steps)))
+    memory = (out / "memory" / "action_log.md").read_text()
+    assert memory.count("tick") >= len(trace.steps)
+    # re-running in the same place keeps the killed attempt beside the new one
+    env = make_env("tiny")
+    run_episode(env, Scaffold.builtin("tiny"), Roles(memory=ScriptedModel(by_routine())), seed=1,
+                max_steps=2, out_dir=out)
+    assert read_trace(out / "attempts" / "0").steps == trace.steps
+    assert read_trace(out).complete
