@@ -5,14 +5,30 @@ BIN    := $(VENV)/bin
 MODELS := .models
 MODEL  := $(MODELS)/smollm2-135m-instruct/config.json
 STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: run test install model deploy bench clean
+.PHONY: run test install model chromium deploy stop bench clean
 
 run: install model
 	$(BIN)/automem run
 
-test: install model
+test: install model chromium
 	$(BIN)/python -m pytest -q
+
+# The UI check in the suite needs a headless browser (Debian's chromium).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; } || \
+	  { echo "install Debian's 'chromium' package (needed by the UI test)"; exit 1; }
+
+# Local Prefect stack: server (UI on :4200), process work pool, deployments, a worker.
+deploy: install model
+	deployments/stack.sh server
+	deployments/stack.sh deploy
+	deployments/stack.sh worker
+
+stop:
+	deployments/stack.sh stop
 
 install: $(STAMP)
 

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agent_core.trace import Trace, read_trace
+from agent_core.trace import Trace, read_summary, read_trace
 
 _MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 PARTITIONS = ("game", "scaffold_hash")
@@ -91,7 +91,16 @@ def partition_path(root: Path, table: str, game: str, scaffold_hash: str, episod
 
 
 def archive_trace(trace_path: Path | str, root: Path | str) -> list[Path]:
-    """Write one trace's rows into the archive; returns the files written."""
+    """Write one trace's rows into the archive; returns its archive files.
+
+    A finished trace never changes, so when its files are already archived they are kept
+    as they are; an unfinished one is archived again (it may have grown)."""
+    summary = read_summary(trace_path)
+    if summary is not None:
+        done = [partition_path(Path(root), t, summary.game, summary.scaffold_hash, summary.episode_id)
+                for t in TABLES]
+        if all(p.is_file() for p in done):
+            return done
     trace = read_trace(trace_path)
     h = trace.header
     written = []

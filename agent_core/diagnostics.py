@@ -11,7 +11,9 @@ from collections import Counter
 from pydantic import BaseModel, Field
 
 from agent_core.scaffold import READ_OPS, WRITE_OPS
-from agent_core.trace import Trace
+from pathlib import Path
+
+from agent_core.trace import TRACE_NAME, Trace, read_summary, read_trace
 
 #: operations that write memory / consult it (for the write-to-search ratio)
 WRITES = frozenset(WRITE_OPS) - {"delete"}
@@ -76,3 +78,21 @@ def _longest_flat(curve: list[float]) -> int:
         best = max(best, run)
         prev = p if prev is None else max(prev, p)
     return best if curve else 0
+
+
+DIAGNOSTICS_NAME = "diagnostics.json"
+
+
+def diagnose_path(trace_path: Path | str) -> Diagnostics:
+    """Diagnostics of a trace file, kept beside a finished trace (which never changes)."""
+    trace_path = Path(trace_path)
+    if trace_path.is_dir():
+        trace_path = trace_path / TRACE_NAME
+    saved = trace_path.parent / DIAGNOSTICS_NAME
+    finished = read_summary(trace_path) is not None
+    if finished and saved.is_file():
+        return Diagnostics.model_validate_json(saved.read_text())
+    result = diagnose(read_trace(trace_path))
+    if finished:
+        saved.write_text(result.model_dump_json())
+    return result

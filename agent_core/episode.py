@@ -18,7 +18,7 @@ from agent_core.memory import MemoryDir
 from agent_core.models.config import ModelConfig
 from agent_core.records import EpisodeHeader, EpisodeSummary, StepRecord
 from agent_core.scaffold import Scaffold
-from agent_core.trace import MEMORY_DIRNAME, TRACE_NAME, TraceError, TraceWriter, read_trace
+from agent_core.trace import MEMORY_DIRNAME, TRACE_NAME, TraceWriter, read_summary
 from agent_core.workspace import episode_dir
 from environments import Environment, make_env
 
@@ -144,7 +144,7 @@ class EpisodeSpec(BaseModel):
     workspace: str = Field(description="Workspace root; the episode lives under episodes/.")
 
     def key(self) -> str:
-        scaffold = Scaffold(self.scaffold_dir)
+        scaffold = Scaffold.load(self.scaffold_dir)
         memory_id, action_id = self.models.ids()
         return episode_key(scaffold.hash, memory_id, action_id, self.game, self.task, self.seed,
                            self.max_steps, scaffold.config.model.model_dump())
@@ -153,20 +153,22 @@ class EpisodeSpec(BaseModel):
         return episode_dir(Path(self.workspace), self.game, self.key())
 
 
+def finished_summary(spec: EpisodeSpec) -> EpisodeSummary | None:
+    """The episode cache: the summary of `spec`'s finished trace, if it is on disk. The
+    episode directory is named by the episode key, so a finished trace there is the result."""
+    return read_summary(spec.out_dir())
+
+
 def play(spec: EpisodeSpec, on_step: Callable[[StepRecord], None] | None = None) -> EpisodeSummary:
-    """Play `spec`'s episode, or return the summary of its finished trace if one is on disk
-    (an episode is deterministic in its key, so it is never played twice)."""
+    """Play `spec`'s episode, or return its finished summary: an episode is never played twice."""
+    done = finished_summary(spec)
+    if done is not None:
+        log.info("episode %s already played: reusing %s", done.episode_id, spec.out_dir())
+        return done
     out = spec.out_dir()
-    try:
-        done = read_trace(out)
-        if done.summary is not None:
-            log.info("episode %s already played: reusing %s", done.header.episode_id, out)
-            return done.summary
-    except TraceError:
-        pass
     env = make_env(spec.game, spec.task, max_steps=spec.max_steps)
     try:
-        return run_episode(env, Scaffold(spec.scaffold_dir), spec.models.build(), spec.seed,
+        return run_episode(env, Scaffold.load(spec.scaffold_dir), spec.models.build(), spec.seed,
                            spec.max_steps, out, on_step)
     finally:
         env.close()

@@ -35,6 +35,9 @@ MEMORY_OPS = WRITE_OPS + READ_OPS
 BUILTIN_DIR = Path(__file__).parent / "scaffolds"
 
 
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class ScaffoldError(ValueError):
     """A scaffold directory that cannot be used, with the reason."""
 
@@ -127,14 +130,16 @@ def _read_tree(root: Path) -> dict[str, bytes]:
 class Scaffold:
     """A loaded, validated scaffold directory."""
 
-    def __init__(self, root: Path | str):
+    _loaded: dict[tuple[str, str], "Scaffold"] = {}
+
+    def __init__(self, root: Path | str, files: dict[str, bytes] | None = None):
         self.root = Path(root)
         if not (self.root / "scaffold.yaml").is_file():
             raise ScaffoldError(f"{self.root} has no scaffold.yaml")
-        self.files = _read_tree(self.root)
+        self.files = files if files is not None else _read_tree(self.root)
         self.hash = hash_files(self.files)
         try:
-            raw = yaml.safe_load(self.files["scaffold.yaml"].decode())
+            raw = yaml.load(self.files["scaffold.yaml"].decode(), Loader=_YamlLoader)
             self.config = ScaffoldConfig.model_validate(raw)
         except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as exc:
             raise ScaffoldError(f"scaffold.yaml is invalid: {exc}") from exc
@@ -153,13 +158,26 @@ class Scaffold:
             raise ScaffoldError(f"prompt template has a syntax error: {exc}") from exc
 
     @classmethod
+    def load(cls, root: Path | str) -> "Scaffold":
+        """Like `Scaffold(root)`, but parsed once per content: reading and hashing the files
+        is cheap, validating and compiling the templates is not (cache keys call this)."""
+        root = Path(root)
+        if not (root / "scaffold.yaml").is_file():
+            raise ScaffoldError(f"{root} has no scaffold.yaml")
+        files = _read_tree(root)
+        key = (str(root.resolve()), hash_files(files))
+        if key not in cls._loaded:
+            cls._loaded[key] = cls(root, files)
+        return cls._loaded[key]
+
+    @classmethod
     def builtin(cls, game: str) -> "Scaffold":
         """The shipped v0 scaffold for a game."""
         path = BUILTIN_DIR / game
         if not path.is_dir():
             valid = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir())
             raise ScaffoldError(f"no built-in scaffold for {game!r}; available: {valid}")
-        return cls(path)
+        return cls.load(path)
 
     def render(self, prompt: str, **variables: Any) -> str:
         """Render a prompt; a missing variable raises (StrictUndefined)."""

@@ -93,3 +93,24 @@ def read_trace(path: Path | str) -> Trace:
     if trace is None:
         raise TraceError(f"{path} has no header")
     return trace
+
+
+def read_summary(path: Path | str) -> EpisodeSummary | None:
+    """The summary of a finished trace, reading only its last line (cheap: cache lookups
+    call this for every episode of a flow); None when the trace is absent or unfinished."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TRACE_NAME
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            tail = fh.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    except OSError:
+        return None
+    try:
+        data = json.loads(tail)
+    except json.JSONDecodeError:
+        return None
+    return EpisodeSummary.model_validate(data) if data.get("kind") == "summary" else None

@@ -27,6 +27,8 @@ def configure_prefect_env(workspace: str | Path | None = None) -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "agent_core,environments",
+        # agent_core also runs outside flows (CLI, tests): its logs then stay local, quietly
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
         # a brand-new home creates its database on the first run; the default timeout is short
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",

@@ -5,8 +5,7 @@ from __future__ import annotations
 from prefect import task
 
 from agent_core.archive import archive_trace
-from agent_core.diagnostics import Diagnostics, diagnose
-from agent_core.trace import read_trace
+from agent_core.diagnostics import Diagnostics, diagnose_path
 
 
 @task(name="archive_traces")
@@ -17,4 +16,4 @@ def archive_traces(trace_paths: list[str], archive_root: str) -> list[str]:
 
 @task(name="diagnose_traces")
 def diagnose_traces(trace_paths: list[str]) -> list[Diagnostics]:
-    return [diagnose(read_trace(p)) for p in trace_paths]
+    return [diagnose_path(p) for p in trace_paths]

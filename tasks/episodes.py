@@ -1,28 +1,17 @@
-"""Episode tasks: play one episode (cached by everything that determines it)."""
+"""Episode tasks: find finished episodes, play one episode."""
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any
-
 from prefect import task
-from prefect.context import TaskRunContext
 
-from agent_core.episode import EpisodeSpec, play
+from agent_core.episode import EpisodeSpec, finished_summary, play
 from agent_core.models.base import ModelError
 from agent_core.records import EpisodeSummary
 
 
-def episode_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """The episode's output directory, which is named by its key (scaffold hash, model ids,
-    game, task, seed, step budget, sampling) inside its workspace."""
-    out = str(parameters["spec"].out_dir().resolve())
-    return "episode-" + hashlib.sha256(out.encode()).hexdigest()[:24]
-
-
 def retry_on_model_error(task, task_run, state) -> bool:
-    """Retry only what a retry can fix: the model server failing. A bug or bad scaffold fails
-    the same way every time."""
+    """Retry only what a retry can fix: the model server failing. A bug or a bad scaffold
+    fails the same way every time."""
     try:
         state.result()
     except ModelError:
@@ -32,8 +21,15 @@ def retry_on_model_error(task, task_run, state) -> bool:
     return False
 
 
-@task(name="run_episode", cache_key_fn=episode_cache_key, persist_result=True,
-      retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_on_model_error,
-      task_run_name="{spec.game}-{spec.task}-seed{spec.seed}")
+@task(name="find_finished_episodes")
+def find_finished_episodes(specs: list[EpisodeSpec]) -> dict[int, EpisodeSummary]:
+    """The episode cache, checked once per flow run: episodes whose finished trace is on
+    disk under their content-addressed directory (see `agent_core.episode.finished_summary`)."""
+    found = {i: finished_summary(spec) for i, spec in enumerate(specs)}
+    return {i: s for i, s in found.items() if s is not None}
+
+
+@task(name="run_episode", retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=retry_on_model_error, task_run_name="{spec.game}-{spec.task}-seed{spec.seed}")
 def run_episode(spec: EpisodeSpec) -> EpisodeSummary:
     return play(spec)
