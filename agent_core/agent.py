@@ -15,7 +15,7 @@ from agent_core.conversation import Conversation
 from agent_core.memory import MemoryDir
 from agent_core.models.base import ChatModel
 from agent_core.records import MemoryOp, ModelCall, Routine
-from agent_core.scaffold import WRITE_OPS, RoutineConfig, Scaffold
+from agent_core.scaffold import READ_OPS, WRITE_OPS, RoutineConfig, Scaffold
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class MemoryAgent:
         )
         self.conv = Conversation(scaffold.render("system", **self._vars), self.cfg.history_window,
                                  call_prefix=f"{episode_id}:")
+        self._kinds = {f.name: f.kind for f in self.cfg.memory_files}
         self._validate_write = scaffold.hook("validate_write")
         self._postprocess = scaffold.hook("postprocess_observation")
 
@@ -92,6 +93,7 @@ class MemoryAgent:
         if self._postprocess:
             observation = str(self._postprocess(observation))
         decision = StepDecision(action_text="", action_source="model")
+        self._consulted = False  # searched or read memory during this step
         self.conv.begin_step()
         self.conv.add_user(self.scaffold.render(
             "log", step=step, observation=observation, last_action=last_action, reward=reward,
@@ -153,6 +155,13 @@ class MemoryAgent:
             allowed = ", ".join(o.upper() for o in cfg.allowed_ops)
             return record(False, f"{cmd.op.upper()} is not allowed in {routine.upper()}; allowed: {allowed}")
         duplicate = False
+        if cmd.op == "append" and self._kinds.get(cmd.args.get("file", "")) == "keyed-table":
+            return record(False, f"{cmd.args['file']} is a keyed table: use UPSERT (one line per key), not APPEND.")
+        if cmd.op in WRITE_OPS and cfg.consult_before_write and not self._consulted:
+            return record(False, f"{cmd.op.upper()} refused: SEARCH or READ memory before writing "
+                                 "(this scaffold requires a look-up first, to avoid duplicates).")
+        if cmd.op in READ_OPS:
+            self._consulted = True
         if cmd.op in WRITE_OPS:
             if self._validate_write:
                 try:

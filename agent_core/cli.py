@@ -12,9 +12,11 @@ from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AutoMem: LLM agents that learn to manage their memory.")
 env_app = typer.Typer(no_args_is_help=True, help="Look at a game by hand.")
-trace_app = typer.Typer(no_args_is_help=True, help="Read episode traces.")
+trace_app = typer.Typer(no_args_is_help=True, help="Read one episode trace.")
+traces_app = typer.Typer(no_args_is_help=True, help="Query the Parquet trace archive.")
 app.add_typer(env_app, name="env")
 app.add_typer(trace_app, name="trace")
+app.add_typer(traces_app, name="traces")
 console = Console()
 
 
@@ -151,6 +153,29 @@ def trace_show(path: Path, full: bool = typer.Option(False, help="Show whole rep
     _print_diagnostics(diagnose(trace).model_dump(exclude={"progression_curve"}))
 
 
+@traces_app.command("query")
+def traces_query(
+    sql: str = typer.Argument(..., help="One SELECT over the views episodes, steps, calls, memory_ops."),
+    workspace: Optional[Path] = typer.Option(None, help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs)."),
+    limit: int = typer.Option(50, min=1, help="Rows to print."),
+    timeout: float = typer.Option(60.0, help="Seconds before the query is stopped."),
+) -> None:
+    """Run read-only SQL (DuckDB) over the archive. Partition columns: game, scaffold_hash."""
+    from agent_core.archive import QueryError, run_query
+    from agent_core.workspace import workspace_root
+
+    try:
+        result = run_query(workspace_root(workspace) / "archive", sql, timeout_s=timeout)
+    except QueryError as exc:
+        _fail(str(exc))
+    table = Table(*result.column_names)
+    for row in result.slice(0, limit).to_pylist():
+        table.add_row(*(str(v)[:80] for v in row.values()))
+    console.print(table)
+    if result.num_rows > limit:
+        console.print(f"[dim]{result.num_rows - limit} more rows (--limit)[/dim]")
+
+
 @app.command()
 def serve(
     host: str = "127.0.0.1",
@@ -169,11 +194,87 @@ def serve(
     run_server(host=host, port=port, adapters=adapters)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`0-3` -> [0, 1, 2, 3]; `0,2,5` -> [0, 2, 5]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        raise typer.BadParameter(f"seeds look like 0-3 or 0,2,5 (non-negative integers), got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise typer.BadParameter(f"seeds must be non-negative integers, got {text!r}")
+    return seeds
+
+
+def _models(base_url: Optional[str], model: Optional[str]):
+    from agent_core.models.config import ModelConfig
+
+    return ModelConfig(backend="openai" if base_url else "local", base_url=base_url, model=model)
+
+
+@app.command("optimize-scaffold")
+def optimize_scaffold(
+    env: str = typer.Option("crafter", "--env", help="`game` or `game/task`."),
+    seeds: str = typer.Option("0-3", help="Fixed evaluation seeds, e.g. 0-3 or 0,2,5."),
+    iterations: int = typer.Option(2, min=1, help="Review iterations (K)."),
+    patience: int = typer.Option(2, min=1, help="Stop after this many iterations without promotion (M)."),
+    steps: int = typer.Option(10, min=1, help="Step budget per episode."),
+    concurrency: int = typer.Option(4, min=1),
+    base_url: Optional[str] = typer.Option(None, help="Agent model server (default: the local model)."),
+    model: Optional[str] = typer.Option(None, help="Served agent model name."),
+    workspace: Optional[Path] = typer.Option(None),
+) -> None:
+    """Outer loop 1: review, revise and gate the memory scaffold (meta-LLM from
+    AUTOMEM_META_BASE_URL / AUTOMEM_META_MODEL, else the rule-based reviewer)."""
+    from agent_core.workspace import configure_prefect_env
+
+    configure_prefect_env(workspace)
+    from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
+
+    try:
+        params = ScaffoldLoopParams(game=env, seeds=parse_seeds(seeds), iterations=iterations, patience=patience,
+                                    max_steps=steps, concurrency=concurrency, models=_models(base_url, model),
+                                    workspace=str(workspace) if workspace else None)
+    except ValueError as exc:
+        _fail(str(exc))
+    result = scaffold_loop(params)
+    for h in result["history"]:
+        console.print(f"iteration {h['iteration']}: [bold]{h['verdict']}[/bold] - {h.get('reason', '')}")
+    console.print(f"incumbent scaffold: {result['incumbent']}")
+
+
+@app.command()
+def rollout(
+    env: list[str] = typer.Option(["crafter"], "--env", help="`game` or `game/task` (repeatable)."),
+    seeds: str = typer.Option("0-1", help="Seeds, e.g. 0-3 or 0,2,5."),
+    steps: int = typer.Option(10, min=1, help="Step budget per episode."),
+    concurrency: int = typer.Option(4, min=1),
+    base_url: Optional[str] = typer.Option(None, help="Model server (default: the local model)."),
+    model: Optional[str] = typer.Option(None, help="Served model name."),
+    workspace: Optional[Path] = typer.Option(None),
+) -> None:
+    """Run the rollout flow (episodes -> Parquet archive -> report)."""
+    from agent_core.workspace import configure_prefect_env
+
+    configure_prefect_env(workspace)
+    from flows.rollout import RolloutParams, rollout as rollout_flow
+
+    try:
+        params = RolloutParams(games=env, seeds=parse_seeds(seeds), max_steps=steps, concurrency=concurrency,
+                               models=_models(base_url, model), workspace=str(workspace) if workspace else None)
+    except ValueError as exc:
+        _fail(str(exc))
+    result = rollout_flow(params)
+    console.print(f"report: {result['report']}")
+
+
 @app.command()
 def run() -> None:
-    """The main job on the embedded defaults (what `make run` does)."""
-    play(env="crafter", task=None, seed=0, steps=5, scaffold=None, base_url=None, model=None,
-         specialist=None, workspace=None)
+    """The main job on the embedded defaults (what `make run` does): a small rollout of
+    Crafter with the local model, on Prefect's local API, into ./automem-runs."""
+    rollout(env=["crafter"], seeds="0", steps=3, concurrency=1, base_url=None, model=None, workspace=None)
 
 
 if __name__ == "__main__":

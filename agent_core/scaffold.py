@@ -64,6 +64,9 @@ class RoutineConfig(_Strict):
     allowed_ops: list[str] = Field(description="Memory operations this routine may use.")
     max_ops: int = Field(4, ge=0, le=64, description="Memory operations executed per step.")
     max_turns: int = Field(2, ge=1, le=16, description="Model calls per step in this routine.")
+    consult_before_write: bool = Field(
+        False, description="Refuse writes in this routine until the model has searched or read "
+        "memory in the same step (against blind appends).")
 
     @field_validator("allowed_ops")
     @classmethod

@@ -1,0 +1,67 @@
+"""Which reviewer writes candidate scaffolds: a meta-LLM endpoint, or the rule-based one."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_core.records import SamplingParams
+from agent_core.review.reviewers import MetaLLMReviewer, Reviewer, RuleBasedReviewer
+
+
+class ReviewerConfig(BaseModel):
+    """The meta-LLM endpoint comes from the environment unless given: AUTOMEM_META_BASE_URL,
+    AUTOMEM_META_MODEL, and the key in AUTOMEM_META_API_KEY. Without an endpoint the
+    rule-based reviewer is used."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["auto", "openai", "rules", "scripted"] = Field(
+        "auto", description="auto: openai when an endpoint is configured, else rules; scripted: "
+        "replay `replies` (tests and dry runs).")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint of the meta-LLM.")
+    model: str | None = Field(None, description="Meta-LLM model name.")
+    api_key_env: str = Field("AUTOMEM_META_API_KEY", description="Environment variable holding the key.")
+    max_tokens: int = Field(8192, ge=256, le=200_000, description="Reply budget (a whole scaffold).")
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    replies: list[str] = Field(default_factory=list, description="Scripted backend: replies in order.")
+
+    def resolved(self) -> "ReviewerConfig":
+        base_url = self.base_url or os.environ.get("AUTOMEM_META_BASE_URL")
+        model = self.model or os.environ.get("AUTOMEM_META_MODEL")
+        backend = self.backend
+        if backend == "auto":
+            backend = "openai" if base_url else "rules"
+        if backend == "openai" and not (base_url and model):
+            raise ValueError("the meta-LLM reviewer needs base_url and model (or AUTOMEM_META_BASE_URL "
+                             "and AUTOMEM_META_MODEL)")
+        return self.model_copy(update=dict(backend=backend, base_url=base_url, model=model))
+
+    def check(self) -> None:
+        cfg = self.resolved()
+        if cfg.backend == "openai":
+            from agent_core.models.openai_client import check_reachable
+
+            check_reachable(cfg.base_url)
+
+    def build(self) -> Reviewer:
+        cfg = self.resolved()
+        params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+        if cfg.backend == "rules":
+            return RuleBasedReviewer()
+        if cfg.backend == "scripted":
+            from agent_core.models.scripted import ScriptedModel
+
+            return MetaLLMReviewer(ScriptedModel(cfg.replies, model_id="scripted-reviewer",
+                                                 when_exhausted="repeat_last"), params)
+        from agent_core.models.openai_client import OpenAIChatModel
+
+        return MetaLLMReviewer(OpenAIChatModel(base_url=cfg.base_url, model=cfg.model,
+                                               api_key=os.environ.get(cfg.api_key_env), timeout_s=600.0), params)
+
+    def identity(self) -> str:
+        """What distinguishes this reviewer's output (part of the review cache key)."""
+        cfg = self.resolved()
+        return cfg.model_dump_json(exclude={"api_key_env"})

@@ -1,0 +1,57 @@
+"""Scaffold-loop tasks: review (bundle -> reviewer -> validation), gate, promote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+
+from agent_core.gate import GateConfig, GateVerdict, gate
+from agent_core.models.base import ModelError
+from agent_core.registry import promote
+from agent_core.review.bundle import build_bundle
+from agent_core.review.config import ReviewerConfig
+from agent_core.review.propose import Proposal, load_proposal, propose, review_key
+from agent_core.scaffold import Scaffold
+from agent_core.trace import read_summary
+
+
+def _retry_model_errors(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except ModelError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="review_scaffold", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=_retry_model_errors)
+def review_scaffold(incumbent_dir: str, trace_paths: list[str], reviewer: ReviewerConfig, workspace: str,
+                    max_attempts: int, token_budget: int) -> Proposal:
+    """One review round, recorded under reviews/<key>/ and reused by a re-run."""
+    incumbent = Scaffold.load(incumbent_dir)
+    ids = [read_summary(p).episode_id for p in trace_paths]
+    record = Path(workspace) / "reviews" / review_key(incumbent, ids, reviewer.identity(), max_attempts, token_budget)
+    done = load_proposal(record)
+    if done is not None:
+        return done
+    bundle = build_bundle(incumbent, trace_paths, token_budget=token_budget)
+    (record).mkdir(parents=True, exist_ok=True)
+    (record / "bundle.md").write_text(bundle.render())
+    return propose(reviewer.build(), bundle, incumbent, Path(workspace) / "scaffolds", record, max_attempts)
+
+
+@task(name="gate_candidate")
+def gate_candidate(seeds: list[int], incumbent: list[float], candidate: list[float], config: GateConfig,
+                   verdict_path: str) -> GateVerdict:
+    verdict = gate(seeds, incumbent, candidate, config)
+    Path(verdict_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(verdict_path).write_text(json.dumps(verdict.model_dump(), indent=2))
+    return verdict
+
+
+@task(name="promote")
+def promote_incumbent(workspace: str, kind: str, game: str, path: str, verdict: GateVerdict) -> None:
+    promote(Path(workspace), kind, game, path, reason=verdict.reason, delta=verdict.delta, p_value=verdict.p_value)

@@ -1,0 +1,70 @@
+"""The scaffold loop flow on a temporary Prefect API: tiny game, scripted agent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent_core.models.config import ModelConfig, RoutineScript
+from agent_core.registry import load_registry
+from agent_core.review.config import ReviewerConfig
+from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
+
+GROWING = RoutineScript(log="<|SEARCH|>hall<|END|><|APPEND|>map.md|visited the hall again<|END|>"
+                            "<|UPSERT|>map.md|hall|exits north, east<|END|><|DONE|>", plan="<|DONE|>")
+
+
+@pytest.fixture(autouse=True)
+def no_meta_endpoint(monkeypatch):
+    monkeypatch.delenv("AUTOMEM_META_BASE_URL", raising=False)
+    monkeypatch.delenv("AUTOMEM_META_MODEL", raising=False)
+
+
+def params(ws: Path, **kw) -> ScaffoldLoopParams:
+    base = dict(game="tiny", seeds=[0, 1, 2], max_steps=6, models=ModelConfig(backend="scripted", script=GROWING),
+                iterations=2, patience=1, concurrency=3, workspace=str(ws))
+    return ScaffoldLoopParams(**{**base, **kw})
+
+
+def headers(ws: Path) -> dict[str, str]:
+    return {t.parent.name: t.read_text().splitlines()[0] for t in ws.glob("episodes/*/*/trace.jsonl")}
+
+
+def test_rule_based_iteration_evaluates_gates_and_keeps_records(tmp_path):
+    ws = tmp_path / "ws"
+    result = scaffold_loop(params(ws))
+    [entry] = result["history"]  # patience 1: a kept incumbent ends the loop
+    assert entry["reviewer"] == "rule-based" and entry["verdict"] == "kept incumbent"
+    assert "no improvement" in entry["reason"]  # the scripted agent's progression cannot change
+    candidate = ws / "scaffolds" / entry["candidate"]
+    assert (candidate / "scaffold.yaml").is_file()
+    verdict = json.loads((ws / "verdicts" / f"{entry['incumbent']}-vs-{entry['candidate']}.json").read_text())
+    assert verdict["promote"] is False and verdict["seeds"] == [0, 1, 2]
+    assert load_registry(ws).scaffolds == {}  # the incumbent stays
+    assert len(headers(ws)) == 6  # 3 seeds x (incumbent, candidate)
+
+    before = headers(ws)
+    again = scaffold_loop(params(ws))  # a re-run reuses rollouts and the review round
+    assert again["history"][0]["candidate"] == entry["candidate"] and headers(ws) == before
+
+
+def test_unusable_reviewer_output_is_rejected_cleanly(tmp_path):
+    ws = tmp_path / "ws"
+    reviewer = ReviewerConfig(backend="scripted", replies=["<analysis>x</analysis><changes>- y</changes><file path=\"scaffold.yaml\">"])
+    result = scaffold_loop(params(ws, reviewer=reviewer, attempts=2))
+    [entry] = result["history"]
+    assert entry["verdict"] == "no valid candidate"
+    assert [a["verdict"] for a in entry["attempts"]] == ["rejected", "rejected"]
+    assert "truncated" in entry["attempts"][0]["reason"]
+    assert sorted(p.name for p in (ws / "scaffolds").iterdir()) == [entry["incumbent"]]
+
+
+def test_invalid_parameters_fail_fast(tmp_path):
+    with pytest.raises(ValueError, match="valid games"):
+        params(tmp_path, game="chess")
+    with pytest.raises(ValueError, match="distinct"):
+        params(tmp_path, seeds=[1, 1])
+    with pytest.raises(ValueError, match="needs base_url"):
+        scaffold_loop(params(tmp_path, reviewer=ReviewerConfig(backend="openai")))
