@@ -10,6 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+# Before torch can be imported: offline, and OpenMP threads that sleep when idle.
+from agent_core.models.weights import set_runtime_env  # noqa: E402
+
+set_runtime_env()
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AutoMem: LLM agents that learn to manage their memory.")
 env_app = typer.Typer(no_args_is_help=True, help="Look at a game by hand.")
 trace_app = typer.Typer(no_args_is_help=True, help="Read one episode trace.")

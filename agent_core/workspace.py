@@ -34,6 +34,8 @@ def configure_prefect_env(workspace: str | Path | None = None) -> None:
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_LOCAL_STORAGE_PATH": str(root / "prefect-results"),
         "HF_HUB_OFFLINE": "1",
+        # idle torch threads sleep instead of spinning (matters on small shared machines)
+        "OMP_WAIT_POLICY": "PASSIVE",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

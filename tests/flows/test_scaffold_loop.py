@@ -68,3 +68,20 @@ def test_invalid_parameters_fail_fast(tmp_path):
         params(tmp_path, seeds=[1, 1])
     with pytest.raises(ValueError, match="needs base_url"):
         scaffold_loop(params(tmp_path, reviewer=ReviewerConfig(backend="openai")))
+
+
+@pytest.mark.slow
+def test_meta_llm_reviewer_over_automem_serve(tmp_path, server_url, local_model):
+    """The real meta-LLM path: the reviewer talks to `automem serve` with the openai client.
+    The 135M model cannot write a scaffold: its reply must be rejected cleanly."""
+    ws = tmp_path / "ws"
+    reviewer = ReviewerConfig(backend="openai", base_url=server_url + "/v1", model=local_model.model_id,
+                              max_tokens=256)
+    result = scaffold_loop(params(ws, reviewer=reviewer, attempts=1, iterations=1, token_budget=1500))
+    [entry] = result["history"]
+    assert entry["reviewer"] == f"meta-llm:{local_model.model_id}"
+    assert entry["verdict"] == "no valid candidate" and entry["attempts"][0]["verdict"] == "rejected"
+    [record] = list((ws / "reviews").iterdir())
+    assert (record / "attempt-0.reply.txt").read_text().strip()  # the model's verbatim reply is kept
+    assert sorted(p.name for p in (ws / "scaffolds").iterdir()) == [entry["incumbent"]]
+    assert load_registry(ws).scaffolds == {}

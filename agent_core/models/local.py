@@ -1,0 +1,315 @@
+"""A `ChatModel` over a local transformers checkpoint on CPU, with LoRA handles and prefix KV reuse.
+
+One `LocalModel` holds one copy of the weights. LoRA adapters (peft format) are loaded next
+to them under names; `handle(name)` gives a `ChatModel` that answers with that adapter, or
+with the bare base model when `name` is the base `model_id`. So the action model and a LoRA
+memory specialist share one set of weights.
+
+LOG and PLAN send the same long conversation again every step with a little appended. Each
+handle therefore keeps the KV cache of the tokens it processed last (prompt and reply); a
+new prompt that starts with those tokens is only prefilled from where it departs.
+
+torch, transformers and peft are imported when a model is built, never at module import.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_core.models.base import ChatModel, ModelError
+from agent_core.models.weights import LOCAL_MODEL_NAME, local_model_path, set_runtime_env
+from agent_core.records import Completion, Message, SamplingParams
+
+#: the base model's name in traces, cache keys and on the server
+DEFAULT_MODEL_ID = LOCAL_MODEL_NAME
+#: tokens that end an assistant turn in ChatML besides the configured EOS
+_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+@dataclass
+class Generation:
+    """A completion plus what only the local backend knows about it."""
+
+    completion: Completion
+    #: "stop" (end-of-turn token) or "length" (max_tokens or the context window)
+    finish_reason: str
+    #: prompt tokens whose KV came from the prefix cache instead of being recomputed
+    reused_tokens: int
+
+
+@dataclass
+class _PrefixEntry:
+    """A KV cache and exactly the tokens whose keys/values it holds."""
+
+    tokens: list[int]
+    cache: Any  # transformers DynamicCache
+    last_used: float = field(default_factory=time.monotonic)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LocalHandle:
+    """A `ChatModel` view of one adapter (or the base) of a `LocalModel`; holds no weights."""
+
+    def __init__(self, owner: LocalModel, name: str) -> None:
+        self._owner = owner
+        self.model_id = name
+
+    def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
+        return self._owner.generate(messages, params, model=self.model_id).completion
+
+    def __repr__(self) -> str:
+        return f"LocalHandle({self.model_id!r})"
+
+
+class LocalModel:
+    """transformers causal LM on CPU implementing `ChatModel` (as its base handle).
+
+    Args:
+        path: checkpoint folder; default: the prepared SmolLM2 (`weights.local_model_path()`).
+        adapters: LoRA adapters to load at start, name -> peft adapter folder.
+        dtype: "bfloat16" (faster on CPU) or "float32" (bit-stable across prefill splits).
+        model_id: the base model's name in traces and on the server.
+        prefix_reuse: reuse the KV cache of a previous call's common token prefix.
+        cache_slots: prefix caches kept per handle (several episodes may share a handle).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        adapters: dict[str, Path] | dict[str, str] | None = None,
+        dtype: str = "bfloat16",
+        model_id: str = DEFAULT_MODEL_ID,
+        prefix_reuse: bool = True,
+        cache_slots: int = 4,
+    ) -> None:
+        set_runtime_env()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = Path(path) if path is not None else local_model_path()
+        self.model_id = model_id
+        self.prefix_reuse = prefix_reuse
+        self.cache_slots = max(1, cache_slots)
+        torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if not isinstance(torch_dtype, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            self._model = AutoModelForCausalLM.from_pretrained(
+                self.path, dtype=torch_dtype, local_files_only=True
+            ).eval()
+        except OSError as exc:
+            raise ModelError(f"cannot load local model from {self.path}: {exc}") from exc
+        self._torch = torch
+        self._peft: Any = None  # PeftModel, created with the first adapter
+        self._adapters: dict[str, Path] = {}
+        self._prefixes: dict[str, list[_PrefixEntry]] = {}
+        # generation mutates shared state (active adapter, KV caches): one call at a time
+        self._lock = threading.RLock()
+        vocab = self.tokenizer.get_vocab()
+        eos = self._model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self._stop_ids = {i for i in eos_ids if i is not None}
+        self._stop_ids |= {vocab[t] for t in _STOP_TOKENS if t in vocab}
+        if self.tokenizer.eos_token_id is not None:
+            self._stop_ids.add(self.tokenizer.eos_token_id)
+        self.max_context = int(getattr(self._model.config, "max_position_embeddings", 2048))
+        for name, adapter_path in (adapters or {}).items():
+            self.load_adapter(name, adapter_path)
+
+    # -- adapters -------------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> dict[str, Path]:
+        """Loaded adapters, name -> folder."""
+        with self._lock:
+            return dict(self._adapters)
+
+    @property
+    def names(self) -> list[str]:
+        """Every model name this instance answers to: the base first, then the adapters."""
+        with self._lock:
+            return [self.model_id, *self._adapters]
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a peft LoRA adapter from `path` under `name`; `ModelError` if the name is taken."""
+        from peft import PeftModel
+
+        path = Path(path)
+        with self._lock:
+            if name == self.model_id or name in self._adapters:
+                raise ModelError(f"adapter name {name!r} is already in use")
+            if not (path / "adapter_config.json").is_file():
+                raise ModelError(f"no peft adapter at {path} (adapter_config.json missing)")
+            try:
+                if self._peft is None:
+                    # wraps in place: self._model keeps its identity, now with LoRA layers
+                    self._peft = PeftModel.from_pretrained(
+                        self._model, path, adapter_name=name, is_trainable=False
+                    )
+                else:
+                    self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise ModelError(f"cannot load adapter {name!r} from {path}: {exc}") from exc
+            self._peft.eval()
+            self._adapters[name] = path
+            self._prefixes.pop(name, None)
+
+    def unload_adapter(self, name: str) -> None:
+        """Drop an adapter and its KV caches; `ModelError` if it is not loaded."""
+        with self._lock:
+            if name not in self._adapters:
+                raise ModelError(f"adapter {name!r} is not loaded")
+            self._peft.delete_adapter(name)
+            del self._adapters[name]
+            self._prefixes.pop(name, None)
+
+    def handle(self, name: str | None = None) -> ChatModel:
+        """A `ChatModel` over these weights using adapter `name` (the base when None/model_id)."""
+        name = name or self.model_id
+        with self._lock:
+            if name != self.model_id and name not in self._adapters:
+                raise ModelError(f"unknown model {name!r}; loaded: {self.names}")
+        return LocalHandle(self, name)
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached prefix (frees their memory)."""
+        with self._lock:
+            self._prefixes.clear()
+
+    # -- generation -----------------------------------------------------------------------
+
+    def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
+        """`ChatModel.complete` with the base model."""
+        return self.generate(messages, params).completion
+
+    def encode(self, messages: list[Message]) -> list[int]:
+        """Prompt token ids: the chat template with the assistant turn opened."""
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        # the template already writes the special tokens
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @contextmanager
+    def _select(self, name: str) -> Iterator[None]:
+        """Make `name` the active adapter, or switch adapters off for the base."""
+        if name == self.model_id:
+            if not self._adapters:  # no LoRA layer has an adapter left: they are inert
+                yield
+                return
+            if self._peft.active_adapter not in self._adapters:
+                # peft keeps a deleted adapter as active, and disable_adapter() looks it up
+                self._peft.set_adapter(next(iter(self._adapters)))
+            with self._peft.disable_adapter():
+                yield
+            return
+        if name not in self._adapters:
+            raise ModelError(f"unknown model {name!r}; loaded: {self.names}")
+        self._peft.set_adapter(name)
+        yield
+
+    def _take_prefix(self, name: str, prompt: list[int]) -> tuple[_PrefixEntry | None, int]:
+        """Remove and return the cached entry sharing the longest prefix with `prompt`."""
+        entries = self._prefixes.get(name, [])
+        best, best_len = None, 0
+        for entry in entries:
+            n = _common_prefix(entry.tokens, prompt)
+            if n > best_len:
+                best, best_len = entry, n
+        if best is not None:
+            entries.remove(best)
+        return best, best_len
+
+    def _keep_prefix(self, name: str, entry: _PrefixEntry) -> None:
+        entries = self._prefixes.setdefault(name, [])
+        entries.append(entry)
+        if len(entries) > self.cache_slots:
+            entries.remove(min(entries, key=lambda e: e.last_used))
+
+    def _next_token(self, logits: Any, params: SamplingParams, gen: Any) -> int:
+        torch = self._torch
+        if params.temperature <= 0.0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, descending=True)
+            # keep the smallest set whose mass reaches top_p (the top token always stays)
+            drop = (torch.cumsum(sorted_p, dim=-1) - sorted_p) >= params.top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+    def generate(
+        self, messages: list[Message], params: SamplingParams, model: str | None = None
+    ) -> Generation:
+        """Complete `messages` with adapter `model` (None: base); the details of `complete`."""
+        torch = self._torch
+        from transformers import DynamicCache
+
+        name = model or self.model_id
+        started = time.perf_counter()
+        with self._lock:
+            prompt = self.encode(messages)
+            budget = min(params.max_tokens, self.max_context - len(prompt))
+            if budget < 1:
+                raise ModelError(
+                    f"prompt of {len(prompt)} tokens leaves no room in the "
+                    f"{self.max_context}-token context of {self.model_id}"
+                )
+            gen = torch.Generator()
+            if params.seed is not None:
+                gen.manual_seed(params.seed)
+            else:
+                gen.seed()
+            with self._select(name), torch.inference_mode():
+                entry, reused = self._take_prefix(name, prompt) if self.prefix_reuse else (None, 0)
+                # at least one prompt token must be fed to get the next-token logits
+                reused = min(reused, len(prompt) - 1)
+                if entry is None or reused == 0:
+                    entry = _PrefixEntry([], DynamicCache(config=self._model.config))
+                    reused = 0
+                elif len(entry.tokens) > reused:
+                    entry.cache.crop(reused - len(entry.tokens))  # negative: tokens to drop
+                    del entry.tokens[reused:]
+                feed = prompt[reused:]
+                out_ids: list[int] = []
+                finish = "length"
+                for _ in range(budget):
+                    logits = self._model(
+                        input_ids=torch.tensor([feed]),
+                        cache=entry.cache,
+                        use_cache=True,
+                        logits_to_keep=1,  # the vocab projection of every prompt token is waste
+                    ).logits[0, -1]
+                    entry.tokens.extend(feed)
+                    token = self._next_token(logits, params, gen)
+                    out_ids.append(token)
+                    if token in self._stop_ids:
+                        finish = "stop"
+                        break
+                    feed = [token]
+            if self.prefix_reuse:
+                entry.last_used = time.monotonic()
+                self._keep_prefix(name, entry)
+        text_ids = out_ids[:-1] if finish == "stop" else out_ids
+        completion = Completion(
+            text=self.tokenizer.decode(text_ids, skip_special_tokens=True),
+            prompt_tokens=len(prompt),
+            completion_tokens=len(out_ids),  # counts the end-of-turn token, as vLLM does
+            latency_s=time.perf_counter() - started,
+            model=name,
+        )
+        return Generation(completion, finish, reused)

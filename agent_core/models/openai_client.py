@@ -1,0 +1,194 @@
+"""A `ChatModel` for any OpenAI-compatible server (vLLM, `automem serve`, OpenAI itself).
+
+With vLLM's multi-LoRA serving, an adapter is just another model name: `model="memory-lora"`
+talks to the adapter, `model=<base>` to the base weights. Retries (connection errors,
+timeouts, 408/409/429/5xx, exponential backoff from 0.5 s to 8 s with jitter, honouring
+`Retry-After`) are the openai client's own; a failure after them becomes `ModelError`.
+
+The adapter-management helpers use vLLM's runtime LoRA endpoints (vLLM needs
+`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` for them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+# openai's own HTTP library (a fork of httpx): always installed along with openai
+import httpx2
+import openai
+
+from agent_core.models.base import ModelError
+from agent_core.records import Completion, Message, SamplingParams
+
+
+def server_root(base_url: str) -> str:
+    """`http://host:port` from either `http://host:port` or `http://host:port/v1`."""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def api_url(base_url: str) -> str:
+    """The OpenAI API base (`.../v1`) from either form of the server address."""
+    return server_root(base_url) + "/v1"
+
+
+def _api_key(api_key: str | None) -> str:
+    # local servers ignore the key, but the client insists on one
+    return api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+
+
+def _error_text(response: httpx2.Response) -> str:
+    """The server's error message (OpenAI/vLLM JSON shapes or plain text)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500]
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])
+        if "message" in body:
+            return str(body["message"])
+    return str(body)[:500]
+
+
+def _request(
+    method: str, url: str, api_key: str | None, timeout_s: float, json: Any = None
+) -> httpx2.Response:
+    """One HTTP call with connection failures as `ModelError` naming the URL."""
+    try:
+        response = httpx2.request(
+            method,
+            url,
+            json=json,
+            headers={"Authorization": f"Bearer {_api_key(api_key)}"},
+            timeout=timeout_s,
+        )
+    except httpx2.TimeoutException as exc:
+        raise ModelError(f"model server at {url} did not answer within {timeout_s} s") from exc
+    except httpx2.TransportError as exc:
+        raise ModelError(f"model server at {url} is not reachable: {exc}") from exc
+    if response.status_code >= 400:
+        raise ModelError(
+            f"model server at {url} answered {response.status_code}: {_error_text(response)}"
+        )
+    return response
+
+
+def list_models(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> list[str]:
+    """Names the server serves (`GET /v1/models`): the base model and any loaded adapters."""
+    response = _request("GET", api_url(base_url) + "/models", api_key, timeout_s)
+    return [item["id"] for item in response.json().get("data", [])]
+
+
+def check_reachable(base_url: str, api_key: str | None = None, timeout_s: float = 3.0) -> list[str]:
+    """Fail fast (before an episode starts) when the server is down; returns its model names."""
+    try:
+        return list_models(base_url, api_key=api_key, timeout_s=timeout_s)
+    except ModelError as exc:
+        raise ModelError(
+            f"{exc}. Start it first (`automem serve` or a vLLM server) or fix the base URL."
+        ) from exc
+
+
+def load_lora_adapter(
+    base_url: str, name: str, path: str | Path, api_key: str | None = None, timeout_s: float = 120.0
+) -> None:
+    """Load a LoRA adapter from `path` (a folder on the server's machine) under `name`."""
+    _request(
+        "POST",
+        api_url(base_url) + "/load_lora_adapter",
+        api_key,
+        timeout_s,
+        json={"lora_name": name, "lora_path": str(path)},
+    )
+
+
+def unload_lora_adapter(
+    base_url: str, name: str, api_key: str | None = None, timeout_s: float = 30.0
+) -> None:
+    """Unload the LoRA adapter `name` from the server."""
+    _request(
+        "POST",
+        api_url(base_url) + "/unload_lora_adapter",
+        api_key,
+        timeout_s,
+        json={"lora_name": name},
+    )
+
+
+class OpenAIChatModel:
+    """`ChatModel` over the chat-completions endpoint of an OpenAI-compatible server.
+
+    Args:
+        base_url: server address, with or without the trailing `/v1`.
+        model: the served name: base model or LoRA adapter.
+        api_key: default `$OPENAI_API_KEY`, else "EMPTY" (local servers ignore it).
+        timeout_s: per-attempt timeout.
+        max_retries: retries after the first attempt (the openai client's backoff).
+        model_id: the name recorded in traces; default `model`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        model_id: str | None = None,
+    ) -> None:
+        self.base_url = api_url(base_url)
+        self.model = model
+        self.model_id = model_id or model
+        self.max_retries = max_retries
+        self._client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=_api_key(api_key),
+            timeout=timeout_s,
+            max_retries=max_retries,
+        )
+
+    def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            # vLLM and older servers know max_tokens; newer ones accept it too
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        attempts = f"{self.max_retries + 1} attempt(s)"
+        started = time.perf_counter()
+        try:
+            response = self._client.chat.completions.create(**kwargs)
+        except openai.APIConnectionError as exc:  # includes timeouts
+            raise ModelError(
+                f"model server at {self.base_url} failed after {attempts}: {exc.message}"
+            ) from exc
+        except openai.APIStatusError as exc:
+            retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+            raise ModelError(
+                f"model server at {self.base_url} answered {exc.status_code} for model "
+                f"{self.model!r}" + (f" after {attempts}" if retried else "") + ": "
+                + _error_text(exc.response)
+            ) from exc
+        if not response.choices:
+            raise ModelError(f"model server at {self.base_url} returned no choices")
+        usage = response.usage
+        return Completion(
+            text=response.choices[0].message.content or "",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            latency_s=time.perf_counter() - started,
+            model=self.model_id,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._client.close()

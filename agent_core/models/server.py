@@ -1,0 +1,184 @@
+"""An OpenAI-compatible server over a `LocalModel`: the part of vLLM's surface AutoMem uses.
+
+Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` (the request's
+`model` picks the base or a LoRA adapter), `POST /v1/load_lora_adapter` and
+`POST /v1/unload_lora_adapter` (vLLM's bodies and answers). Errors use vLLM's JSON shape
+`{"error": {"message", "type", "param", "code"}}` so the openai client reports them well.
+A CPU stand-in for vLLM on machines without a GPU; `automem serve` runs it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ValidationError
+
+from agent_core.models.base import ModelError
+from agent_core.records import Message, SamplingParams
+
+if TYPE_CHECKING:
+    from agent_core.models.local import LocalModel
+
+_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
+
+
+def _error(code: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = _ERROR_TYPES.get(code, "Error")
+    body = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse({"error": body}, status_code=code)
+
+
+class ChatMessageIn(BaseModel):
+    role: str
+    #: a string, or OpenAI content parts (only text parts are understood)
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    model: str
+    messages: list[ChatMessageIn]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+
+
+class LoadLoRARequest(BaseModel):
+    lora_name: str
+    lora_path: str
+    #: vLLM: replace an adapter already loaded under this name
+    load_inplace: bool = False
+
+
+class UnloadLoRARequest(BaseModel):
+    lora_name: str
+    lora_int_id: int | None = None
+
+
+def _to_message(m: ChatMessageIn) -> Message:
+    role = "system" if m.role == "developer" else m.role
+    if role not in ("system", "user", "assistant"):
+        raise ValueError(f"unsupported message role {m.role!r}")
+    if isinstance(m.content, list):
+        content = "".join(p.get("text", "") for p in m.content if p.get("type") == "text")
+    else:
+        content = m.content or ""
+    return Message(role=role, content=content)
+
+
+def create_app(model: LocalModel) -> FastAPI:
+    """The FastAPI app serving `model` and its adapters."""
+    app = FastAPI(title="AutoMem model server")
+    started = int(time.time())
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # vLLM answers malformed requests with 400, not FastAPI's 422
+        return _error(400, str(exc.errors())[:1000])
+
+    @app.get("/health")
+    def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        card = {"object": "model", "created": started, "owned_by": "automem"}
+        data = [{"id": model.model_id, "root": str(model.path), "parent": None, **card}]
+        data += [
+            {"id": name, "root": str(path), "parent": model.model_id, **card}
+            for name, path in model.adapters.items()
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat_completions(req: ChatRequest) -> dict[str, Any] | JSONResponse:
+        # a plain `def`: FastAPI runs it in its thread pool; LocalModel serialises generation
+        if req.model not in model.names:
+            return _error(404, f"The model `{req.model}` does not exist.", param="model")
+        if req.stream:
+            return _error(400, "streaming is not supported by this server", param="stream")
+        if req.n != 1:
+            return _error(400, "only n=1 is supported", param="n")
+        try:
+            messages = [_to_message(m) for m in req.messages]
+            params = SamplingParams(
+                # omitted: up to the context window, as vLLM does (LocalModel clips it)
+                max_tokens=req.max_completion_tokens or req.max_tokens or 32768,
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                seed=req.seed,
+            )
+        except (ValueError, ValidationError) as exc:
+            return _error(400, str(exc))
+        try:
+            result = model.generate(messages, params, model=req.model)
+        except ModelError as exc:
+            return _error(400, str(exc))
+        c = result.completion
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": None,
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "total_tokens": c.prompt_tokens + c.completion_tokens,
+            },
+        }
+
+    @app.post("/v1/load_lora_adapter", response_model=None)
+    def load_lora_adapter(req: LoadLoRARequest) -> PlainTextResponse | JSONResponse:
+        name = req.lora_name
+        if name in model.adapters and req.load_inplace:
+            model.unload_adapter(name)
+        elif name in model.names:
+            return _error(400, f"The lora adapter '{name}' has already been loaded.")
+        try:
+            model.load_adapter(name, Path(req.lora_path))
+        except ModelError as exc:
+            return _error(400, str(exc), param="lora_path")
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter", response_model=None)
+    def unload_lora_adapter(req: UnloadLoRARequest) -> PlainTextResponse | JSONResponse:
+        if req.lora_name not in model.adapters:
+            return _error(404, f"The lora adapter '{req.lora_name}' cannot be found.")
+        model.unload_adapter(req.lora_name)
+        return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
+
+    return app
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_path: str | Path | None = None,
+    adapters: dict[str, Path] | None = None,
+    dtype: str = "bfloat16",
+    log_level: str = "info",
+) -> None:
+    """Load the local model (default: the prepared SmolLM2) and serve it until interrupted."""
+    import uvicorn
+
+    from agent_core.models.local import LocalModel
+
+    model = LocalModel(path=model_path, adapters=adapters, dtype=dtype)
+    uvicorn.run(create_app(model), host=host, port=port, log_level=log_level)

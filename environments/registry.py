@@ -1,0 +1,82 @@
+"""Game registry: `make_env(game, task, **kwargs)` builds an environment by name.
+
+Game modules are imported only when a game is made, so `import environments` stays fast
+and a game whose optional package is missing fails with a plain `EnvError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from .base import EnvError, Environment
+
+MINIHACK_TASKS = (
+    "MazeWalk-9x9",
+    "MazeWalk-15x15",
+    "Corridor-R3",
+    "CorridorBattle-Dark",
+    "Quest-Easy",
+    "Quest-Medium",
+    "Boxoban-Hard",
+    "Boxoban-Medium",
+)
+
+
+@dataclass(frozen=True)
+class GameSpec:
+    module: str
+    cls: str
+    tasks: tuple[str, ...]
+    #: the pip package the game needs beyond the project's core (None: pure Python)
+    package: str | None = None
+
+    @property
+    def default_task(self) -> str:
+        return self.tasks[0]
+
+
+GAMES: dict[str, GameSpec] = {
+    "tiny": GameSpec("environments.tiny", "TinyEnv", ("key-door",)),
+    "crafter": GameSpec("environments.crafter_env", "CrafterEnv", ("default",), "crafter"),
+    "nethack": GameSpec("environments.nethack_env", "NetHackEnv", ("challenge",), "nle"),
+    "minihack": GameSpec("environments.minihack_env", "MiniHackEnv", MINIHACK_TASKS, "minihack"),
+}
+
+# Top-level modules whose absence means "install the game's package", not a bug.
+_OPTIONAL_MODULES = {"crafter": "crafter", "nle": "nle", "minihack": "minihack", "gymnasium": "gymnasium"}
+
+
+def list_games() -> list[str]:
+    return sorted(GAMES)
+
+
+def resolve(game: str, task: str | None = None) -> tuple[str, str]:
+    """Canonical (game, task) names, matched case-insensitively; EnvError if unknown."""
+    if not isinstance(game, str) or game.strip().lower() not in GAMES:
+        raise EnvError(f"unknown game {game!r}; valid games: {', '.join(list_games())}")
+    name = game.strip().lower()
+    spec = GAMES[name]
+    if task is None:
+        return name, spec.default_task
+    by_key = {t.lower(): t for t in spec.tasks}
+    if not isinstance(task, str) or task.strip().lower() not in by_key:
+        raise EnvError(f"unknown task {task!r} for game {name!r}; valid tasks: {', '.join(spec.tasks)}")
+    return name, by_key[task.strip().lower()]
+
+
+def make_env(game: str, task: str | None = None, **kwargs: object) -> Environment:
+    """Build the environment for `game`/`task`; extra keyword arguments go to its class."""
+    name, task = resolve(game, task)
+    spec = GAMES[name]
+    try:
+        cls = getattr(importlib.import_module(spec.module), spec.cls)
+        return cls(task=task, **kwargs)
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in _OPTIONAL_MODULES:
+            raise
+        raise EnvError(
+            f"game {name!r} needs the Python package {_OPTIONAL_MODULES[root]!r} "
+            f"(missing module {exc.name!r}); install it with: pip install {_OPTIONAL_MODULES[root]}"
+        ) from exc
