@@ -15,6 +15,7 @@ from agent_core.conversation import Conversation
 from agent_core.memory import MemoryDir
 from agent_core.models.base import ChatModel
 from agent_core.records import MemoryOp, ModelCall, Routine
+from environments.base import normalise_action
 from agent_core.scaffold import READ_OPS, WRITE_OPS, RoutineConfig, Scaffold
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class MemoryAgent:
                  instructions: str, game: str, episode_id: str = ""):
         self.scaffold, self.cfg, self.roles, self.memory = scaffold, scaffold.config, roles, memory
         self.actions = env_actions
-        self.default_action = self.cfg.default_action or env_actions[0]
+        self.default_action = self._default_action(env_actions)
         allowed = set(self.cfg.log.allowed_ops) | set(self.cfg.plan.allowed_ops)
         help_lines = [h for h in _COMMAND_HELP if _op_of(h) in allowed]
         self._vars = dict(
@@ -87,6 +88,15 @@ class MemoryAgent:
         self._kinds = {f.name: f.kind for f in self.cfg.memory_files}
         self._validate_write = scaffold.hook("validate_write")
         self._postprocess = scaffold.hook("postprocess_observation")
+
+    def _default_action(self, env_actions: list[str]) -> str:
+        wanted = self.cfg.default_action
+        known = {normalise_action(a): a for a in env_actions}
+        if wanted and normalise_action(wanted) in known:
+            return known[normalise_action(wanted)]
+        if wanted:  # e.g. a game's scaffold smoke-tested on the tiny game
+            log.warning("default action %r is not in this game's vocabulary; using %r", wanted, env_actions[0])
+        return env_actions[0]
 
     # ------------------------------------------------------------------
     def step(self, step: int, observation: str, last_action: str | None, reward: float) -> StepDecision:
