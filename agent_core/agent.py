@@ -84,7 +84,8 @@ class MemoryAgent:
             action_example=format_command("action", name=env_actions[0]),
         )
         self.conv = Conversation(scaffold.render("system", **self._vars), self.cfg.history_window,
-                                 call_prefix=f"{episode_id}:")
+                                 call_prefix=f"{episode_id}:",
+                                 demonstrations=[(d.user, d.assistant) for d in self.cfg.demonstrations])
         self._kinds = {f.name: f.kind for f in self.cfg.memory_files}
         self._validate_write = scaffold.hook("validate_write")
         self._postprocess = scaffold.hook("postprocess_observation")

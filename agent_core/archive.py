@@ -46,7 +46,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "calls": pa.schema(_KEYS + [
         ("step", pa.int64()), ("call_id", pa.string()), ("call_index", pa.int64()),
         ("routine", pa.string()), ("role", pa.string()), ("model", pa.string()),
-        ("messages_digest", pa.string()), ("window_start", pa.int64()), ("context_end", pa.int64()),
+        ("messages_digest", pa.string()), ("fixed_prefix", pa.int64()), ("window_start", pa.int64()), ("context_end", pa.int64()),
         ("new_messages", _MESSAGES), ("reply", pa.string()), ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()), ("latency_s", pa.float64())]),
     "memory_ops": pa.schema(_KEYS + [

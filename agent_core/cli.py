@@ -275,11 +275,38 @@ def rollout(
     console.print(f"report: {result['report']}")
 
 
+PRESETS = Path(__file__).resolve().parents[1] / "deployments" / "presets"
+
+
+@app.command()
+def iterate(
+    preset: Path = typer.Option(PRESETS / "nightly-local.yaml", help="YAML file with the flow's `params`."),
+    workspace: Optional[Path] = typer.Option(None),
+) -> None:
+    """The nightly iteration (scaffold loop, then training loop) with a preset's parameters."""
+    import yaml
+
+    from agent_core.workspace import configure_prefect_env
+
+    configure_prefect_env(workspace)
+    from flows.iteration import IterationParams, iteration
+
+    try:
+        raw = yaml.safe_load(preset.read_text())["params"]
+        params = IterationParams(**{**raw, **({"workspace": str(workspace)} if workspace else {})})
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        _fail(f"cannot read preset {preset}: {exc}")
+    except ValueError as exc:
+        _fail(str(exc))
+    result = iteration(params)
+    console.print(f"[bold]report:[/bold] {Path(result['report']).resolve()}")
+
+
 @app.command()
 def run() -> None:
-    """The main job on the embedded defaults (what `make run` does): a small rollout of
-    Crafter with the local model, on Prefect's local API, into ./automem-runs."""
-    rollout(env=["crafter"], seeds="0", steps=3, concurrency=1, base_url=None, model=None, workspace=None)
+    """The main job on the embedded defaults (what `make run` does): the nightly iteration on
+    Crafter with the local model and a small budget, on Prefect's local API, into ./automem-runs."""
+    iterate(preset=PRESETS / "nightly-local.yaml", workspace=None)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """One conversation shared by both roles, with a sliding window over past steps.
 
-The message log is append-only. Each model call sees `[log[0]] + log[window_start:]`
-(the system prompt and the last `history_window` steps) and records only the messages
-added since the previous call, so the trace holds every context exactly, once.
+The message log is append-only. Each model call sees `log[:fixed] + log[window_start:]`
+(the fixed prefix: system prompt and demonstration turns; then the last `history_window`
+steps) and records only the messages added since the previous call, so the trace holds
+every context exactly, once.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from agent_core.records import AgentRole, Message, ModelCall, Routine, SamplingP
 
 
 class Conversation:
-    def __init__(self, system: str, history_window: int, call_prefix: str = ""):
+    def __init__(self, system: str, history_window: int, call_prefix: str = "",
+                 demonstrations: list[tuple[str, str]] = ()):
         self.log: list[Message] = [Message(role="system", content=system)]
+        for user, assistant in demonstrations:  # few-shot turns: small models copy their form
+            self.log += [Message(role="user", content=user), Message(role="assistant", content=assistant)]
+        self.fixed = len(self.log)
         self.history_window = history_window
         self._step_starts: list[int] = []
         self._recorded = 0  # log messages already carried by an earlier call's new_messages
@@ -36,17 +41,17 @@ class Conversation:
 
     def window_start(self) -> int:
         kept = self._step_starts[-(self.history_window + 1):]
-        return kept[0] if kept else 1
+        return kept[0] if kept else self.fixed
 
     def context(self) -> list[Message]:
-        return [self.log[0], *self.log[self.window_start():]]
+        return [*self.log[:self.fixed], *self.log[self.window_start():]]
 
     def call(
         self, model: ChatModel, params: SamplingParams, routine: Routine, role: AgentRole
     ) -> ModelCall:
         """Send the current context to `model`, append its reply, return the call record."""
         ws, end = self.window_start(), len(self.log)
-        context = [self.log[0], *self.log[ws:end]]
+        context = [*self.log[:self.fixed], *self.log[ws:end]]
         started = time.perf_counter()
         completion = model.complete(context, params)
         latency = completion.latency_s or (time.perf_counter() - started)
@@ -56,6 +61,7 @@ class Conversation:
             role=role,
             model=model.model_id,
             messages_digest=messages_digest(context),
+            fixed_prefix=self.fixed,
             window_start=ws,
             context_end=end,
             new_messages=self.log[self._recorded:end],
@@ -75,5 +81,5 @@ def rebuild_contexts(calls: list[ModelCall]) -> list[list[Message]]:
     out = []
     for call in calls:
         log.extend(call.new_messages)
-        out.append([log[0], *log[call.window_start:call.context_end]])
+        out.append([*log[:call.fixed_prefix], *log[call.window_start:call.context_end]])
     return out

@@ -47,8 +47,10 @@ class ModelCall(BaseModel):
     model: str
     #: digest of the exact message list sent (see `messages_digest`)
     messages_digest: str
-    #: the context sent was `[log[0]] + log[window_start:context_end]`, where `log` is the
-    #: episode's message log: the concatenation of every call's `new_messages` in order
+    #: the context sent was `log[:fixed_prefix] + log[window_start:context_end]`, where `log`
+    #: is the episode's message log: the concatenation of every call's `new_messages` in
+    #: order; the fixed prefix is the system prompt and the scaffold's demonstrations
+    fixed_prefix: int = 1
     window_start: int
     context_end: int
     #: messages appended to the episode's log since the previous call (incl. its reply)

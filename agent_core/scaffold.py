@@ -78,6 +78,14 @@ class RoutineConfig(_Strict):
         return ops
 
 
+class Demonstration(_Strict):
+    """A worked exchange placed after the system prompt (never cut by the history window):
+    small models copy the form of earlier replies far better than they follow rules."""
+
+    user: str = Field(description="What the agent is shown (e.g. an observation and the LOG prompt).")
+    assistant: str = Field(description="A reply in the command format.")
+
+
 class ScaffoldConfig(_Strict):
     """`scaffold.yaml`."""
 
@@ -96,6 +104,8 @@ class ScaffoldConfig(_Strict):
         None, description="Played (and counted) when no valid action is committed; "
         "None means the game's first action."
     )
+    demonstrations: list[Demonstration] = Field(
+        default_factory=list, description="Few-shot turns after the system prompt.")
     history_window: int = Field(
         4, ge=0, le=1000, description="Past steps of conversation kept in the context."
     )

@@ -39,3 +39,4 @@ def configure_prefect_env(workspace: str | Path | None = None) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ export PORT=${2:-4311}
 export PREFECT_HOME=$AUTOMEM_WORKSPACE/prefect-home
 export PREFECT_API_URL=http://127.0.0.1:$PORT/api
 export STATE=$AUTOMEM_WORKSPACE/stack
+export SERVER_ARGS=--no-scheduler  # the nightly deployment's cron must not fire during the check
 BIN=${BIN:-.venv/bin}
 CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
 [ -n "$CHROMIUM" ] || { echo "chromium is not installed (Debian package 'chromium')" >&2; exit 3; }

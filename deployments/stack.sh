@@ -34,7 +34,8 @@ stop_pid() {  # name: SIGTERM the process group, wait up to 20 s, then SIGKILL
 
 case "${1:-}" in
   server)
-    "$BIN/prefect" server start --host 127.0.0.1 --port "$PORT" > "$STATE/server.log" 2>&1 &
+    # SERVER_ARGS: e.g. --no-scheduler for checks that must not start scheduled runs
+    "$BIN/prefect" server start --host 127.0.0.1 --port "$PORT" ${SERVER_ARGS:-} > "$STATE/server.log" 2>&1 &
     echo $! > "$STATE/server.pid"
     for _ in $(seq 240); do
       curl -sf "http://127.0.0.1:$PORT/api/health" > /dev/null && { echo "server up: http://127.0.0.1:$PORT"; exit 0; }

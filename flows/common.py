@@ -7,13 +7,68 @@ from collections import defaultdict
 from pathlib import Path
 
 from prefect import get_run_logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from agent_core.diagnostics import Diagnostics
 from agent_core.episode import EpisodeSpec
+from agent_core.models.config import ModelConfig
 from agent_core.records import EpisodeSummary
+from agent_core.registry import load_registry
+from agent_core.review.candidate import materialise
+from agent_core.scaffold import Scaffold
+from agent_core.workspace import workspace_root
+from environments.registry import resolve
 from tasks.episodes import find_finished_episodes, run_episode
+
+
+def check_seeds(seeds: list[int]) -> list[int]:
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"seeds must be non-negative integers, got {seeds}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    return seeds
+
+
+class GameParams(BaseModel):
+    """What the outer loops share: one game, a step budget, the agent's models, where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    game: str = Field("crafter", description="`game` or `game/task`.")
+    max_steps: int = Field(20, ge=1, le=100_000, description="Step budget per episode.")
+    scaffold: str | None = Field(None, description="Scaffold; default: the registry's incumbent, else the built-in v0.")
+    models: ModelConfig = Field(default_factory=ModelConfig, description="The agent's models.")
+    concurrency: int = Field(4, ge=1, le=512, description="Episodes in flight at once.")
+    workspace: str | None = Field(None, description="Workspace root (default $AUTOMEM_WORKSPACE or ./automem-runs).")
+
+    @field_validator("game")
+    @classmethod
+    def _game(cls, value: str) -> str:
+        game, _, task = value.partition("/")
+        return "/".join(resolve(game, task or None))  # EnvError (a ValueError) lists valid names
+
+    def root(self) -> Path:
+        return workspace_root(self.workspace).resolve()
+
+    @property
+    def game_name(self) -> str:
+        return self.game.split("/", 1)[0]
+
+    def specs(self, scaffold_dir: str, seeds: list[int], models: ModelConfig | None = None) -> list[EpisodeSpec]:
+        game, task = self.game.split("/", 1)
+        return [EpisodeSpec(game=game, task=task, seed=s, max_steps=self.max_steps, scaffold_dir=scaffold_dir,
+                            models=models or self.models, workspace=str(self.root())) for s in seeds]
+
+    def incumbent(self) -> Scaffold:
+        """The scaffold to start from (explicit, else the registry's, else v0), copied into
+        the workspace's content-addressed store."""
+        chosen = self.scaffold or load_registry(self.root()).scaffolds.get(self.game_name)
+        source = Scaffold.load(chosen) if chosen else Scaffold.builtin(self.game_name)
+        store = self.root() / "scaffolds"
+        store.mkdir(parents=True, exist_ok=True)
+        return Scaffold.load(materialise({k: v.decode() for k, v in source.files.items()}, store))
 
 
 class EpisodesFailed(RuntimeError):

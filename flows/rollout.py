@@ -12,7 +12,7 @@ from agent_core.models.config import ModelConfig
 from agent_core.scaffold import Scaffold
 from agent_core.workspace import workspace_root
 from environments.registry import resolve
-from flows.common import publish_rollout_report, run_episodes
+from flows.common import check_seeds, publish_rollout_report, run_episodes
 from tasks.archive import archive_traces, diagnose_traces
 
 
@@ -41,12 +41,7 @@ class RolloutParams(BaseModel):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
-        bad = [s for s in seeds if s < 0]
-        if bad:
-            raise ValueError(f"seeds must be non-negative integers, got {bad}")
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
-        return seeds
+        return check_seeds(seeds)
 
     def root(self) -> Path:
         return workspace_root(self.workspace).resolve()

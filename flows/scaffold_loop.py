@@ -9,68 +9,31 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from agent_core.episode import EpisodeSpec
 from agent_core.gate import GateConfig, GateVerdict
-from agent_core.models.config import ModelConfig
-from agent_core.registry import load_registry
-from agent_core.review.candidate import materialise
-from agent_core.review.config import ReviewerConfig
+from agent_core.meta import MetaLLMConfig
 from agent_core.scaffold import Scaffold
-from agent_core.workspace import workspace_root
-from environments.registry import resolve
-from flows.common import run_episodes
+from flows.common import GameParams, check_seeds, run_episodes
 from tasks.archive import archive_traces
 from tasks.review import gate_candidate, promote_incumbent, review_scaffold
 
 
-class ScaffoldLoopParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ScaffoldLoopParams(GameParams):
+    """Outer loop 1. Validated before any episode starts."""
 
-    game: str = Field("crafter", description="`game` or `game/task`.")
     seeds: list[int] = Field([0, 1, 2, 3], min_length=1, description="Fixed evaluation seeds (incumbent and candidate play the same).")
-    max_steps: int = Field(20, ge=1, le=100_000, description="Step budget per episode.")
-    scaffold: str | None = Field(None, description="Starting scaffold; default: the registry's incumbent, else the built-in v0.")
-    models: ModelConfig = Field(default_factory=ModelConfig, description="The agent's models.")
-    reviewer: ReviewerConfig = Field(default_factory=ReviewerConfig, description="Who writes candidates.")
+    reviewer: MetaLLMConfig = Field(default_factory=MetaLLMConfig, description="Who writes candidates.")
     iterations: int = Field(2, ge=1, le=100, description="K: review iterations at most.")
     patience: int = Field(2, ge=1, le=100, description="M: stop after this many iterations in a row without promotion.")
     attempts: int = Field(3, ge=1, le=10, description="Reviewer attempts per iteration (rejections are fed back).")
     token_budget: int = Field(12_000, ge=1_000, le=1_000_000, description="Review bundle size in tokens.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test.")
-    concurrency: int = Field(4, ge=1, le=512, description="Episodes in flight at once.")
-    workspace: str | None = Field(None, description="Workspace root.")
-
-    @field_validator("game")
-    @classmethod
-    def _game(cls, value: str) -> str:
-        game, _, task = value.partition("/")
-        return "/".join(resolve(game, task or None))
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
-        if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
-        return seeds
-
-    def root(self) -> Path:
-        return workspace_root(self.workspace).resolve()
-
-    def specs(self, scaffold_dir: str) -> list[EpisodeSpec]:
-        game, task = self.game.split("/", 1)
-        return [EpisodeSpec(game=game, task=task, seed=s, max_steps=self.max_steps, scaffold_dir=scaffold_dir,
-                            models=self.models, workspace=str(self.root())) for s in self.seeds]
-
-    def start(self) -> Scaffold:
-        """The incumbent to start from, copied into the workspace's scaffold store."""
-        game = self.game.split("/", 1)[0]
-        chosen = self.scaffold or load_registry(self.root()).scaffolds.get(game)
-        source = Scaffold.load(chosen) if chosen else Scaffold.builtin(game)
-        store = self.root() / "scaffolds"
-        store.mkdir(parents=True, exist_ok=True)
-        return Scaffold.load(materialise({k: v.decode() for k, v in source.files.items()}, store))
+        return check_seeds(seeds)
 
 
 def scaffold_diff(old: Scaffold, new: Scaffold) -> str:
@@ -93,12 +56,12 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
     logger = get_run_logger()
     params.models.check()
     params.reviewer.check()
-    root, game = params.root(), params.game.split("/", 1)[0]
-    incumbent = params.start()
+    root, game = params.root(), params.game_name
+    incumbent = params.incumbent()
     history: list[dict] = []
     misses = 0
     for iteration in range(params.iterations):
-        runs = run_episodes(params.specs(str(incumbent.root)), params.concurrency, label="incumbent")
+        runs = run_episodes(params.specs(str(incumbent.root), params.seeds), params.concurrency, label="incumbent")
         traces = [s.trace_path for s in runs]
         archive_traces(traces, str(root / "archive"))
         proposal = review_scaffold(str(incumbent.root), traces, params.reviewer, str(root),
@@ -111,7 +74,8 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
             history.append({**entry, "verdict": "no valid candidate", "reason": reasons})
         else:
             candidate = Scaffold.load(proposal.candidate_dir)
-            cand_runs = run_episodes(params.specs(str(candidate.root)), params.concurrency, label="candidate")
+            cand_runs = run_episodes(params.specs(str(candidate.root), params.seeds), params.concurrency,
+                                     label="candidate")
             archive_traces([s.trace_path for s in cand_runs], str(root / "archive"))
             verdict = gate_candidate(params.seeds, [s.progression for s in runs],
                                      [s.progression for s in cand_runs], params.gate,

@@ -8,27 +8,19 @@ from pathlib import Path
 from prefect import task
 
 from agent_core.gate import GateConfig, GateVerdict, gate
-from agent_core.models.base import ModelError
 from agent_core.registry import promote
 from agent_core.review.bundle import build_bundle
-from agent_core.review.config import ReviewerConfig
+from agent_core.meta import MetaLLMConfig
+from agent_core.review.reviewers import make_reviewer
 from agent_core.review.propose import Proposal, load_proposal, propose, review_key
 from agent_core.scaffold import Scaffold
 from agent_core.trace import read_summary
+from tasks.episodes import retry_on_model_error
 
 
-def _retry_model_errors(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except ModelError:
-        return True
-    except Exception:
-        return False
-    return False
 
-
-@task(name="review_scaffold", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=_retry_model_errors)
-def review_scaffold(incumbent_dir: str, trace_paths: list[str], reviewer: ReviewerConfig, workspace: str,
+@task(name="review_scaffold", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_on_model_error)
+def review_scaffold(incumbent_dir: str, trace_paths: list[str], reviewer: MetaLLMConfig, workspace: str,
                     max_attempts: int, token_budget: int) -> Proposal:
     """One review round, recorded under reviews/<key>/ and reused by a re-run."""
     incumbent = Scaffold.load(incumbent_dir)
@@ -40,7 +32,7 @@ def review_scaffold(incumbent_dir: str, trace_paths: list[str], reviewer: Review
     bundle = build_bundle(incumbent, trace_paths, token_budget=token_budget)
     (record).mkdir(parents=True, exist_ok=True)
     (record / "bundle.md").write_text(bundle.render())
-    return propose(reviewer.build(), bundle, incumbent, Path(workspace) / "scaffolds", record, max_attempts)
+    return propose(make_reviewer(reviewer), bundle, incumbent, Path(workspace) / "scaffolds", record, max_attempts)
 
 
 @task(name="gate_candidate")

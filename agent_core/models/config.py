@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_core.agent import Roles
 from agent_core.models.base import ChatModel
-from agent_core.records import Message
+from agent_core.records import Completion, Message, SamplingParams
 
 
 class RoutineScript(BaseModel):
@@ -57,6 +57,10 @@ class ModelConfig(BaseModel):
         None, description="Memory specialist: a served adapter name (openai) or a peft adapter "
         "directory (local). None: the base model plays both roles.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    max_tokens: int | None = Field(
+        None, ge=1, le=32768, description="Cap on tokens per reply for this deployment (e.g. a small "
+        "CPU model), applied over the scaffold's max_tokens; part of the model id, so cached "
+        "episodes are never mixed. None: the scaffold decides.")
     script: RoutineScript = Field(default_factory=RoutineScript, description="Scripted backend replies.")
 
     @model_validator(mode="after")
@@ -67,9 +71,16 @@ class ModelConfig(BaseModel):
 
     def ids(self) -> tuple[str, str]:
         """(memory model id, action model id) as recorded in traces and cache keys."""
+        memory_id, action_id = self._base_ids()
+        if self.max_tokens is None:
+            return memory_id, action_id
+        return f"{memory_id}@max{self.max_tokens}", f"{action_id}@max{self.max_tokens}"
+
+    def _base_ids(self) -> tuple[str, str]:
         if self.backend == "scripted":
             digest = hashlib.sha256(self.script.model_dump_json().encode()).hexdigest()[:8]
-            return (f"scripted-{digest}",) * 2
+            base = f"scripted-{digest}"
+            return (f"{base}+{Path(self.specialist).name}" if self.specialist else base, base)
         if self.backend == "openai":
             return (self.specialist or self.model, self.model)  # type: ignore[return-value]
         from agent_core.models.local import DEFAULT_MODEL_ID
@@ -92,8 +103,22 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"specialist {self.specialist!r} is not a peft adapter directory")
 
     def build(self) -> Roles:
+        roles = self._build()
+        if self.max_tokens is None:
+            return roles
+        memory_id, action_id = self.ids()
+        memory = CappedModel(roles.memory, self.max_tokens, memory_id)
+        if roles.shared:
+            return Roles(memory=memory)
+        return Roles(memory=memory, action=CappedModel(roles.action, self.max_tokens, action_id))
+
+    def _build(self) -> Roles:
         if self.backend == "scripted":
-            return Roles(memory=self.script.model(self.ids()[0]))
+            memory_id, action_id = self._base_ids()
+            if memory_id == action_id:
+                return Roles(memory=self.script.model(memory_id))
+            # two handles playing the two roles over one conversation, as with a specialist
+            return Roles(memory=self.script.model(memory_id), action=self.script.model(action_id))
         if self.backend == "openai":
             from agent_core.models.openai_client import OpenAIChatModel
 
@@ -106,10 +131,21 @@ class ModelConfig(BaseModel):
         local = shared_local_model()
         if not self.specialist:
             return Roles(memory=local)
-        name = self.ids()[0]
+        name = self._base_ids()[0]
         if name not in local.adapters:
             local.load_adapter(name, Path(self.specialist))
         return Roles(memory=local.handle(name), action=local.handle(local.model_id))
+
+
+class CappedModel:
+    """A model whose replies are at most `max_tokens` long, whatever the scaffold asks."""
+
+    def __init__(self, inner: ChatModel, max_tokens: int, model_id: str):
+        self.inner, self.max_tokens, self.model_id = inner, max_tokens, model_id
+
+    def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
+        capped = params.model_copy(update={"max_tokens": min(params.max_tokens, self.max_tokens)})
+        return self.inner.complete(messages, capped)
 
 
 @lru_cache(maxsize=1)

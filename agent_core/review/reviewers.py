@@ -11,6 +11,7 @@ from typing import Protocol
 import jinja2
 import yaml
 
+from agent_core.meta import MetaLLMConfig
 from agent_core.models.base import ChatModel
 from agent_core.records import Message, SamplingParams
 from agent_core.review.bundle import ReviewBundle
@@ -44,6 +45,12 @@ class MetaLLMReviewer:
     def review(self, bundle: ReviewBundle, incumbent: Scaffold, feedback: list[str]) -> str:
         messages = [Message(role="user", content=self.prompt(bundle, incumbent, feedback))]
         return self.model.complete(messages, self.params).text
+
+
+def make_reviewer(config: MetaLLMConfig) -> Reviewer:
+    """The meta-LLM reviewer when an endpoint is configured, else the rule-based one."""
+    model = config.chat_model()
+    return MetaLLMReviewer(model, config.params()) if model else RuleBasedReviewer()
 
 
 class NoRevision(Exception):

@@ -9,7 +9,7 @@ import pytest
 
 from agent_core.models.config import ModelConfig, RoutineScript
 from agent_core.registry import load_registry
-from agent_core.review.config import ReviewerConfig
+from agent_core.meta import MetaLLMConfig
 from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
 
 GROWING = RoutineScript(log="<|SEARCH|>hall<|END|><|APPEND|>map.md|visited the hall again<|END|>"
@@ -52,7 +52,7 @@ def test_rule_based_iteration_evaluates_gates_and_keeps_records(tmp_path):
 
 def test_unusable_reviewer_output_is_rejected_cleanly(tmp_path):
     ws = tmp_path / "ws"
-    reviewer = ReviewerConfig(backend="scripted", replies=["<analysis>x</analysis><changes>- y</changes><file path=\"scaffold.yaml\">"])
+    reviewer = MetaLLMConfig(backend="scripted", replies=["<analysis>x</analysis><changes>- y</changes><file path=\"scaffold.yaml\">"])
     result = scaffold_loop(params(ws, reviewer=reviewer, attempts=2))
     [entry] = result["history"]
     assert entry["verdict"] == "no valid candidate"
@@ -67,7 +67,7 @@ def test_invalid_parameters_fail_fast(tmp_path):
     with pytest.raises(ValueError, match="distinct"):
         params(tmp_path, seeds=[1, 1])
     with pytest.raises(ValueError, match="needs base_url"):
-        scaffold_loop(params(tmp_path, reviewer=ReviewerConfig(backend="openai")))
+        scaffold_loop(params(tmp_path, reviewer=MetaLLMConfig(backend="openai")))
 
 
 @pytest.mark.slow
@@ -75,7 +75,7 @@ def test_meta_llm_reviewer_over_automem_serve(tmp_path, server_url, local_model)
     """The real meta-LLM path: the reviewer talks to `automem serve` with the openai client.
     The 135M model cannot write a scaffold: its reply must be rejected cleanly."""
     ws = tmp_path / "ws"
-    reviewer = ReviewerConfig(backend="openai", base_url=server_url + "/v1", model=local_model.model_id,
+    reviewer = MetaLLMConfig(backend="openai", base_url=server_url + "/v1", model=local_model.model_id,
                               max_tokens=256)
     result = scaffold_loop(params(ws, reviewer=reviewer, attempts=1, iterations=1, token_budget=1500))
     [entry] = result["history"]

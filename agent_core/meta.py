@@ -1,20 +1,22 @@
-"""Which reviewer writes candidate scaffolds: a meta-LLM endpoint, or the rule-based one."""
+"""The meta-LLM both outer loops consult: the scaffold reviewer and the training curator.
+Without an endpoint, each loop falls back to its rule-based counterpart."""
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent_core.models.base import ChatModel
 from agent_core.records import SamplingParams
-from agent_core.review.reviewers import MetaLLMReviewer, Reviewer, RuleBasedReviewer
 
 
-class ReviewerConfig(BaseModel):
+class MetaLLMConfig(BaseModel):
     """The meta-LLM endpoint comes from the environment unless given: AUTOMEM_META_BASE_URL,
     AUTOMEM_META_MODEL, and the key in AUTOMEM_META_API_KEY. Without an endpoint the
-    rule-based reviewer is used."""
+    rule-based reviewer / curator is used."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -28,7 +30,7 @@ class ReviewerConfig(BaseModel):
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     replies: list[str] = Field(default_factory=list, description="Scripted backend: replies in order.")
 
-    def resolved(self) -> "ReviewerConfig":
+    def resolved(self) -> "MetaLLMConfig":
         base_url = self.base_url or os.environ.get("AUTOMEM_META_BASE_URL")
         model = self.model or os.environ.get("AUTOMEM_META_MODEL")
         backend = self.backend
@@ -46,22 +48,31 @@ class ReviewerConfig(BaseModel):
 
             check_reachable(cfg.base_url)
 
-    def build(self) -> Reviewer:
-        cfg = self.resolved()
-        params = SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
-        if cfg.backend == "rules":
-            return RuleBasedReviewer()
-        if cfg.backend == "scripted":
-            from agent_core.models.scripted import ScriptedModel
+    def params(self) -> SamplingParams:
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature)
 
-            return MetaLLMReviewer(ScriptedModel(cfg.replies, model_id="scripted-reviewer",
-                                                 when_exhausted="repeat_last"), params)
+    def chat_model(self) -> ChatModel | None:
+        """The meta-LLM, or None when the rule-based fallback is configured."""
+        cfg = self.resolved()
+        if cfg.backend == "rules":
+            return None
+        if cfg.backend == "scripted":
+            return _scripted(tuple(cfg.replies))
         from agent_core.models.openai_client import OpenAIChatModel
 
-        return MetaLLMReviewer(OpenAIChatModel(base_url=cfg.base_url, model=cfg.model,
-                                               api_key=os.environ.get(cfg.api_key_env), timeout_s=600.0), params)
+        return OpenAIChatModel(base_url=cfg.base_url, model=cfg.model,
+                               api_key=os.environ.get(cfg.api_key_env), timeout_s=600.0)
 
     def identity(self) -> str:
-        """What distinguishes this reviewer's output (part of the review cache key)."""
+        """What distinguishes this meta-LLM's output (part of review and curation cache keys)."""
         cfg = self.resolved()
         return cfg.model_dump_json(exclude={"api_key_env"})
+
+
+@lru_cache(maxsize=None)
+def _scripted(replies: tuple[str, ...]) -> ChatModel:
+    """One scripted meta-LLM per script and process: its replies go on in order across the
+    calls of a run (review attempts, training trials), as a real conversation partner's would."""
+    from agent_core.models.scripted import ScriptedModel
+
+    return ScriptedModel(list(replies), model_id="scripted-meta", when_exhausted="repeat_last")

@@ -1,0 +1,124 @@
+"""Curators write the curation program of each training trial: a meta-LLM over any
+OpenAI-compatible endpoint, or a rule-based baseline. Both see the earlier trials
+(training loss, specialist evaluation, rejections) and revise the program."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import jinja2
+
+from agent_core.meta import MetaLLMConfig
+from agent_core.models.base import ChatModel
+from agent_core.records import Message, SamplingParams
+from agent_core.scaffold import Scaffold
+from agent_core.training.program import (RULE_BASED_SQL, CurationProgram, ProgramError, parse_program,
+                                         rule_based_program)
+
+PROMPT = Path(__file__).parent / "prompts" / "curator.jinja"
+
+#: Looser selections the rule-based curator falls back to when a trial finds too little data.
+#: Valid memory turns (every op ok, no parse error in the step), consult-before-write or not:
+VALID_TURNS_SQL = """
+SELECT c.call_id FROM calls c
+JOIN steps s ON s.episode_id = c.episode_id AND s.step = c.step
+WHERE c.role = 'memory' AND c.routine IN ('log', 'plan') AND s.invalid_ops = 0
+ORDER BY c.call_id
+""".strip()
+#: Memory turns that ran at least one operation and none that failed, whatever else
+#: happened in their step:
+OK_TURNS_SQL = """
+SELECT c.call_id FROM calls c
+WHERE c.role = 'memory' AND c.routine IN ('log', 'plan')
+  AND EXISTS (SELECT 1 FROM memory_ops o WHERE o.call_id = c.call_id)
+  AND NOT EXISTS (SELECT 1 FROM memory_ops o WHERE o.call_id = c.call_id AND NOT o.ok)
+ORDER BY c.call_id
+""".strip()
+RELAXATIONS = (RULE_BASED_SQL, VALID_TURNS_SQL, OK_TURNS_SQL)
+
+
+class Curator(Protocol):
+    name: str
+
+    def program(self, scaffold: Scaffold, digest: dict, trials: list[dict]) -> CurationProgram:
+        """The next trial's program; `ProgramError` when the reply is unusable."""
+        ...
+
+
+def describe_trial(trial: dict) -> str:
+    """One line a curator reads about an earlier trial."""
+    if trial.get("error"):
+        return f"rejected: {trial['error']}"
+    parts = [f"{trial.get('examples', '?')} examples, final training loss {trial.get('final_loss', float('nan')):.3f}"]
+    if "verdict" in trial:
+        v = trial["verdict"]
+        parts.append(f"specialist progression {v['mean_candidate']:.3f} vs base {v['mean_incumbent']:.3f} "
+                     f"({'promoted' if v['promote'] else 'not promoted'}: {v['reason']})")
+    if "diagnostics" in trial:
+        parts.append(f"write/search specialist {trial['diagnostics'].get('specialist')} vs base "
+                     f"{trial['diagnostics'].get('base')}")
+    return "; ".join(parts)
+
+
+class MetaLLMCurator:
+    def __init__(self, model: ChatModel, params: SamplingParams, base_path: Path | None = None):
+        self.model, self.params, self.base_path = model, params, base_path
+        self.name = f"meta-llm:{model.model_id}"
+
+    def prompt(self, scaffold: Scaffold, digest: dict, trials: list[dict]) -> str:
+        template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(PROMPT.read_text())
+        return template.render(
+            game=scaffold.config.game,
+            scaffold_files={k: v.decode(errors="replace") for k, v in sorted(scaffold.files.items())},
+            digest=json.dumps(digest, indent=1, default=str),
+            trials=[{"trial": t["trial"], "outcome": describe_trial(t)} for t in trials],
+            schema=json.dumps(CurationProgram.model_json_schema()),
+            example=rule_based_program(digest).model_dump_json(indent=1))
+
+    def program(self, scaffold: Scaffold, digest: dict, trials: list[dict]) -> CurationProgram:
+        reply = self.model.complete([Message(role="user", content=self.prompt(scaffold, digest, trials))],
+                                    self.params).text
+        return parse_program(reply, self.base_path)
+
+
+class RuleBasedCurator:
+    """Trial 0: the rule-based program. Later trials revise it from what happened: too little
+    data -> a looser selection; loss still high -> one more epoch; specialist no better than
+    the base -> a lower learning rate and the top episodes only."""
+
+    name = "rule-based"
+
+    def program(self, scaffold: Scaffold, digest: dict, trials: list[dict]) -> CurationProgram:
+        program = rule_based_program(digest)
+        level = 0
+        for t in trials:
+            error = t.get("error", "")
+            if any(m in error for m in ("no usable", "returned no calls", "fewer than min_examples")):
+                level = min(level + 1, len(RELAXATIONS) - 1)
+        program = program.model_copy(update={"selection_sql": RELAXATIONS[level]})
+        done = [t for t in trials if not t.get("error")]
+        if done:
+            last = done[-1]
+            lora = program.lora
+            if last.get("final_loss", 0.0) > 1.0:
+                lora = lora.model_copy(update={"epochs": min(lora.epochs + len(done), 50)})
+            if "verdict" in last and not last["verdict"]["promote"]:
+                lora = lora.model_copy(update={"learning_rate": lora.learning_rate / (2 ** len(done))})
+                comp = program.composition.model_copy(update={"top_episode_share": 0.5})
+                program = program.model_copy(update={"composition": comp})
+            program = program.model_copy(update={"lora": lora})
+        if level:
+            program = program.model_copy(update={"composition": program.composition.model_copy(
+                update={"min_examples": 1})})
+        return program.model_copy(update={"rationale": f"rule-based, selection level {level}, "
+                                                       f"after {len(trials)} trial(s)"})
+
+
+def make_curator(config: MetaLLMConfig, base_path: Path | None = None) -> Curator:
+    model = config.chat_model()
+    return MetaLLMCurator(model, config.params(), base_path) if model else RuleBasedCurator()
+
+
+__all__ = ["Curator", "MetaLLMCurator", "RuleBasedCurator", "make_curator", "describe_trial", "ProgramError"]

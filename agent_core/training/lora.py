@@ -1,0 +1,320 @@
+"""LoRA training of the memory specialist: peft on transformers, a small plain training loop.
+
+Each example is tokenized as the model saw it at inference time: the chat template applied
+to the context with the assistant turn opened (the prompt), then the target reply and the
+end-of-turn token (the completion). The loss covers only the completion tokens. A context
+too long for `max_seq_len` is cut from the left; the completion is always kept whole.
+
+The adapter is written in peft format (`adapter_config.json`, `adapter_model.safetensors`,
+loadable by peft and vLLM) with `training_config.json`, `loss_curve.json` and
+`train_log.csv` beside it, into a temp folder renamed into place at the very end: a run
+that dies leaves nothing at `out_dir`.
+
+torch, transformers and peft are imported inside the functions (they take seconds).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from agent_core.models.weights import force_offline, local_model_path
+from agent_core.training.dataset import load_examples, remove_stale
+from agent_core.training.program import LoraSettings, ProgramError, check_lora
+
+log = logging.getLogger(__name__)
+
+#: end-of-turn tokens besides the tokenizer's EOS (ChatML)
+_TURN_END = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class StepLog:
+    """What the progress callback receives after every optimizer step."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    #: non-padding tokens in this step's batches (context + target)
+    tokens: int
+    examples: int
+    elapsed_s: float
+
+
+class TrainResult(BaseModel):
+    """A finished training run."""
+
+    adapter_dir: Path = Field(description="The peft adapter folder (with the logs beside it).")
+    steps: int = Field(description="Optimizer steps taken.")
+    examples: int = Field(description="Training examples used (after dropping those that do not fit).")
+    final_loss: float = Field(description="Training loss of the last step.")
+    eval_loss: float = Field(description="Loss (eval mode) on the first batch after training; "
+                             "the saved adapter reproduces it (`batch_loss`).")
+    loss_curve: list[float] = Field(description="Training loss per optimizer step.")
+    tokens: int = Field(description="Non-padding tokens processed over all steps.")
+    wall_s: float = Field(description="Seconds spent in the training loop.")
+    base_model: str = Field(description="Name of the base model folder.")
+
+
+@dataclass
+class Encoded:
+    """One tokenized example: ids and labels (IGNORE on the context)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def _stop_ids(tokenizer: Any) -> set[int]:
+    vocab = tokenizer.get_vocab()
+    ids = {vocab[t] for t in _TURN_END if t in vocab}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def encode_example(tokenizer: Any, messages: list[dict[str, str]], target: str, max_seq_len: int,
+                   stop_ids: set[int] | None = None) -> Encoded | None:
+    """Tokenize one example; None when the completion alone does not fit `max_seq_len`."""
+    prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": target}], tokenize=False)
+    completion_text = full_text[len(prompt_text):]
+    if not full_text.startswith(prompt_text) or not completion_text.startswith(target):
+        raise ValueError("the chat template does not render the reply verbatim after the prompt; "
+                         "targets cannot be isolated")
+    # prompt and completion are tokenized apart: at inference the reply starts after the
+    # prompt's tokens, so a token merging across the boundary never occurs there either
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completion = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+    stops = _stop_ids(tokenizer) if stop_ids is None else stop_ids
+    end = next((i for i, t in enumerate(completion) if t in stops), None)
+    if end is not None:  # keep the end-of-turn token, drop the template's trailing newline
+        completion = completion[:end + 1]
+    budget = max_seq_len - len(completion)
+    if budget < 1:  # at least one context token must precede the first target token
+        return None
+    prompt = prompt[-budget:]
+    return Encoded(prompt + completion, [IGNORE] * len(prompt) + completion)
+
+
+def collate(batch: list[Encoded], pad_id: int, torch: Any) -> dict[str, Any]:
+    """Right-padded tensors: input_ids, attention_mask, labels."""
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _loss_sum(model: Any, batch: dict[str, Any], torch: Any) -> tuple[Any, int]:
+    """Summed cross-entropy over the target tokens of a batch, and their number.
+
+    Only target positions go through the output projection: for a small model with a large
+    vocabulary it is a big share of the work, and contexts are long while replies are short."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    labels = batch["labels"][:, 1:]
+    sel = labels != IGNORE
+    config = base.config
+    direct = getattr(base, "get_decoder", None) and not (
+        getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
+    if direct:
+        hidden = base.get_decoder()(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = base.get_output_embeddings()(hidden[:, :-1][sel])
+    else:  # models that transform logits in their head: take the full forward pass
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][sel]
+    return F.cross_entropy(logits.float(), labels[sel], reduction="sum"), int(sel.sum())
+
+
+def batch_loss(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_seq_len: int) -> float:
+    """Mean target-token loss of `examples` as one batch, in eval mode without gradients
+    (how `TrainResult.eval_loss` is measured; use it to check a reloaded adapter)."""
+    import torch
+
+    encoded = [e for e in (encode_example(tokenizer, x["messages"], x["target"], max_seq_len)
+                           for x in examples) if e is not None]
+    if not encoded:
+        raise ValueError("no example fits max_seq_len")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            total, n = _loss_sum(model, collate(encoded, _pad_id(tokenizer), torch), torch)
+    finally:
+        model.train(was_training)
+    return float(total) / n
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _scheduler_name(lora: LoraSettings) -> str:
+    # transformers' "constant" ignores warm-up
+    return "constant_with_warmup" if lora.schedule == "constant" and lora.warmup_ratio > 0 else lora.schedule
+
+
+#: a temp folder untouched this long belongs to a training that was killed
+_STALE_TMP_S = 24 * 3600.0
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
+               base_path: str | Path | None = None,
+               progress: Callable[[StepLog], None] | None = None) -> TrainResult:
+    """Train a LoRA adapter on `dataset_dir/train.jsonl` and save it at `out_dir`.
+
+    `base_path`: the base checkpoint (default: the prepared local model). `progress` is
+    called after every optimizer step; an exception from it stops training (and, like any
+    failure, leaves no adapter at `out_dir`). Raises `ProgramError` when the settings do not
+    fit the base model or no example fits `max_seq_len`; `FileExistsError` when `out_dir`
+    already exists."""
+    force_offline()
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    base = Path(base_path) if base_path is not None else local_model_path()
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; train into a new folder")
+    check_lora(lora, base)  # fails fast, before seconds of model loading
+    examples = load_examples(dataset_dir)
+    if not examples:
+        raise ProgramError(f"{dataset_dir} holds no training examples")
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    stops = _stop_ids(tokenizer)
+    fits = [(x, e) for x, e in ((x, encode_example(tokenizer, x["messages"], x["target"], lora.max_seq_len,
+                                                   stops)) for x in examples) if e is not None]
+    encoded = [e for _, e in fits]
+    dropped = len(examples) - len(encoded)
+    if not encoded:
+        raise ProgramError(f"no example fits lora.max_seq_len {lora.max_seq_len}: every target is longer")
+    if dropped:
+        log.warning("%d of %d examples dropped: target longer than max_seq_len %d",
+                    dropped, len(examples), lora.max_seq_len)
+
+    torch.manual_seed(lora.seed)  # LoRA A matrices and dropout draw from the global generator
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, local_files_only=True)
+    model.config.use_cache = False
+    check_lora(lora, base, module_names={n for n, _ in model.named_modules()})
+    try:
+        model = get_peft_model(model, LoraConfig(
+            # an integral alpha is written as an int: some loaders (vLLM) expect one
+            r=lora.rank, lora_alpha=int(lora.alpha) if float(lora.alpha).is_integer() else lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM"))
+    except (ValueError, TypeError) as exc:
+        raise ProgramError(f"peft refused the LoRA settings: {exc}") from None
+    model.train()
+
+    micro_per_epoch = math.ceil(len(encoded) / lora.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / lora.grad_accum)
+    total = steps_per_epoch * lora.epochs
+    if lora.max_steps is not None:
+        total = min(total, lora.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lora.learning_rate, weight_decay=0.0)
+    scheduler = get_scheduler(_scheduler_name(lora), optimizer,
+                              num_warmup_steps=round(lora.warmup_ratio * total), num_training_steps=total)
+    pad_id = _pad_id(tokenizer)
+    shuffle = torch.Generator().manual_seed(lora.seed)
+
+    remove_stale(out_dir.parent, f"{out_dir.name}.tmp-*", _STALE_TMP_S)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{secrets.token_hex(4)}")
+    tmp.mkdir(parents=True)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    try:
+        step, tokens_seen = 0, 0
+        for epoch in range(lora.epochs):
+            order = torch.randperm(len(encoded), generator=shuffle).tolist()
+            micro = [order[i:i + lora.batch_size] for i in range(0, len(order), lora.batch_size)]
+            for g in range(0, len(micro), lora.grad_accum):
+                if step >= total:
+                    break
+                group = [collate([encoded[i] for i in idx], pad_id, torch)
+                         for idx in micro[g:g + lora.grad_accum]]
+                # normalise by the group's target tokens: every token weighs the same,
+                # however the tokens fall into micro-batches
+                n_target = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in group)
+                loss_total = 0.0
+                for b in group:
+                    loss, _ = _loss_sum(model, b, torch)
+                    (loss / n_target).backward()
+                    loss_total += float(loss.detach())
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                tokens = sum(int(b["attention_mask"].sum()) for b in group)
+                tokens_seen += tokens
+                row = StepLog(step=step, total_steps=total, epoch=epoch + 1, loss=loss_total / n_target,
+                              lr=lr, tokens=tokens, examples=sum(len(b["labels"]) for b in group),
+                              elapsed_s=round(time.perf_counter() - started, 3))
+                rows.append(asdict(row))
+                log.info("lora step %d/%d epoch %d loss %.4f lr %.2e (%d tokens, %.1f s)",
+                         step, total, row.epoch, row.loss, lr, tokens, row.elapsed_s)
+                if progress is not None:
+                    progress(row)
+        wall = time.perf_counter() - started
+        # measured on the first batch_size examples that fit, in file order (reproducible
+        # from the dataset alone, to check a reloaded adapter)
+        eval_loss = batch_loss(model, tokenizer, [x for x, _ in fits[: lora.batch_size]], lora.max_seq_len)
+
+        # the adapter names its base by folder name only: no machine paths in artifacts
+        model.peft_config["default"].base_model_name_or_path = base.name
+        # save_embedding_layers=False: the vocabulary is never resized, and the "auto" check
+        # would look the base up by that name
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        curve = [r["loss"] for r in rows]
+        (tmp / "loss_curve.json").write_text(json.dumps(
+            [{"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in rows], indent=1))
+        with open(tmp / "train_log.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
+            writer.writeheader()
+            writer.writerows(rows)
+        (tmp / "training_config.json").write_text(json.dumps({
+            "lora": lora.model_dump(mode="json"), "base_model": base.name, "dataset": dataset_dir.name,
+            "examples": len(encoded), "dropped_too_long": dropped, "steps": step,
+            "scheduler": _scheduler_name(lora), "optimizer": "AdamW", "grad_clip": 1.0,
+            "tokens": tokens_seen, "final_loss": curve[-1] if curve else None, "eval_loss": eval_loss,
+            "wall_s": round(wall, 3), "versions": _versions()}, indent=2))
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return TrainResult(adapter_dir=out_dir, steps=step, examples=len(encoded),
+                       final_loss=curve[-1] if curve else float("nan"), eval_loss=eval_loss,
+                       loss_curve=curve, tokens=tokens_seen, wall_s=round(wall, 3), base_model=base.name)

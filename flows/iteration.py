@@ -1,0 +1,67 @@
+"""`iteration`: the nightly run. Outer loop 1 (scaffold) then outer loop 2 (memory
+specialist) on the scaffold that loop 1 leaves as incumbent; one report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from pydantic import Field, field_validator, model_validator
+
+from agent_core.gate import GateConfig
+from agent_core.meta import MetaLLMConfig
+from flows.common import GameParams, check_seeds
+from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
+from flows.training_loop import TrainingLoopParams, training_loop
+
+
+class IterationParams(GameParams):
+    eval_seeds: list[int] = Field([0, 1, 2, 3], min_length=1, description="Fixed evaluation seeds (both loops).")
+    pool_seeds: list[int] = Field([100, 101, 102, 103], min_length=1, description="Training-pool seeds, disjoint from eval_seeds.")
+    meta: MetaLLMConfig = Field(default_factory=MetaLLMConfig, description="The meta-LLM (reviewer and curator).")
+    iterations: int = Field(2, ge=1, le=100, description="Scaffold-loop iterations.")
+    patience: int = Field(2, ge=1, le=100, description="Scaffold loop: stop after this many without promotion.")
+    trials: int = Field(2, ge=1, le=50, description="Training-loop trials.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test of both loops.")
+    train_base: str | None = Field(None, description="Base weights to train on (default: the local model).")
+
+    @field_validator("eval_seeds", "pool_seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        return check_seeds(seeds)
+
+    @model_validator(mode="after")
+    def _loops(self) -> "IterationParams":
+        self.training()  # fail before anything runs (e.g. overlapping seed sets)
+        return self
+
+    def _shared(self) -> dict:
+        return dict(game=self.game, max_steps=self.max_steps, scaffold=self.scaffold, models=self.models,
+                    concurrency=self.concurrency, workspace=self.workspace, gate=self.gate)
+
+    def scaffold_loop(self) -> ScaffoldLoopParams:
+        return ScaffoldLoopParams(**self._shared(), seeds=self.eval_seeds, reviewer=self.meta,
+                                  iterations=self.iterations, patience=self.patience)
+
+    def training(self, scaffold: str | None = None) -> TrainingLoopParams:
+        return TrainingLoopParams(**{**self._shared(), "scaffold": scaffold or self.scaffold},
+                                  pool_seeds=self.pool_seeds, eval_seeds=self.eval_seeds, meta=self.meta,
+                                  trials=self.trials, train_base=self.train_base)
+
+
+@flow(name="iteration")
+def iteration(params: IterationParams = IterationParams()) -> dict:
+    logger = get_run_logger()
+    scaffolds = scaffold_loop(params.scaffold_loop())
+    training = training_loop(params.training(scaffolds["incumbent"]))
+    lines = [f"# Nightly iteration: {params.game}", "", "## Scaffold loop", ""]
+    lines += [f"- iteration {h['iteration']}: {h['verdict']} - {h.get('reason', '')}" for h in scaffolds["history"]]
+    lines += ["", f"Incumbent scaffold: `{scaffolds['incumbent']}`", "", "## Training loop", "",
+              Path(training["report"]).read_text()]
+    from prefect.runtime import flow_run
+
+    report = params.root() / "reports" / f"iteration-{flow_run.get_name() or 'local'}.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(lines))
+    logger.info("nightly report: %s", report)
+    return {"report": str(report), "scaffold_loop": scaffolds, "training_loop": training}

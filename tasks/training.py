@@ -1,0 +1,92 @@
+"""Training-loop tasks: curate, build the SFT dataset, train the adapter, serve it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from agent_core.meta import MetaLLMConfig
+from agent_core.scaffold import Scaffold
+from agent_core.training.curator import make_curator
+from agent_core.training.dataset import DatasetInfo, build_dataset
+from agent_core.training.lora import StepLog, TrainResult, train_lora
+from agent_core.training.program import CurationProgram, ProgramError, pool_digest
+from tasks.episodes import retry_on_model_error
+
+
+
+@task(name="digest_pool")
+def digest_pool(archive_root: str) -> dict:
+    return pool_digest(archive_root)
+
+
+@task(name="curate", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_on_model_error)
+def curate(scaffold_dir: str, digest: dict, meta: MetaLLMConfig, trials: list[dict],
+           base_path: str | None) -> CurationProgram | str:
+    """The next trial's curation program, or the reason it was rejected (fed back)."""
+    curator = make_curator(meta, Path(base_path) if base_path else None)
+    try:
+        return curator.program(Scaffold.load(scaffold_dir), digest, trials)
+    except ProgramError as exc:
+        return f"program rejected: {exc.reason}"
+
+
+@task(name="build_sft_dataset")
+def build_sft_dataset(archive_root: str, program: CurationProgram, out_root: str) -> DatasetInfo | str:
+    """The content-addressed dataset, or why there is none (nothing trains on empty data)."""
+    try:
+        return build_dataset(archive_root, program, out_root)
+    except ProgramError as exc:
+        return exc.reason
+
+
+def adapter_name(dataset: DatasetInfo, program: CurationProgram, base: str) -> str:
+    """Content-addressed: the same data, settings and base give the same adapter, so a
+    trial whose program and data are unchanged is not retrained, and a served name never
+    points at different weights."""
+    blob = json.dumps([dataset.digest, program.lora.model_dump(mode="json"), base], sort_keys=True)
+    return "mem-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@task(name="train_adapter")
+def train_adapter(dataset: DatasetInfo, program: CurationProgram, adapters_root: str,
+                  base_path: str | None) -> TrainResult:
+    logger = get_run_logger()
+    from agent_core.models.weights import local_model_path
+
+    base = Path(base_path) if base_path else local_model_path()
+    out = Path(adapters_root) / adapter_name(dataset, program, base.name)
+    result_file = out / "train_result.json"
+    if result_file.is_file():
+        logger.info("adapter %s already trained: reused", out.name)
+        return TrainResult.model_validate_json(result_file.read_text())
+    if out.exists():  # renamed into place but its result never written (killed): set aside
+        out.rename(out.with_name(f"{out.name}.incomplete-{int(time.time())}"))
+    progress = create_progress_artifact(0.0, description=f"training {out.name}")
+
+    def report(s: StepLog) -> None:
+        logger.info("train/step %d/%d epoch %d loss %.4f lr %.2e (%.1f s)", s.step, s.total_steps,
+                    s.epoch, s.loss, s.lr, s.elapsed_s)
+        update_progress_artifact(progress, 100.0 * s.step / max(s.total_steps, 1))
+
+    result = train_lora(dataset.path, program.lora, out, base_path=base, progress=report)
+    result_file.write_text(result.model_dump_json(indent=2))
+    logger.info("adapter %s: %d steps, final loss %.4f", out.name, result.steps, result.final_loss)
+    return result
+
+
+@task(name="serve_adapter", retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=retry_on_model_error)
+def serve_adapter(base_url: str, adapter_dir: str) -> str:
+    """Load the adapter into an OpenAI-compatible server (vLLM's /v1/load_lora_adapter)
+    under its content-addressed name; the directory must be visible to the server."""
+    from agent_core.models.openai_client import list_models, load_lora_adapter
+
+    name = Path(adapter_dir).name
+    if name not in list_models(base_url):
+        load_lora_adapter(base_url, name, adapter_dir)
+    return name

@@ -1,0 +1,48 @@
+"""ModelConfig: which model plays which role, and the ids that key cached episodes."""
+
+import pytest
+from pydantic import ValidationError
+
+from agent_core.models.config import ModelConfig, RoutineScript
+from agent_core.records import Message, SamplingParams
+
+
+def test_scripted_single_and_two_roles():
+    one = ModelConfig(backend="scripted").build()
+    assert one.shared
+    two = ModelConfig(backend="scripted", specialist="adapters/mem-1").build()
+    assert not two.shared and two.memory.model_id.endswith("+mem-1")
+    assert two.action.model_id == ModelConfig(backend="scripted").ids()[1]
+
+
+def test_ids_change_with_everything_that_changes_replies():
+    base = ModelConfig(backend="scripted")
+    assert base.ids() != ModelConfig(backend="scripted", script=RoutineScript(act="<|ACTION|>wait<|END|>")).ids()
+    assert base.ids() != ModelConfig(backend="scripted", max_tokens=8).ids()
+    assert ModelConfig(backend="openai", base_url="http://h/v1", model="m", specialist="s").ids() == ("s", "m")
+
+
+def test_reply_cap_applies_over_the_scaffold():
+    seen = []
+
+    class Echo:
+        model_id = "echo"
+
+        def complete(self, messages, params):
+            seen.append(params.max_tokens)
+            from agent_core.records import Completion
+            return Completion(text="<|DONE|>")
+
+    from agent_core.models.config import CappedModel
+
+    capped = CappedModel(Echo(), 16, "echo@max16")
+    capped.complete([Message(role="user", content="x")], SamplingParams(max_tokens=128))
+    capped.complete([Message(role="user", content="x")], SamplingParams(max_tokens=4))
+    assert seen == [16, 4]
+    roles = ModelConfig(backend="scripted", max_tokens=16).build()
+    assert roles.memory.model_id.endswith("@max16") and roles.shared
+
+
+def test_openai_backend_needs_url_and_model():
+    with pytest.raises(ValidationError, match="base_url and model"):
+        ModelConfig(backend="openai")

@@ -1,0 +1,265 @@
+"""Building the training set from a real archive: sandboxing, verbatim targets, exact
+contexts, composition and content addressing."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent_core.archive import connect
+from agent_core.commands import format_command, parse_reply
+from agent_core.training.dataset import build_dataset, compose, load_examples, strip_actions
+from agent_core.training.program import (
+    Composition,
+    CurationProgram,
+    LoraSettings,
+    ProgramError,
+    RoutineMix,
+    pool_digest,
+    rule_based_program,
+)
+
+LORA = LoraSettings(rank=4, alpha=8, target_modules=["q_proj", "v_proj"], learning_rate=1e-3, max_seq_len=64)
+
+
+def program(sql: str = "select call_id from calls", **comp) -> CurationProgram:
+    composition = dict(routine_mix=RoutineMix(log=0.5, plan=0.5), max_per_episode=100, min_examples=1,
+                       max_examples=1000, top_episode_share=1.0)
+    composition.update(comp)
+    return CurationProgram(selection_sql=sql, composition=Composition(**composition), lora=LORA)
+
+
+def replies(root: Path) -> dict[str, tuple[str, str, str]]:
+    con = connect(root)
+    try:
+        return {cid: (routine, role, reply) for cid, routine, role, reply in
+                con.execute("select call_id, routine, role, reply from calls").fetchall()}
+    finally:
+        con.close()
+
+
+# -- the SQL is sandboxed on the program path -------------------------------------------------
+
+@pytest.mark.parametrize("sql", [
+    "select * from read_csv('/etc/passwd')",
+    "select content as call_id from read_text('/etc/hostname')",
+    "select * from '/etc/hostname'",
+    "COPY (select call_id from calls) TO '{out}/out.csv'",
+    "COPY calls TO '{archive}/leak.parquet'",
+    "ATTACH '{out}/other.db' AS other",
+    "select call_id from calls; drop view calls",
+    "INSTALL httpfs",
+    "SET enable_external_access = true",
+    "CREATE TABLE t AS select call_id from calls",
+    "select call_id from calls where call_id in (select * from read_parquet('/etc/*.parquet'))",
+])
+def test_selection_sql_is_sandboxed(archive, tmp_path, sql):
+    out = tmp_path / "datasets"
+    sql = sql.format(out=tmp_path, archive=archive.root)
+    before = sorted(p for p in archive.root.rglob("*"))
+    with pytest.raises(ProgramError) as info:
+        build_dataset(archive.root, program(sql), out)
+    assert info.value.reason.startswith("selection_sql refused")
+    assert not out.exists()  # nothing was written: no dataset, no temp folder
+    assert sorted(tmp_path.iterdir()) == []
+    assert sorted(p for p in archive.root.rglob("*")) == before
+
+
+def test_selection_time_limit_and_shape(archive, tmp_path):
+    with pytest.raises(ProgramError, match="time limit"):
+        build_dataset(archive.root, program("select count(*)::varchar as call_id from range(100000000000)"),
+                      tmp_path, timeout_s=0.5)
+    with pytest.raises(ProgramError, match="must return a column named call_id"):
+        build_dataset(archive.root, program("select episode_id from calls"), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sql", [
+    "select call_id from calls where false",
+    "select call_id from calls where routine = 'nonexistent'",
+    "select null as call_id",
+])
+def test_empty_selection_is_refused(archive, tmp_path, sql):
+    with pytest.raises(ProgramError, match="^selection returned no calls$"):
+        build_dataset(archive.root, program(sql), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_selection_of_only_action_calls_is_refused(archive, tmp_path):
+    with pytest.raises(ProgramError, match="no usable memory-role"):
+        build_dataset(archive.root, program("select call_id from calls where role = 'action'"), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- examples are verbatim, memory-only, action-free, with exact contexts -----------------------
+
+@pytest.fixture(scope="module")
+def everything(archive, tmp_path_factory):
+    """All calls selected (action-role ones too): the builder must keep only memory turns."""
+    out = tmp_path_factory.mktemp("datasets")
+    info = build_dataset(archive.root, program(), out)
+    return info, load_examples(info.path)
+
+
+def test_examples_are_verbatim_memory_turns_without_actions(archive, everything):
+    info, examples = everything
+    calls = replies(archive.root)
+    memory = {cid for cid, (routine, role, _) in calls.items() if role == "memory"}
+    assert {e["meta"]["call_id"] for e in examples} == memory  # every memory call, no other
+    assert info.examples == len(examples) == 48
+    assert info.per_routine == {"log": 24, "plan": 24} and info.per_game == {"tiny": 48}
+    all_replies = [reply for _, _, reply in calls.values()]
+    cut = 0
+    for e in examples:
+        routine, role, reply = calls[e["meta"]["call_id"]]
+        assert role == "memory" and routine == e["meta"]["routine"]
+        assert "<|ACTION|>" not in e["target"].upper()
+        assert any(e["target"] in r for r in all_replies)
+        if e["target"] != reply:  # the only edit: the PLAN reply's action command cut out
+            assert routine == "plan" and reply == e["target"] + "<|ACTION|>look<|END|>"
+            cut += 1
+        assert not parse_reply(e["target"]).errors
+    assert cut == 8  # 2 episodes x 4 steps of PLAN-acts
+    card = json.loads((info.path / "data_card.json").read_text())
+    assert card["filters"]["actions_removed"] == 8
+    assert card["filters"]["dropped_not_memory_role"] == 16
+
+
+def test_contexts_are_exactly_what_the_model_received(archive, everything):
+    _, examples = everything
+    for e in examples:
+        episode_id, n = e["meta"]["call_id"].rsplit(":", 1)
+        seen = archive.received[episode_id][int(n)]
+        assert e["messages"] == [m.model_dump() for m in seen]
+        assert e["messages"][0]["role"] == "system" and e["messages"][-1]["role"] == "user"
+
+
+def test_dataset_is_content_addressed_and_reused(archive, everything, tmp_path):
+    info, _ = everything
+    again = build_dataset(archive.root, program(), info.path.parent)
+    assert again.reused and again.path == info.path and again.digest == info.digest
+    elsewhere = build_dataset(archive.root, program(), tmp_path)
+    assert not elsewhere.reused and elsewhere.path.name == info.path.name
+    for name in ("train.jsonl", "data_card.json", "data_card.md"):
+        assert (elsewhere.path / name).read_bytes() == (info.path / name).read_bytes()
+    # the LoRA settings and rationale do not change the data; the composition does
+    other = program().model_copy(update={"lora": LORA.model_copy(update={"rank": 16}), "rationale": "x"})
+    assert build_dataset(archive.root, other, tmp_path).path == elsewhere.path
+    smaller = build_dataset(archive.root, program(max_examples=10), tmp_path)
+    assert smaller.path != elsewhere.path and smaller.examples == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({elsewhere.digest, smaller.digest})
+
+
+def test_data_card(everything, base_path, tmp_path, archive):
+    info, _ = everything
+    card = json.loads((info.path / "data_card.json").read_text())
+    assert card["query"] == "select call_id from calls" and card["program"]["lora"]["rank"] == 4
+    assert card["per_game_routine"] == {"tiny/log": 24, "tiny/plan": 24}
+    assert card["target_chars"]["min"] > 0 and card["context_chars"]["max"] > card["context_chars"]["min"]
+    md = (info.path / "data_card.md").read_text()
+    assert info.digest in md and "select call_id from calls" in md
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
+    with_tokens = build_dataset(archive.root, program(max_examples=6), tmp_path, tokenizer=tok)
+    card = json.loads((with_tokens.path / "data_card.json").read_text())
+    assert 0 < card["target_tokens"]["max"] < card["context_tokens"]["min"]
+
+
+# -- composition ----------------------------------------------------------------------------
+
+def test_rule_based_selection_keeps_consult_before_write(archive, tmp_path):
+    prog = rule_based_program(pool_digest(archive.root))
+    info = build_dataset(archive.root, prog.model_copy(update={"composition": prog.composition.model_copy(
+        update={"top_episode_share": 1.0, "routine_mix": RoutineMix(log=0.4, plan=0.6)})}), tmp_path)
+    examples = load_examples(info.path)
+    calls = replies(archive.root)
+    logs = [e for e in examples if e["meta"]["routine"] == "log"]
+    # the PLAN-acts episodes append without searching first: their LOG turns are left out
+    assert all(e["target"].startswith("<|SEARCH|>") for e in logs)
+    assert all(calls[e["meta"]["call_id"]][2].startswith("<|SEARCH|>saw") for e in logs)
+    # 16 consulting LOG turns and 24 PLAN turns: log 0.4 limits N to 40 -> 16 + 24
+    assert info.per_routine == {"log": 16, "plan": 24}
+
+
+def test_top_episode_share_keeps_the_best_episodes(archive, tmp_path):
+    info = build_dataset(archive.root, program(top_episode_share=0.5), tmp_path)
+    episodes = {e["meta"]["episode_id"] for e in load_examples(info.path)}
+    assert len(episodes) == 3
+    assert all(archive.progression[e] == max(archive.progression.values()) for e in episodes)
+
+
+def test_caps_and_mix_are_deterministic(archive, tmp_path):
+    prog = program(max_per_episode=3, routine_mix=RoutineMix(log=0.25, plan=0.75), max_examples=12)
+    first = build_dataset(archive.root, prog, tmp_path / "a")
+    examples = load_examples(first.path)
+    assert first.per_routine == {"log": 3, "plan": 9}
+    assert max(Counter(e["meta"]["episode_id"] for e in examples).values()) <= 3
+    again = build_dataset(archive.root, prog, tmp_path / "b")
+    assert (again.path / "train.jsonl").read_bytes() == (first.path / "train.jsonl").read_bytes()
+    reseeded = build_dataset(archive.root, prog.model_copy(update={"composition": prog.composition.model_copy(
+        update={"seed": 1})}), tmp_path / "c")
+    assert reseeded.digest != first.digest
+
+
+def test_too_few_examples_is_a_failed_trial(archive, tmp_path):
+    with pytest.raises(ProgramError, match="fewer than min_examples 100"):
+        build_dataset(archive.root, program(min_examples=100, max_examples=200), tmp_path)
+    # a routine asked for but not selected leaves nothing at all
+    with pytest.raises(ProgramError, match="composition leaves 0 examples"):
+        build_dataset(archive.root, program("select call_id from calls where routine = 'plan'",
+                                            routine_mix=RoutineMix(log=1.0, plan=0.0)), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compose_largest_remainder():
+    cands = [dict(call_id=f"e{i % 2}:{i}", episode_id=f"e{i % 2}", game="g", call_index=i,
+                  routine="log" if i < 10 else "plan", target="t") for i in range(20)]
+    prog = program(routine_mix=RoutineMix(log=0.33, plan=0.67), max_examples=14)
+    chosen = compose(cands, {"e0": 1.0, "e1": 0.0}, prog, Counter())
+    assert Counter(c["routine"] for c in chosen) == {"log": 5, "plan": 9}
+    assert chosen == sorted(chosen, key=lambda c: (c["episode_id"], c["call_index"]))
+
+
+# -- action removal ---------------------------------------------------------------------------
+
+def test_strip_actions_cuts_verbatim():
+    assert strip_actions("<|SEARCH|>key<|END|><|ACTION|>look<|END|>") == "<|SEARCH|>key<|END|>"
+    assert strip_actions("I will look.\n<| action |>go north<|END|>\n<|DONE|>") == "I will look.\n\n<|DONE|>"
+    assert strip_actions("<|ACTION|>go north") == ""  # missing END at the very end
+    assert strip_actions("<|READ|>a.md<|END|>") == "<|READ|>a.md<|END|>"
+    assert strip_actions("<|ACTION|><|READ|>a.md<|END|>") is None  # malformed: not cut, dropped
+
+
+_memory_cmd = st.sampled_from([
+    format_command("search", query="key"), format_command("read", file="map.md", lines="1-5"),
+    format_command("append", file="notes.md", text="saw a door | locked"), format_command("done")])
+_action_cmd = st.sampled_from([format_command("action", name="go north"), "<|action|> look <|END|>"])
+
+
+@given(st.lists(st.tuples(st.one_of(_memory_cmd, _action_cmd), st.sampled_from(["", " ", "\n", "ok. "])),
+                max_size=6))
+def test_strip_actions_keeps_everything_else(parts):
+    reply = "".join(sep + cmd for cmd, sep in parts)
+    expected = "".join(sep + (cmd if "ACTION" not in cmd.upper() else "") for cmd, sep in parts)
+    out = strip_actions(reply)
+    assert out == expected
+    assert [c for c in parse_reply(out).commands] == [c for c in parse_reply(reply).commands if c.op != "action"]
+
+
+def test_leftovers_of_killed_builds_are_cleared(archive, tmp_path):
+    import os
+
+    old, fresh = tmp_path / ".tmp-0123-old", tmp_path / ".tmp-4567-live"
+    for d in (old, fresh):
+        d.mkdir()
+        (d / "train.jsonl").write_text("partial")
+    os.utime(old, (0, 0))
+    info = build_dataset(archive.root, program(max_examples=4), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([info.digest, fresh.name])
