@@ -80,6 +80,7 @@ def play(
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. vLLM."),
     model: Optional[str] = typer.Option(None, help="Served model name (with --base-url)."),
     specialist: Optional[str] = typer.Option(None, help="Memory-specialist adapter name (served) or path (local)."),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help="Cap on tokens per reply; default: the scaffold's."),
     workspace: Optional[Path] = typer.Option(None, help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs)."),
 ) -> None:
     """Play one episode and print where the trace is and its diagnostics."""
@@ -100,13 +101,14 @@ def play(
         _fail(str(exc))
     try:
         models = ModelConfig(backend="openai" if base_url else "local", base_url=base_url,
-                             model=model, specialist=specialist)
+                             model=model, specialist=specialist, max_tokens=max_tokens)
         models.check()
         roles = models.build()
     except (ValueError, ModelError, OSError) as exc:
         _fail(str(exc))
-    key = episode_key(sc.hash, roles.memory.model_id, roles.action.model_id, game.game, game.task,
-                      seed, steps, sc.config.model.model_dump())
+    memory_id, action_id = models.ids()
+    key = episode_key(sc.hash, memory_id, action_id, game.game, game.task, seed, steps,
+                      sc.config.model.model_dump())
     out = episode_dir(workspace_root(workspace), game.game, key)
     with Progress(console=console) as bar:
         job = bar.add_task(f"{game.game}/{game.task} seed {seed}", total=steps)
@@ -213,10 +215,14 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _models(base_url: Optional[str], model: Optional[str]):
+def _models(base_url: Optional[str], model: Optional[str], max_tokens: Optional[int] = None):
     from agent_core.models.config import ModelConfig
 
-    return ModelConfig(backend="openai" if base_url else "local", base_url=base_url, model=model)
+    return ModelConfig(backend="openai" if base_url else "local", base_url=base_url, model=model,
+                       max_tokens=max_tokens)
+
+
+MAX_TOKENS_HELP = "Cap on tokens per reply (e.g. 32 for the small local model); default: the scaffold's."
 
 
 @app.command("optimize-scaffold")
@@ -229,6 +235,7 @@ def optimize_scaffold(
     concurrency: int = typer.Option(4, min=1),
     base_url: Optional[str] = typer.Option(None, help="Agent model server (default: the local model)."),
     model: Optional[str] = typer.Option(None, help="Served agent model name."),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
     workspace: Optional[Path] = typer.Option(None),
 ) -> None:
     """Outer loop 1: review, revise and gate the memory scaffold (meta-LLM from
@@ -240,7 +247,7 @@ def optimize_scaffold(
 
     try:
         params = ScaffoldLoopParams(game=env, seeds=parse_seeds(seeds), iterations=iterations, patience=patience,
-                                    max_steps=steps, concurrency=concurrency, models=_models(base_url, model),
+                                    max_steps=steps, concurrency=concurrency, models=_models(base_url, model, max_tokens),
                                     workspace=str(workspace) if workspace else None)
     except ValueError as exc:
         _fail(str(exc))
@@ -258,6 +265,7 @@ def rollout(
     concurrency: int = typer.Option(4, min=1),
     base_url: Optional[str] = typer.Option(None, help="Model server (default: the local model)."),
     model: Optional[str] = typer.Option(None, help="Served model name."),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
     workspace: Optional[Path] = typer.Option(None),
 ) -> None:
     """Run the rollout flow (episodes -> Parquet archive -> report)."""
@@ -268,7 +276,8 @@ def rollout(
 
     try:
         params = RolloutParams(games=env, seeds=parse_seeds(seeds), max_steps=steps, concurrency=concurrency,
-                               models=_models(base_url, model), workspace=str(workspace) if workspace else None)
+                               models=_models(base_url, model, max_tokens),
+                               workspace=str(workspace) if workspace else None)
     except ValueError as exc:
         _fail(str(exc))
     result = rollout_flow(params)

@@ -1,0 +1,50 @@
+"""The `automem` command line: bad input gets a clear message, good input the real output."""
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from agent_core.agent import Roles
+from agent_core.archive import archive_trace
+from agent_core.cli import app, parse_seeds
+from agent_core.episode import run_episode
+from agent_core.models.config import RoutineScript
+from agent_core.models.scripted import ScriptedModel
+from agent_core.scaffold import Scaffold
+from environments import make_env
+
+runner = CliRunner()
+
+
+def test_env_show_and_errors():
+    out = runner.invoke(app, ["env", "show", "tiny", "--seed", "1"])
+    assert out.exit_code == 0 and "You are in the" in out.output and "take key" in out.output
+    bad = runner.invoke(app, ["env", "show", "chess"])
+    assert bad.exit_code == 2 and "valid games" in bad.output
+    neg = runner.invoke(app, ["env", "show", "tiny", "--seed", "-1"])
+    assert neg.exit_code != 0
+
+
+def test_env_play_reads_actions():
+    out = runner.invoke(app, ["env", "play", "tiny", "--seed", "0"], input="look\nfly\n\n")
+    assert out.exit_code == 0 and "unknown action 'fly'" in out.output
+
+
+def test_trace_show_and_query(tmp_path):
+    summary = run_episode(make_env("tiny"), Scaffold.builtin("tiny"), Roles(memory=ScriptedModel(RoutineScript().reply)),
+                          0, 3, tmp_path / "episodes" / "tiny" / "e")
+    out = runner.invoke(app, ["trace", "show", summary.trace_path])
+    assert out.exit_code == 0 and "step 2" in out.output and "write_search_ratio" in out.output
+    archive_trace(summary.trace_path, tmp_path / "archive")
+    q = runner.invoke(app, ["traces", "query", "select count(*) as n from steps", "--workspace", str(tmp_path)])
+    assert q.exit_code == 0 and "3" in q.output
+    refused = runner.invoke(app, ["traces", "query", "select * from read_csv('/etc/passwd')",
+                                  "--workspace", str(tmp_path)])
+    assert refused.exit_code == 2 and "error" in refused.output
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("0,2,5") == [0, 2, 5]
+    for bad in ("x", "-1", ""):
+        with pytest.raises(typer.BadParameter):
+            parse_seeds(bad)
