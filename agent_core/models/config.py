@@ -7,6 +7,7 @@ ids that go into every cache key.
 from __future__ import annotations
 
 import hashlib
+import threading
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -132,8 +133,9 @@ class ModelConfig(BaseModel):
         if not self.specialist:
             return Roles(memory=local)
         name = self._base_ids()[0]
-        if name not in local.adapters:
-            local.load_adapter(name, Path(self.specialist))
+        with _LOCAL_LOCK:  # episodes in threads share the model: load each adapter once
+            if name not in local.adapters:
+                local.load_adapter(name, Path(self.specialist))
         return Roles(memory=local.handle(name), action=local.handle(local.model_id))
 
 
@@ -148,12 +150,22 @@ class CappedModel:
         return self.inner.complete(messages, capped)
 
 
+_LOCAL_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=1)
-def shared_local_model():
-    """One in-process model per process: episodes running in threads share its weights."""
+def _local_model():
     from agent_core.models.local import LocalModel
 
     return LocalModel()
+
+
+def shared_local_model():
+    """One in-process model per process: episodes running in threads share its weights.
+    The lock makes the first load happen once: concurrent first calls would each load a
+    model, racing in transformers' lazy imports and torch's default dtype."""
+    with _LOCAL_LOCK:
+        return _local_model()
 
 
 def _dir_digest(path: Path) -> str:

@@ -46,3 +46,17 @@ def test_reply_cap_applies_over_the_scaffold():
 def test_openai_backend_needs_url_and_model():
     with pytest.raises(ValidationError, match="base_url and model"):
         ModelConfig(backend="openai")
+
+
+@pytest.mark.slow
+def test_episode_threads_share_one_local_model():
+    """Concurrent first builds (episodes starting in threads) load the model once."""
+    import threading
+
+    built = []
+    threads = [threading.Thread(target=lambda: built.append(ModelConfig().build().memory)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 4 and len({id(m) for m in built}) == 1
