@@ -23,6 +23,12 @@ from environments.registry import resolve
 from tasks.episodes import find_finished_episodes, run_episode
 
 
+def canonical_game(value: str) -> str:
+    """`game` or `game/task` -> canonical `game/task`; an EnvError (a ValueError) lists valid names."""
+    game, _, task = value.partition("/")
+    return "/".join(resolve(game, task or None))
+
+
 def check_seeds(seeds: list[int]) -> list[int]:
     if any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be non-negative integers, got {seeds}")
@@ -46,8 +52,7 @@ class GameParams(BaseModel):
     @field_validator("game")
     @classmethod
     def _game(cls, value: str) -> str:
-        game, _, task = value.partition("/")
-        return "/".join(resolve(game, task or None))  # EnvError (a ValueError) lists valid names
+        return canonical_game(value)
 
     def root(self) -> Path:
         return workspace_root(self.workspace).resolve()

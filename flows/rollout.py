@@ -11,8 +11,7 @@ from agent_core.episode import EpisodeSpec
 from agent_core.models.config import ModelConfig
 from agent_core.scaffold import Scaffold
 from agent_core.workspace import workspace_root
-from environments.registry import resolve
-from flows.common import check_seeds, publish_rollout_report, run_episodes
+from flows.common import canonical_game, check_seeds, publish_rollout_report, run_episodes
 from tasks.archive import archive_traces, diagnose_traces
 
 
@@ -32,11 +31,7 @@ class RolloutParams(BaseModel):
     @field_validator("games")
     @classmethod
     def _known_games(cls, games: list[str]) -> list[str]:
-        out = []
-        for g in games:
-            game, _, task = g.partition("/")
-            out.append("/".join(resolve(game, task or None)))  # EnvError (a ValueError) lists valid names
-        return out
+        return [canonical_game(g) for g in games]
 
     @field_validator("seeds")
     @classmethod

@@ -59,13 +59,14 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
     root, game = params.root(), params.game_name
     incumbent = params.incumbent()
     history: list[dict] = []
+    feedback: list[str] = []  # what became of earlier candidates for the current incumbent
     misses = 0
     for iteration in range(params.iterations):
         runs = run_episodes(params.specs(str(incumbent.root), params.seeds), params.concurrency, label="incumbent")
         traces = [s.trace_path for s in runs]
         archive_traces(traces, str(root / "archive"))
         proposal = review_scaffold(str(incumbent.root), traces, params.reviewer, str(root),
-                                   params.attempts, params.token_budget)
+                                   params.attempts, params.token_budget, feedback)
         entry = {"iteration": iteration, "incumbent": incumbent.hash, "reviewer": proposal.reviewer,
                  "attempts": proposal.attempts}
         if proposal.candidate_dir is None:
@@ -86,8 +87,10 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
             logger.info("iteration %d: %s", iteration, history[-1]["verdict"] + " - " + verdict.reason)
             if verdict.promote:
                 promote_incumbent(str(root), "scaffolds", game, str(candidate.root), verdict)
-                incumbent, misses = candidate, 0
+                incumbent, misses, feedback = candidate, 0, []
                 continue
+            feedback.append(f"candidate {candidate.hash} ({'; '.join(proposal.changes)}) played the same "
+                            f"seeds and was not promoted: {verdict.reason}")
         misses += 1
         if misses >= params.patience:
             logger.info("stopping: %d iterations in a row without promotion", misses)

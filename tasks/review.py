@@ -21,18 +21,21 @@ from tasks.episodes import retry_on_model_error
 
 @task(name="review_scaffold", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_on_model_error)
 def review_scaffold(incumbent_dir: str, trace_paths: list[str], reviewer: MetaLLMConfig, workspace: str,
-                    max_attempts: int, token_budget: int) -> Proposal:
-    """One review round, recorded under reviews/<key>/ and reused by a re-run."""
+                    max_attempts: int, token_budget: int, feedback: list[str]) -> Proposal:
+    """One review round, recorded under reviews/<key>/ and reused by a re-run. `feedback`:
+    what became of earlier candidates for this incumbent."""
     incumbent = Scaffold.load(incumbent_dir)
     ids = [read_summary(p).episode_id for p in trace_paths]
-    record = Path(workspace) / "reviews" / review_key(incumbent, ids, reviewer.identity(), max_attempts, token_budget)
+    key = review_key(incumbent, ids, reviewer.identity(), max_attempts, token_budget, feedback)
+    record = Path(workspace) / "reviews" / key
     done = load_proposal(record)
     if done is not None:
         return done
     bundle = build_bundle(incumbent, trace_paths, token_budget=token_budget)
     (record).mkdir(parents=True, exist_ok=True)
     (record / "bundle.md").write_text(bundle.render())
-    return propose(make_reviewer(reviewer), bundle, incumbent, Path(workspace) / "scaffolds", record, max_attempts)
+    return propose(make_reviewer(reviewer), bundle, incumbent, Path(workspace) / "scaffolds", record,
+                   max_attempts, feedback)
 
 
 @task(name="gate_candidate")

@@ -26,11 +26,12 @@ class Proposal(BaseModel):
 
 
 def propose(reviewer: Reviewer, bundle: ReviewBundle, incumbent: Scaffold, scaffolds_root: Path,
-            record_dir: Path, max_attempts: int = 3) -> Proposal:
-    """Up to `max_attempts` reviews; each rejection's reason goes back to the reviewer.
+            record_dir: Path, max_attempts: int = 3, feedback: list[str] | None = None) -> Proposal:
+    """Up to `max_attempts` reviews; each rejection's reason goes back to the reviewer, after
+    `feedback` from earlier iterations (e.g. candidates the gate did not promote).
     Model errors propagate (the task retries); a bad reply never does."""
     record_dir.mkdir(parents=True, exist_ok=True)
-    feedback: list[str] = []
+    feedback = list(feedback or [])
     attempts: list[dict] = []
     found: dict = {}
     for n in range(max_attempts):
@@ -58,11 +59,12 @@ def propose(reviewer: Reviewer, bundle: ReviewBundle, incumbent: Scaffold, scaff
 
 
 def review_key(incumbent: Scaffold, episode_ids: list[str], reviewer_identity: str, max_attempts: int,
-               token_budget: int) -> str:
+               token_budget: int, feedback: list[str] = ()) -> str:
     """What determines a review round (its record directory is named by this)."""
     import hashlib
 
-    blob = json.dumps([incumbent.hash, sorted(episode_ids), reviewer_identity, max_attempts, token_budget])
+    blob = json.dumps([incumbent.hash, sorted(episode_ids), reviewer_identity, max_attempts, token_budget,
+                       list(feedback)])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -50,6 +50,15 @@ def test_rule_based_iteration_evaluates_gates_and_keeps_records(tmp_path):
     assert again["history"][0]["candidate"] == entry["candidate"] and headers(ws) == before
 
 
+def test_gate_verdicts_feed_the_next_iteration(tmp_path):
+    result = scaffold_loop(params(tmp_path / "ws", patience=2))
+    first, second = result["history"]
+    assert first["verdict"] == "kept incumbent"
+    # the rule-based remedies are deterministic: told that its candidate lost, it stops
+    assert second["verdict"] == "no valid candidate" and "was rejected" in second["reason"]
+    assert "not promoted" in second["reason"]
+
+
 def test_unusable_reviewer_output_is_rejected_cleanly(tmp_path):
     ws = tmp_path / "ws"
     reviewer = MetaLLMConfig(backend="scripted", replies=["<analysis>x</analysis><changes>- y</changes><file path=\"scaffold.yaml\">"])
