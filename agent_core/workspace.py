@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -40,3 +41,8 @@ def configure_prefect_env(workspace: str | Path | None = None) -> None:
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    # Prefect attaches its run-log handler to these loggers but leaves their level unset,
+    # so INFO records would stop at the root logger's WARNING.
+    for name in os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"].split(","):
+        if name.strip():
+            logging.getLogger(name.strip()).setLevel(logging.INFO)

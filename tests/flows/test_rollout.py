@@ -55,19 +55,30 @@ def test_rollout_archives_reports_and_caches(tmp_path):
     assert len(now) == 4 and {k: now[k] for k in first} == first
 
 
-def test_rollout_artifacts(tmp_path):
-    from prefect import get_client
+def test_rollout_artifacts_and_core_logs_in_the_run(tmp_path):
     import asyncio
 
-    rollout(params(tmp_path / "ws", seeds=(3,)))
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    async def artifacts():
+    from prefect.logging.handlers import APILogHandler
+
+    state = rollout(params(tmp_path / "ws", seeds=(3,)), return_state=True)
+    run_id = state.state_details.flow_run_id
+    APILogHandler().flush()  # run logs are sent in batches: send what is queued
+
+    async def read():
         async with get_client() as client:
-            return await client.read_artifacts()
+            artifacts = await client.read_artifacts()
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            return artifacts, logs
 
-    kinds = {(a.type, a.key) for a in asyncio.run(artifacts())}
+    artifacts, logs = asyncio.run(read())
+    kinds = {(a.type, a.key) for a in artifacts}
     assert ("table", "rollout-episodes") in kinds and ("markdown", "rollout-summary") in kinds
     assert any(t == "progress" for t, _ in kinds)
+    # agent_core's own log lines (no Prefect in the core) reach the flow run's logs
+    assert any(log.name == "agent_core.episode" and "progression" in log.message for log in logs)
 
 
 @pytest.mark.parametrize("bad, message", [
