@@ -38,8 +38,11 @@ browse() {  # url, extra args...
 }
 ui=http://127.0.0.1:$PORT
 api_id() {  # endpoint, filter JSON -> id of the first match
-  curl -sf -X POST "$PREFECT_API_URL/$1/filter" -H 'content-type: application/json' -d "$2" |
-    "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)[0]["id"])'
+  "$BIN/python" - "$PREFECT_API_URL/$1/filter" "$2" <<'PY'
+import json, sys, urllib.request
+request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), headers={"content-type": "application/json"})
+print(json.load(urllib.request.urlopen(request, timeout=30))[0]["id"])
+PY
 }
 run_id=$(api_id flow_runs '{"flow_runs": {"name": {"any_": ["e2e-rollout"]}}}')
 artifact_id=$(api_id artifacts '{"artifacts": {"key": {"any_": ["rollout-episodes"]}}}')

@@ -38,7 +38,8 @@ case "${1:-}" in
     "$BIN/prefect" server start --host 127.0.0.1 --port "$PORT" ${SERVER_ARGS:-} > "$STATE/server.log" 2>&1 &
     echo $! > "$STATE/server.pid"
     for _ in $(seq 240); do
-      curl -sf "http://127.0.0.1:$PORT/api/health" > /dev/null && { echo "server up: http://127.0.0.1:$PORT"; exit 0; }
+      "$BIN/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+        "http://127.0.0.1:$PORT/api/health" 2>/dev/null && { echo "server up: http://127.0.0.1:$PORT"; exit 0; }
       sleep 0.5
     done
     echo "server did not become healthy; see $STATE/server.log" >&2; exit 1 ;;
