@@ -164,6 +164,7 @@ def trace_show(path: Path, full: bool = typer.Option(False, help="Show whole rep
 def traces_query(
     sql: str = typer.Argument(..., help="One SELECT over the views episodes, steps, calls, memory_ops."),
     workspace: Optional[Path] = typer.Option(None, help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs)."),
+    archive: Optional[Path] = typer.Option(None, help="Archive directory (default: <workspace>/archive)."),
     limit: int = typer.Option(50, min=1, help="Rows to print."),
     timeout: float = typer.Option(60.0, help="Seconds before the query is stopped."),
 ) -> None:
@@ -172,7 +173,7 @@ def traces_query(
     from agent_core.workspace import workspace_root
 
     try:
-        result = run_query(workspace_root(workspace) / "archive", sql, timeout_s=timeout)
+        result = run_query(archive or workspace_root(workspace) / "archive", sql, timeout_s=timeout)
     except QueryError as exc:
         _fail(str(exc))
     table = Table(*result.column_names)
