@@ -19,7 +19,7 @@ from agent_core.models.config import ModelConfig
 from agent_core.records import EpisodeHeader, EpisodeSummary, StepRecord
 from agent_core.scaffold import Scaffold
 from agent_core.trace import MEMORY_DIRNAME, TRACE_NAME, TraceWriter, read_summary
-from agent_core.workspace import episode_dir
+from agent_core.workspace import RemoteWorkspace, episode_dir
 from environments import Environment, make_env
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,9 @@ class EpisodeSpec(BaseModel):
     max_steps: int = Field(ge=1)
     scaffold_dir: str = Field(description="Scaffold directory.")
     models: ModelConfig
-    workspace: str = Field(description="Workspace root; the episode lives under episodes/.")
+    workspace: str = Field(description="Local workspace root; the episode lives under episodes/.")
+    remote: str | None = Field(None, description="The workspace's fsspec URL when it is remote "
+                               "(`workspace` is then its local mirror).")
 
     def key(self) -> str:
         scaffold = Scaffold.load(self.scaffold_dir)
@@ -154,9 +156,28 @@ class EpisodeSpec(BaseModel):
 
 
 def finished_summary(spec: EpisodeSpec) -> EpisodeSummary | None:
-    """The episode cache: the summary of `spec`'s finished trace, if it is on disk. The
-    episode directory is named by the episode key, so a finished trace there is the result."""
-    return read_summary(spec.out_dir())
+    """The episode cache: the summary of `spec`'s finished trace, if it is on disk (or, for a
+    remote workspace, at its URL: then it is pulled into the mirror). The episode directory
+    is named by the episode key, so a finished trace there is the result."""
+    out = spec.out_dir()
+    summary = read_summary(out)
+    if summary is None and spec.remote and read_summary_remote(spec):
+        summary = read_summary(out)
+    if summary is None:
+        return None
+    # paths as they are here (another machine may have played it)
+    return summary.model_copy(update={"trace_path": str(out / TRACE_NAME), "memory_path": str(out / MEMORY_DIRNAME)})
+
+
+def read_summary_remote(spec: EpisodeSpec) -> bool:
+    """Pull a finished episode from the remote workspace; False when it has none."""
+    remote = RemoteWorkspace(spec.remote, Path(spec.workspace))
+    out = spec.out_dir()
+    if not remote.exists(out / TRACE_NAME):
+        return False
+    if out.exists():
+        _set_aside_previous(out)  # a local unfinished attempt: keep it beside
+    return remote.pull(out)
 
 
 def play(spec: EpisodeSpec, on_step: Callable[[StepRecord], None] | None = None) -> EpisodeSummary:
@@ -168,7 +189,10 @@ def play(spec: EpisodeSpec, on_step: Callable[[StepRecord], None] | None = None)
     out = spec.out_dir()
     env = make_env(spec.game, spec.task, max_steps=spec.max_steps)
     try:
-        return run_episode(env, Scaffold.load(spec.scaffold_dir), spec.models.build(), spec.seed,
-                           spec.max_steps, out, on_step)
+        summary = run_episode(env, Scaffold.load(spec.scaffold_dir), spec.models.build(), spec.seed,
+                              spec.max_steps, out, on_step)
     finally:
         env.close()
+    if spec.remote:
+        RemoteWorkspace(spec.remote, Path(spec.workspace)).push(out)
+    return summary

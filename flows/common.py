@@ -18,7 +18,7 @@ from agent_core.records import EpisodeSummary
 from agent_core.registry import load_registry
 from agent_core.review.candidate import materialise
 from agent_core.scaffold import Scaffold
-from agent_core.workspace import workspace_root
+from agent_core.workspace import push, workspace_root, workspace_url
 from environments.registry import resolve
 from tasks.episodes import find_finished_episodes, run_episode
 
@@ -47,7 +47,7 @@ class GameParams(BaseModel):
     scaffold: str | None = Field(None, description="Scaffold; default: the registry's incumbent, else the built-in v0.")
     models: ModelConfig = Field(default_factory=ModelConfig, description="The agent's models.")
     concurrency: int = Field(4, ge=1, le=512, description="Episodes in flight at once.")
-    workspace: str | None = Field(None, description="Workspace root (default $AUTOMEM_WORKSPACE or ./automem-runs).")
+    workspace: str | None = Field(None, description="Workspace: a directory or an fsspec URL (default $AUTOMEM_WORKSPACE or ./automem-runs).")
 
     @field_validator("game")
     @classmethod
@@ -64,7 +64,8 @@ class GameParams(BaseModel):
     def specs(self, scaffold_dir: str, seeds: list[int], models: ModelConfig | None = None) -> list[EpisodeSpec]:
         game, task = self.game.split("/", 1)
         return [EpisodeSpec(game=game, task=task, seed=s, max_steps=self.max_steps, scaffold_dir=scaffold_dir,
-                            models=models or self.models, workspace=str(self.root())) for s in seeds]
+                            models=models or self.models, workspace=str(self.root()),
+                            remote=workspace_url(self.workspace)) for s in seeds]
 
     def incumbent(self) -> Scaffold:
         """The scaffold to start from (explicit, else the registry's, else v0), copied into
@@ -141,6 +142,11 @@ def publish_rollout_report(summaries: list[EpisodeSummary], diagnostics: list[Di
     path = report_dir / f"{title}-{flow_run.get_name() or 'local'}.md"
     path.write_text(markdown)
     return path
+
+
+def sync(workspace: str | None, *paths: str | Path) -> None:
+    """Push files written in the local workspace to a remote (fsspec URL) workspace."""
+    push(workspace, *(Path(p) for p in paths))
 
 
 def summary_markdown(summaries: list[EpisodeSummary], diagnostics: list[Diagnostics], title: str) -> str:

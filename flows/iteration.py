@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from agent_core.gate import GateConfig
 from agent_core.meta import MetaLLMConfig
-from flows.common import GameParams, check_seeds
+from flows.common import GameParams, check_seeds, sync
 from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
 from flows.training_loop import TrainingLoopParams, training_loop
 
@@ -63,5 +63,6 @@ def iteration(params: IterationParams = IterationParams()) -> dict:
     report = params.root() / "reports" / f"iteration-{flow_run.get_name() or 'local'}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines))
+    sync(params.workspace, report)
     logger.info("nightly report: %s", report)
     return {"report": str(report), "scaffold_loop": scaffolds, "training_loop": training}

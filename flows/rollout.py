@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agent_core.episode import EpisodeSpec
 from agent_core.models.config import ModelConfig
 from agent_core.scaffold import Scaffold
-from agent_core.workspace import workspace_root
-from flows.common import canonical_game, check_seeds, publish_rollout_report, run_episodes
+from agent_core.workspace import workspace_root, workspace_url
+from flows.common import canonical_game, check_seeds, publish_rollout_report, run_episodes, sync
 from tasks.archive import archive_traces, diagnose_traces
 
 
@@ -26,7 +26,7 @@ class RolloutParams(BaseModel):
     scaffold: str | None = Field(None, description="Scaffold directory; default: each game's built-in v0.")
     models: ModelConfig = Field(default_factory=ModelConfig, description="Model backend and roles.")
     concurrency: int = Field(4, ge=1, le=512, description="Episodes in flight at once.")
-    workspace: str | None = Field(None, description="Workspace root (default $AUTOMEM_WORKSPACE or ./automem-runs).")
+    workspace: str | None = Field(None, description="Workspace: a directory or an fsspec URL (default $AUTOMEM_WORKSPACE or ./automem-runs).")
 
     @field_validator("games")
     @classmethod
@@ -47,7 +47,8 @@ class RolloutParams(BaseModel):
             game, task = entry.split("/", 1)
             scaffold = self.scaffold or str(Scaffold.builtin(game).root)
             specs += [EpisodeSpec(game=game, task=task, seed=seed, max_steps=self.max_steps,
-                                  scaffold_dir=scaffold, models=self.models, workspace=str(self.root()))
+                                  scaffold_dir=scaffold, models=self.models, workspace=str(self.root()),
+                                  remote=workspace_url(self.workspace))
                       for seed in self.seeds]
         return specs
 
@@ -61,8 +62,9 @@ def rollout(params: RolloutParams = RolloutParams()) -> dict:
     logger.info("rollout: %d episodes, concurrency %d", len(specs), params.concurrency)
     summaries = run_episodes(specs, params.concurrency, label="rollout")
     traces = [s.trace_path for s in summaries]
-    archive_traces(traces, str(params.root() / "archive"))
+    archived = archive_traces(traces, str(params.root() / "archive"))
     diagnostics = diagnose_traces(traces)
     report = publish_rollout_report(summaries, diagnostics, params.root() / "reports")
+    sync(params.workspace, *archived, report)
     logger.info("rollout report: %s", report)
     return {"report": str(report), "episodes": [s.model_dump() for s in summaries]}

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from agent_core.gate import GateConfig, GateVerdict
 from agent_core.meta import MetaLLMConfig
 from agent_core.scaffold import Scaffold
-from flows.common import GameParams, check_seeds, run_episodes
+from flows.common import GameParams, check_seeds, run_episodes, sync
 from tasks.archive import archive_traces
 from tasks.review import gate_candidate, promote_incumbent, review_scaffold
 
@@ -64,7 +64,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
     for iteration in range(params.iterations):
         runs = run_episodes(params.specs(str(incumbent.root), params.seeds), params.concurrency, label="incumbent")
         traces = [s.trace_path for s in runs]
-        archive_traces(traces, str(root / "archive"))
+        sync(params.workspace, *archive_traces(traces, str(root / "archive")))
         proposal = review_scaffold(str(incumbent.root), traces, params.reviewer, str(root),
                                    params.attempts, params.token_budget, feedback)
         entry = {"iteration": iteration, "incumbent": incumbent.hash, "reviewer": proposal.reviewer,
@@ -77,7 +77,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
             candidate = Scaffold.load(proposal.candidate_dir)
             cand_runs = run_episodes(params.specs(str(candidate.root), params.seeds), params.concurrency,
                                      label="candidate")
-            archive_traces([s.trace_path for s in cand_runs], str(root / "archive"))
+            sync(params.workspace, candidate.root, *archive_traces([s.trace_path for s in cand_runs], str(root / "archive")))
             verdict = gate_candidate(params.seeds, [s.progression for s in runs],
                                      [s.progression for s in cand_runs], params.gate,
                                      str(root / "verdicts" / f"{incumbent.hash}-vs-{candidate.hash}.json"))
@@ -85,8 +85,10 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
             history.append({**entry, "candidate": candidate.hash, "verdict": "promoted" if verdict.promote
                             else "kept incumbent", "reason": verdict.reason})
             logger.info("iteration %d: %s", iteration, history[-1]["verdict"] + " - " + verdict.reason)
+            sync(params.workspace, root / "verdicts")
             if verdict.promote:
                 promote_incumbent(str(root), "scaffolds", game, str(candidate.root), verdict)
+                sync(params.workspace, root / "registry.json")
                 incumbent, misses, feedback = candidate, 0, []
                 continue
             feedback.append(f"candidate {candidate.hash} ({'; '.join(proposal.changes)}) played the same "

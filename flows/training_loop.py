@@ -18,7 +18,7 @@ from agent_core.diagnostics import Diagnostics
 from agent_core.gate import GateConfig
 from agent_core.meta import MetaLLMConfig
 from agent_core.records import EpisodeSummary
-from flows.common import GameParams, check_seeds, run_episodes
+from flows.common import GameParams, check_seeds, run_episodes, sync
 from tasks.archive import archive_traces, diagnose_traces
 from tasks.review import gate_candidate, promote_incumbent
 from tasks.training import build_sft_dataset, curate, digest_pool, serve_adapter, train_adapter
@@ -83,7 +83,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
 
     pool = run_episodes(params.specs(str(scaffold.root), params.pool_seeds), params.concurrency, label="pool")
     pool_archive = root / "pools" / pool_key(params, scaffold.hash) / "archive"
-    archive_traces([s.trace_path for s in pool], str(pool_archive))
+    sync(params.workspace, *archive_traces([s.trace_path for s in pool], str(pool_archive)))
     digest = digest_pool(str(pool_archive))
 
     base_runs = run_episodes(params.specs(str(scaffold.root), params.eval_seeds), params.concurrency, label="base")
@@ -129,6 +129,8 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
 
         promote_incumbent(str(root), "adapters", game, best["adapter"], GateVerdict(**best["verdict"]))
     report = _report(params, scaffold.hash, trials, best)
+    sync(params.workspace, report, *[p for p in (root / "adapters", root / "sft", root / "verdicts",
+                                                 root / "registry.json") if p.exists()])
     return {"game": params.game, "trials": trials, "promoted": best["adapter"] if best else None,
             "report": str(report)}
 
