@@ -37,25 +37,32 @@ def check_seeds(seeds: list[int]) -> list[int]:
     return seeds
 
 
-class GameParams(BaseModel):
-    """What the outer loops share: one game, a step budget, the agent's models, where."""
+class RunParams(BaseModel):
+    """What every flow's parameters share: a step budget, the agent's models, where."""
 
     model_config = ConfigDict(extra="forbid")
 
-    game: str = Field("crafter", description="`game` or `game/task`.")
     max_steps: int = Field(20, ge=1, le=100_000, description="Step budget per episode.")
-    scaffold: str | None = Field(None, description="Scaffold; default: the registry's incumbent, else the built-in v0.")
+    scaffold: str | None = Field(None, description="Scaffold directory; default: the registry's incumbent "
+                                 "(outer loops) or the game's built-in v0.")
     models: ModelConfig = Field(default_factory=ModelConfig, description="The agent's models.")
     concurrency: int = Field(4, ge=1, le=512, description="Episodes in flight at once.")
     workspace: str | None = Field(None, description="Workspace: a directory or an fsspec URL (default $AUTOMEM_WORKSPACE or ./automem-runs).")
+
+    def root(self) -> Path:
+        """The local workspace directory (a remote workspace's mirror)."""
+        return workspace_root(self.workspace).resolve()
+
+
+class GameParams(RunParams):
+    """What the outer loops share: one game, plus `RunParams`."""
+
+    game: str = Field("crafter", description="`game` or `game/task`.")
 
     @field_validator("game")
     @classmethod
     def _game(cls, value: str) -> str:
         return canonical_game(value)
-
-    def root(self) -> Path:
-        return workspace_root(self.workspace).resolve()
 
     @property
     def game_name(self) -> str:

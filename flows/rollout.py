@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from agent_core.episode import EpisodeSpec
-from agent_core.models.config import ModelConfig
 from agent_core.scaffold import Scaffold
-from agent_core.workspace import workspace_root, workspace_url
-from flows.common import canonical_game, check_seeds, publish_rollout_report, run_episodes, sync
+from agent_core.workspace import workspace_url
+from flows.common import RunParams, canonical_game, check_seeds, publish_rollout_report, run_episodes, sync
 from tasks.archive import archive_traces, diagnose_traces
 
 
-class RolloutParams(BaseModel):
+class RolloutParams(RunParams):
     """What to play. Validated before any episode starts."""
-
-    model_config = ConfigDict(extra="forbid")
 
     games: list[str] = Field(["tiny"], min_length=1, description="Games as `game` or `game/task`, e.g. crafter, minihack/Quest-Easy.")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds (non-negative, distinct); every game plays every seed.")
-    max_steps: int = Field(20, ge=1, le=100_000, description="Step budget per episode.")
-    scaffold: str | None = Field(None, description="Scaffold directory; default: each game's built-in v0.")
-    models: ModelConfig = Field(default_factory=ModelConfig, description="Model backend and roles.")
-    concurrency: int = Field(4, ge=1, le=512, description="Episodes in flight at once.")
-    workspace: str | None = Field(None, description="Workspace: a directory or an fsspec URL (default $AUTOMEM_WORKSPACE or ./automem-runs).")
 
     @field_validator("games")
     @classmethod
@@ -37,9 +27,6 @@ class RolloutParams(BaseModel):
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
         return check_seeds(seeds)
-
-    def root(self) -> Path:
-        return workspace_root(self.workspace).resolve()
 
     def episode_specs(self) -> list[EpisodeSpec]:
         specs = []

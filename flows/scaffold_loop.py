@@ -5,7 +5,6 @@ until M iterations in a row bring no passing candidate."""
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact

@@ -5,7 +5,6 @@ the same inputs, so it caches."""
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from pathlib import Path
 
 from pydantic import BaseModel, Field

@@ -4,13 +4,11 @@ CPU (prefix KV reuse, LoRA handles, the OpenAI-compatible server)."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any

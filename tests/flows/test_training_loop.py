@@ -3,7 +3,6 @@ on the local model, two-role specialist evaluation, gate."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
