@@ -27,7 +27,7 @@ def mem(tmp_path: Path) -> MemoryDir:
 
 
 def disk(m: MemoryDir) -> dict[str, str]:
-    return {p.name: p.read_text(encoding="utf-8") for p in sorted(m.root.iterdir())}
+    return {p.name: p.read_bytes().decode("utf-8") for p in sorted(m.root.iterdir())}
 
 
 # ---------------------------------------------------------------- limits model
@@ -353,7 +353,7 @@ def test_nothing_is_written_outside_root_and_ops_never_raise(calls: list[tuple])
         entries = list(os.scandir(root))
         assert all(e.is_file(follow_symlinks=False) and NAME_RE.fullmatch(e.name) and ".." not in e.name
                    for e in entries)
-        assert {e.name: Path(e.path).read_text(encoding="utf-8") for e in entries} == m.files()
+        assert {e.name: Path(e.path).read_bytes().decode("utf-8") for e in entries} == m.files()
         assert total == m.total_chars == sum(map(len, m.files().values()))
         assert len(m.files()) <= SMALL.max_files and all(len(t) <= SMALL.max_file_chars for t in m.files().values())
         assert m.total_chars <= SMALL.max_total_chars

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_core.archive import connect
@@ -243,6 +243,7 @@ _memory_cmd = st.sampled_from([
 _action_cmd = st.sampled_from([format_command("action", name="go north"), "<|action|> look <|END|>"])
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(st.one_of(_memory_cmd, _action_cmd), st.sampled_from(["", " ", "\n", "ok. "])),
                 max_size=6))
 def test_strip_actions_keeps_everything_else(parts):
