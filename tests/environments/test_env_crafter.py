@@ -13,6 +13,7 @@ import pytest
 
 from environments import EnvError, make_env
 from environments.crafter_env import ACHIEVEMENTS, ACTIONS, CrafterEnv, describe_direction
+from replay import play as replay
 
 MOVES = {"Move West": (-1, 0), "Move East": (1, 0), "Move North": (0, -1), "Move South": (0, 1)}
 
@@ -91,13 +92,7 @@ def test_same_seed_same_episode_and_text_format(env: CrafterEnv) -> None:
     actions = [rng.choice(ACTIONS) for _ in range(400)]
 
     def play(seed: int) -> list[str]:
-        texts = [env.reset(seed).text]
-        for a in actions:
-            r = env.step(a)
-            texts.append(f"{r.observation.text}|{r.reward}|{r.done}")
-            if r.done:
-                break
-        return texts
+        return replay(env, seed, actions)
 
     a, b = play(0), play(0)
     assert a == b and len(a) > 100

@@ -9,6 +9,7 @@ import pytest
 
 from environments import EnvError, make_env
 from environments.minihack_env import BOXOBAN_ENV_VAR, MiniHackEnv
+from replay import play as replay
 
 STEPS = {"north": (0, -1), "south": (0, 1), "east": (1, 0), "west": (-1, 0)}
 
@@ -101,13 +102,7 @@ def test_same_seed_same_level() -> None:
     actions = ["east", "far east", "north", "south", "east", "zap", "esc"] * 3
 
     def play(seed: int) -> list[str]:
-        texts = [env.reset(seed).text]
-        for a in actions:
-            r = env.step(a)
-            texts.append(f"{r.observation.text}|{r.reward}|{r.done}")
-            if r.done:
-                break
-        return texts
+        return replay(env, seed, actions)
 
     a = play(3)
     assert play(3) == a and play(3) == a

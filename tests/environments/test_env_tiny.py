@@ -10,16 +10,9 @@ from hypothesis import strategies as st
 
 from environments import EnvError, Environment, make_env
 from environments.tiny import TinyEnv
+from replay import play
 
 
-def play(env: TinyEnv, seed: int, actions: list[str]) -> list[str]:
-    texts = [env.reset(seed).text]
-    for a in actions:
-        r = env.step(a)
-        texts.append(f"{r.observation.text}|{r.reward}|{r.done}")
-        if r.done:
-            break
-    return texts
 
 
 @pytest.mark.parametrize("seed", range(8))
