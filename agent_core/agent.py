@@ -16,7 +16,7 @@ from agent_core.memory import MemoryDir
 from agent_core.models.base import ChatModel
 from agent_core.records import MemoryOp, ModelCall, Routine
 from environments.base import normalise_action
-from agent_core.scaffold import READ_OPS, WRITE_OPS, RoutineConfig, Scaffold
+from agent_core.scaffold import CONSULT_OPS, WRITE_OPS, RoutineConfig, Scaffold
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,6 @@ class MemoryAgent:
         if cmd.op in WRITE_OPS and cfg.consult_before_write and not self._consulted:
             return record(False, f"{cmd.op.upper()} refused: SEARCH or READ memory before writing "
                                  "(this scaffold requires a look-up first, to avoid duplicates).")
-        if cmd.op in READ_OPS:
-            self._consulted = True
         if cmd.op in WRITE_OPS:
             if self._validate_write:
                 try:
@@ -183,6 +181,7 @@ class MemoryAgent:
                     return record(False, str(refusal))
             duplicate = _is_duplicate(self.memory, cmd)
         res = self.memory.apply(cmd.op, cmd.args)
+        self._consulted |= res.ok and cmd.op in CONSULT_OPS  # a failed look-up saw nothing
         return record(res.ok, res.text, res.delta_chars, duplicate and res.ok)
 
     def _commit_action(self, decision: StepDecision) -> str | None:
@@ -211,7 +210,7 @@ def _is_duplicate(memory: MemoryDir, cmd: Command) -> bool:
     name = cmd.args.get("file", "")
     if not text or cmd.op in ("delete", "rewrite", "replace"):
         return False
-    existing = memory.files().get(name)
+    existing = memory.text(name)
     if cmd.op == "upsert":
         key = cmd.args.get("key", "").strip()
         return existing is not None and f"{key}: {text}" in existing

@@ -10,14 +10,14 @@ from collections import Counter
 
 from pydantic import BaseModel, Field
 
-from agent_core.scaffold import READ_OPS, WRITE_OPS
+from agent_core.scaffold import CONSULT_OPS, WRITE_OPS
 from pathlib import Path
 
 from agent_core.trace import TRACE_NAME, Trace, read_summary, read_trace
 
 #: operations that write memory / consult it (for the write-to-search ratio)
 WRITES = frozenset(WRITE_OPS) - {"delete"}
-CONSULTS = frozenset(READ_OPS) - {"list"}
+CONSULTS = frozenset(CONSULT_OPS)
 
 
 class Diagnostics(BaseModel):

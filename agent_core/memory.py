@@ -230,6 +230,11 @@ class MemoryDir:
                 return None
             return f.read().decode("utf-8", errors="replace")
 
+    def text(self, name: str) -> str | None:
+        """One file's content (None when absent), without copying the others."""
+        f = self._files.get(name)
+        return f.text if f else None
+
     def files(self) -> dict[str, str]:
         """Name -> content of every file, sorted by name (a copy)."""
         return {n: self._files[n].text for n in sorted(self._files)}

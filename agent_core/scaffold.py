@@ -32,6 +32,8 @@ REQUIRED_PROMPTS = ("system", "log", "plan", "act")
 WRITE_OPS = ("create", "append", "rewrite", "replace", "upsert", "delete")
 READ_OPS = ("read", "tail", "search", "list")
 MEMORY_OPS = WRITE_OPS + READ_OPS
+#: read operations that look at memory contents (LIST only shows names)
+CONSULT_OPS = ("read", "tail", "search")
 BUILTIN_DIR = Path(__file__).parent / "scaffolds"
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from agent_core.scaffold import REQUIRED_PROMPTS, Scaffold, ScaffoldError, hash_files, write_scaffold_files
+from agent_core.scaffold import (REQUIRED_PROMPTS, Scaffold, ScaffoldConfig, ScaffoldError, hash_files,
+                                 write_scaffold_files)
 
 #: hooks a scaffold may define
 HOOK_NAMES = ("postprocess_observation", "validate_write")
@@ -114,8 +115,6 @@ def check_constraints(incumbent: Scaffold, files: dict[str, str]) -> None:
         if value != old[key] and not (key == "model" and _same_model(value, old[key])):
             raise CandidateError(f"{key!r} controls world actions or the comparison and must stay {old[key]!r}")
     try:
-        from agent_core.scaffold import ScaffoldConfig
-
         candidate_cfg = ScaffoldConfig.model_validate(new).model_dump()
     except Exception as exc:
         raise CandidateError(f"scaffold.yaml is invalid: {exc}") from exc

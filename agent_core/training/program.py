@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent_core.scaffold import READ_OPS, WRITE_OPS
+from agent_core.scaffold import CONSULT_OPS, WRITE_OPS
 
 
 class ProgramError(ValueError):
@@ -205,8 +205,7 @@ def check_lora(lora: LoraSettings, base_path: str | Path | None = None,
 # -- the pool digest and the rule-based baseline --------------------------------------------
 
 _WRITES = ", ".join(f"'{o}'" for o in WRITE_OPS)
-#: ops that consult memory contents (LIST only names files, so it does not count)
-_CONSULTS = ", ".join(f"'{o}'" for o in READ_OPS if o != "list")
+_CONSULTS = ", ".join(f"'{o}'" for o in CONSULT_OPS)
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:

@@ -167,3 +167,22 @@ def test_kill_mid_episode_keeps_every_played_step(tmp_path):
                 max_steps=2, out_dir=out)
     assert read_trace(out / "attempts" / "0").steps == trace.steps
     assert read_trace(out).complete
+
+
+@pytest.mark.parametrize("lookup, written", [
+    ("<|READ|>no-such-file.md<|END|>", False),  # a failed look-up saw nothing
+    ("<|LIST|>", False),                         # names only, not contents
+    ("<|SEARCH|>hall<|END|>", True),
+])
+def test_consult_before_write(tmp_path, lookup, written):
+    import yaml
+
+    root = Scaffold.builtin("tiny").write_copy(tmp_path / "s")
+    cfg = yaml.safe_load((root / "scaffold.yaml").read_text())
+    cfg["log"]["consult_before_write"] = True
+    (root / "scaffold.yaml").write_text(yaml.safe_dump(cfg))
+    model = ScriptedModel(by_routine(log=lookup + "<|APPEND|>progress.md|noted<|END|><|DONE|>"))
+    _, trace = play(tmp_path, Roles(memory=model), steps=1, scaffold=Scaffold(root))
+    append = next(op for op in trace.steps[0].memory_ops if op.op == "append")
+    assert append.ok is written
+    assert ("noted" in (tmp_path / "ep" / "memory" / "progress.md").read_text()) is written
