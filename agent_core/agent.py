@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from agent_core.commands import Command, format_command, parse_reply
 from agent_core.conversation import Conversation
+from agent_core.grammar import Grammar, act_grammar, log_grammar, plan_grammar
 from agent_core.memory import MemoryDir
 from agent_core.models.base import ChatModel
 from agent_core.records import MemoryOp, ModelCall, Routine
@@ -27,6 +28,8 @@ class Roles:
 
     memory: ChatModel
     action: ChatModel | None = None
+    #: decode every reply under the command grammar (`agent_core.grammar`)
+    constrain: bool = False
 
     def __post_init__(self) -> None:
         self.action = self.action or self.memory
@@ -46,6 +49,8 @@ class StepDecision:
     calls: list[ModelCall] = field(default_factory=list)
     memory_ops: list[MemoryOp] = field(default_factory=list)
     invalid_ops: int = 0
+    #: grammars first used in this step, digest -> text
+    grammars: dict[str, str] = field(default_factory=dict)
 
 
 _COMMAND_HELP = [
@@ -89,6 +94,31 @@ class MemoryAgent:
         self._kinds = {f.name: f.kind for f in self.cfg.memory_files}
         self._validate_write = scaffold.hook("validate_write")
         self._postprocess = scaffold.hook("postprocess_observation")
+        self._grammars: dict[tuple[str, int, tuple[str, ...]], Grammar] = {}
+        self._grammars_recorded: set[str] = set()
+
+    def _grammar(self, routine: str, ops_left: int, decision: StepDecision) -> Grammar | None:
+        """The grammar of the next call of `routine` ("log", "plan" or "act") with `ops_left`
+        operations left, over the memory's current files (None when replies are not
+        constrained)."""
+        if not self.roles.constrain:
+            return None
+        files = tuple(self.memory.names())
+        key = (routine, ops_left, files)
+        if key not in self._grammars:
+            if routine == "log":
+                g = log_grammar(self.cfg.log.allowed_ops, ops_left, list(files))
+            elif routine == "plan":
+                g = plan_grammar(self.cfg.plan.allowed_ops, ops_left,
+                                 self.actions if self.roles.shared else None, list(files))
+            else:
+                g = act_grammar(self.actions)
+            self._grammars[key] = g
+        g = self._grammars[key]
+        if g.digest not in self._grammars_recorded:
+            self._grammars_recorded.add(g.digest)
+            decision.grammars[g.digest] = g.text
+        return g
 
     def _default_action(self, env_actions: list[str]) -> str:
         wanted = self.cfg.default_action
@@ -125,13 +155,16 @@ class MemoryAgent:
         """Memory-role turns until DONE or the turn limit. Returns an action when the shared
         model committed one during PLAN."""
         ops_left = cfg.max_ops
-        for _ in range(cfg.max_turns):
-            call = self.conv.call(self.roles.memory, self.cfg.model, routine, "memory")
+        for turn in range(cfg.max_turns):
+            if turn and ops_left <= 0:  # nothing left to do in this routine
+                break
+            grammar = self._grammar(routine, ops_left, decision)
+            call = self.conv.call(self.roles.memory, self.cfg.model, routine, "memory", grammar)
             decision.calls.append(call)
-            parsed = parse_reply(call.reply)
+            parsed = parse_reply(call.reply, truncated=call.finish_reason == "length")
             feedback = list(parsed.errors)
             decision.invalid_ops += parsed.error_count
-            finished, action = False, None
+            finished, action, over_cap = False, None, 0
             for cmd in parsed.commands:
                 if cmd.op == "done":
                     finished = True
@@ -144,13 +177,16 @@ class MemoryAgent:
                     feedback.append(f"ACTION is not allowed in {routine.upper()}; end it with DONE.")
                     continue
                 if ops_left <= 0:
-                    feedback.append(f"{cmd.op.upper()} ignored: at most {cfg.max_ops} operations per {routine.upper()}.")
+                    over_cap += 1
                     continue
                 ops_left -= 1
                 op = self._apply(routine, cfg, cmd, call.call_id)
                 decision.memory_ops.append(op)
                 decision.invalid_ops += not op.ok
                 feedback.append(f"{cmd.op.upper()}: {op.result}")
+            if over_cap:  # invalid, with one line of feedback however many there were
+                decision.invalid_ops += over_cap
+                feedback.append(f"{over_cap} operation(s) not run: at most {cfg.max_ops} per {routine.upper()}.")
             if feedback:
                 self.conv.add_user("\n".join(feedback))
             if finished:
@@ -188,9 +224,11 @@ class MemoryAgent:
         """The action role's turn: one world action, with a correction on a bad reply."""
         self.conv.add_user(self.scaffold.render("act", **self._vars))
         for attempt in range(self.cfg.action_attempts):
-            call = self.conv.call(self.roles.action, self.cfg.model, "plan", "action")
+            grammar = self._grammar("act", 1, decision)
+            call = self.conv.call(self.roles.action, self.cfg.model, "plan", "action", grammar)
             decision.calls.append(call)
-            actions = [c for c in parse_reply(call.reply).commands if c.op == "action"]
+            parsed = parse_reply(call.reply, truncated=call.finish_reason == "length")
+            actions = [c for c in parsed.commands if c.op == "action"]
             if actions:
                 return actions[0].args.get("name", "")
             decision.invalid_ops += 1

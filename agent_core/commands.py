@@ -4,7 +4,7 @@
 Arguments are separated by '|', split at most (number of arguments - 1) times, so the last
 argument may contain '|'. The parser is forgiving about form (tag names in any case, spaces
 inside a tag, whitespace around arguments, prose outside tags, a missing `<|END|>` at the
-very end of the reply, a stray `<|END|>`) but never guesses: an unknown op, a wrong number of
+very end of a reply that was not cut off, a stray `<|END|>`) but never guesses: an unknown op, a wrong number of
 arguments, a command left open before the next tag, a `<|/OP|>` closing tag, or a reply with
 no command each give a one-line error, which the caller counts as an invalid operation.
 Tags are found with one bounded regular expression, so parsing is linear in the reply.
@@ -120,8 +120,9 @@ def _snip(text: str, limit: int = 40) -> str:
 
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, truncated: bool = False):
         self.text = text
+        self.truncated = truncated
         self.commands: list[Command] = []
         self.errors: list[str] = []
         self.count = 0
@@ -181,7 +182,10 @@ class _Parser:
                 self.commands.append(Command(spec.name, {}, m.group(0)))
             else:
                 open_ = (spec, m.start(), m.end())
-        if open_ is not None:  # missing END at the very end of the reply
+        if self.truncated:  # cut off by max_tokens: an open command is incomplete
+            what = f"inside <|{open_[0].name.upper()}|>, which was not run" if open_ else "before it ended"
+            self.error(f"reply cut off at the token limit {what}: keep replies short and end with <|DONE|>")
+        elif open_ is not None:  # missing END at the very end of the reply
             spec, tag_start, body_start = open_
             self.finish(spec, text[body_start:], text[tag_start:])
         if not self.commands and not self.count:
@@ -192,13 +196,17 @@ class _Parser:
         return ParseResult(self.commands, errors, self.count)
 
 
-def parse_reply(text: str) -> ParseResult:
-    """Parse a model reply into commands and one-line errors. Never raises."""
+def parse_reply(text: str, truncated: bool = False) -> ParseResult:
+    """Parse a model reply into commands and one-line errors. Never raises.
+
+    `truncated`: the reply was cut off by the token limit (finish reason "length"). That is
+    one error, and a command left open at the end is not run (a complete reply may omit its
+    last `<|END|>`; a cut-off one may have lost more than that)."""
     if isinstance(text, (bytes, bytearray)):
         text = bytes(text).decode("utf-8", errors="replace")
     elif not isinstance(text, str):
         text = "" if text is None else str(text)
-    return _Parser(text).run()
+    return _Parser(text, truncated).run()
 
 
 def format_command(op: str, **args: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 
+from agent_core.grammar import Grammar
 from agent_core.models.base import ChatModel
 from agent_core.records import AgentRole, Message, ModelCall, Routine, SamplingParams, messages_digest
 
@@ -47,13 +48,14 @@ class Conversation:
         return [*self.log[:self.fixed], *self.log[self.window_start():]]
 
     def call(
-        self, model: ChatModel, params: SamplingParams, routine: Routine, role: AgentRole
+        self, model: ChatModel, params: SamplingParams, routine: Routine, role: AgentRole,
+        constraint: Grammar | None = None,
     ) -> ModelCall:
         """Send the current context to `model`, append its reply, return the call record."""
         ws, end = self.window_start(), len(self.log)
         context = [*self.log[:self.fixed], *self.log[ws:end]]
         started = time.perf_counter()
-        completion = model.complete(context, params)
+        completion = model.complete(context, params, constraint)
         latency = completion.latency_s or (time.perf_counter() - started)
         record = ModelCall(
             call_id=f"{self._call_prefix}{next(self._ids)}",
@@ -69,6 +71,8 @@ class Conversation:
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             latency_s=latency,
+            finish_reason=completion.finish_reason,
+            grammar=constraint.digest if constraint is not None else None,
         )
         self._recorded = end
         self.log.append(Message(role="assistant", content=completion.text))

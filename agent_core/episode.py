@@ -86,7 +86,8 @@ def run_episode(
                     action=result.action, action_text=decision.action_text,
                     action_source=decision.action_source, reward=reward, done=result.done,
                     progression=env.progression, calls=decision.calls,
-                    memory_ops=decision.memory_ops, invalid_ops=decision.invalid_ops,
+                    memory_ops=decision.memory_ops, grammars=decision.grammars,
+                    invalid_ops=decision.invalid_ops,
                     memory_chars=memory.total_chars, memory_lines=memory.total_lines,
                     elapsed_s=time.perf_counter() - t0)
                 trace.write(record)

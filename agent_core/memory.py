@@ -235,6 +235,10 @@ class MemoryDir:
         f = self._files.get(name)
         return f.text if f else None
 
+    def names(self) -> list[str]:
+        """The file names, sorted."""
+        return sorted(self._files)
+
     def files(self) -> dict[str, str]:
         """Name -> content of every file, sorted by name (a copy)."""
         return {n: self._files[n].text for n in sorted(self._files)}

@@ -14,6 +14,7 @@ Role = Literal["system", "user", "assistant"]
 Routine = Literal["log", "plan"]
 #: who produced a reply: the memory role (LOG + PLAN consultation) or the action role
 AgentRole = Literal["memory", "action"]
+FinishReason = Literal["stop", "length"]
 
 
 class Message(BaseModel):
@@ -36,6 +37,8 @@ class Completion(BaseModel):
     completion_tokens: int = 0
     latency_s: float = 0.0
     model: str = ""
+    #: "stop": the reply ended by itself; "length": cut off by max_tokens or the context
+    finish_reason: FinishReason = "stop"
 
 
 class ModelCall(BaseModel):
@@ -59,6 +62,11 @@ class ModelCall(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
+    #: "length": cut off by the token limit (an invalid reply, never a training target)
+    finish_reason: FinishReason = "stop"
+    #: digest of the grammar the reply was decoded under (None: unconstrained); its text is
+    #: in the `grammars` of the first step that used it
+    grammar: str | None = None
 
 
 class MemoryOp(BaseModel):
@@ -92,6 +100,8 @@ class StepRecord(BaseModel):
     progression: float
     calls: list[ModelCall]
     memory_ops: list[MemoryOp]
+    #: grammars first used in this step, digest -> text (each appears once per trace)
+    grammars: dict[str, str] = Field(default_factory=dict)
     invalid_ops: int
     memory_chars: int
     memory_lines: int

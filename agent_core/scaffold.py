@@ -24,13 +24,16 @@ import jinja2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent_core.commands import OPS
+from agent_core.grammar import GrammarError, log_grammar, plan_grammar
 from agent_core.memory import MemoryLimits
 from agent_core.records import SamplingParams
 
 #: prompts every scaffold must provide
 REQUIRED_PROMPTS = ("system", "log", "plan", "act")
-WRITE_OPS = ("create", "append", "rewrite", "replace", "upsert", "delete")
-READ_OPS = ("read", "tail", "search", "list")
+# the op lists derive from the one op table (commands.OPS)
+WRITE_OPS = tuple(name for name, spec in OPS.items() if spec.kind == "write")
+READ_OPS = tuple(name for name, spec in OPS.items() if spec.read_only)
 MEMORY_OPS = WRITE_OPS + READ_OPS
 #: read operations that look at memory contents (LIST only shows names)
 CONSULT_OPS = ("read", "tail", "search")
@@ -121,6 +124,11 @@ class ScaffoldConfig(_Strict):
         names = [f.name for f in self.memory_files]
         if len(names) != len(set(names)):
             raise ValueError(f"memory_files has duplicate names: {names}")
+        try:  # the reply grammars must exist (checked here, before any episode)
+            log_grammar(self.log.allowed_ops, self.log.max_ops).check()
+            plan_grammar(self.plan.allowed_ops, self.plan.max_ops, ["placeholder"]).check()
+        except GrammarError as exc:
+            raise ValueError(f"no reply grammar can be built: {exc}") from exc
         return self
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from agent_core.grammar import Grammar
 from agent_core.records import Completion, Message, SamplingParams
 
 
@@ -16,4 +17,8 @@ class ChatModel(Protocol):
     #: the identifier recorded in traces and cache keys (base name or adapter name)
     model_id: str
 
-    def complete(self, messages: list[Message], params: SamplingParams) -> Completion: ...
+    def complete(self, messages: list[Message], params: SamplingParams,
+                 constraint: Grammar | None = None) -> Completion:
+        """Reply to `messages`. With a `constraint` the reply is a sentence of that grammar,
+        unless cut off by `max_tokens` (`Completion.finish_reason == "length"`)."""
+        ...

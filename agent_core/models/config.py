@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_core.agent import Roles
+from agent_core.grammar import Grammar
 from agent_core.models.base import ChatModel
 from agent_core.records import Completion, Message, SamplingParams
 
@@ -62,6 +63,10 @@ class ModelConfig(BaseModel):
         None, ge=1, le=32768, description="Cap on tokens per reply for this deployment (e.g. a small "
         "CPU model), applied over the scaffold's max_tokens; part of the model id, so cached "
         "episodes are never mixed. None: the scaffold decides.")
+    constrain: Literal["on", "off"] = Field(
+        "on", description="on: every reply is decoded under the command grammar (valid by "
+        "construction; vLLM's structured outputs, llguidance locally); off: free text, parsed "
+        "forgivingly. Part of the model id, so the two never share cached episodes.")
     script: RoutineScript = Field(default_factory=RoutineScript, description="Scripted backend replies.")
 
     @model_validator(mode="after")
@@ -73,9 +78,9 @@ class ModelConfig(BaseModel):
     def ids(self) -> tuple[str, str]:
         """(memory model id, action model id) as recorded in traces and cache keys."""
         memory_id, action_id = self._base_ids()
-        if self.max_tokens is None:
-            return memory_id, action_id
-        return f"{memory_id}@max{self.max_tokens}", f"{action_id}@max{self.max_tokens}"
+        suffix = ("" if self.max_tokens is None else f"@max{self.max_tokens}") + \
+            ("@grammar" if self.constrain == "on" else "")
+        return f"{memory_id}{suffix}", f"{action_id}{suffix}"
 
     def _base_ids(self) -> tuple[str, str]:
         if self.backend == "scripted":
@@ -104,14 +109,15 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"specialist {self.specialist!r} is not a peft adapter directory")
 
     def build(self) -> Roles:
+        """The two roles' models, named by `ids()` (what traces and cache keys record)."""
         roles = self._build()
-        if self.max_tokens is None:
-            return roles
         memory_id, action_id = self.ids()
+        constrain = self.constrain == "on"
         memory = CappedModel(roles.memory, self.max_tokens, memory_id)
         if roles.shared:
-            return Roles(memory=memory)
-        return Roles(memory=memory, action=CappedModel(roles.action, self.max_tokens, action_id))
+            return Roles(memory=memory, constrain=constrain)
+        return Roles(memory=memory, action=CappedModel(roles.action, self.max_tokens, action_id),
+                     constrain=constrain)
 
     def _build(self) -> Roles:
         if self.backend == "scripted":
@@ -140,14 +146,17 @@ class ModelConfig(BaseModel):
 
 
 class CappedModel:
-    """A model whose replies are at most `max_tokens` long, whatever the scaffold asks."""
+    """A model under the configured id whose replies are at most `max_tokens` long (None: as
+    the scaffold asks)."""
 
-    def __init__(self, inner: ChatModel, max_tokens: int, model_id: str):
+    def __init__(self, inner: ChatModel, max_tokens: int | None, model_id: str):
         self.inner, self.max_tokens, self.model_id = inner, max_tokens, model_id
 
-    def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
-        capped = params.model_copy(update={"max_tokens": min(params.max_tokens, self.max_tokens)})
-        return self.inner.complete(messages, capped)
+    def complete(self, messages: list[Message], params: SamplingParams,
+                 constraint: Grammar | None = None) -> Completion:
+        if self.max_tokens is not None:
+            params = params.model_copy(update={"max_tokens": min(params.max_tokens, self.max_tokens)})
+        return self.inner.complete(messages, params, constraint)
 
 
 _LOCAL_LOCK = threading.Lock()

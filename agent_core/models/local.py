@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent_core.grammar import Grammar
 from agent_core.models.base import ChatModel, ModelError
 from agent_core.models.weights import LOCAL_MODEL_NAME, local_model_path, set_runtime_env
 from agent_core.records import Completion, Message, SamplingParams
@@ -41,6 +42,8 @@ class Generation:
     finish_reason: str
     #: prompt tokens whose KV came from the prefix cache instead of being recomputed
     reused_tokens: int
+    #: model forward passes (one per generated token, fewer with jump-forward decoding)
+    forward_passes: int = 0
 
 
 @dataclass
@@ -67,8 +70,9 @@ class LocalHandle:
         self._owner = owner
         self.model_id = name
 
-    def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
-        return self._owner.generate(messages, params, model=self.model_id).completion
+    def complete(self, messages: list[Message], params: SamplingParams,
+                 constraint: Grammar | None = None) -> Completion:
+        return self._owner.generate(messages, params, model=self.model_id, constraint=constraint).completion
 
     def __repr__(self) -> str:
         return f"LocalHandle({self.model_id!r})"
@@ -84,6 +88,7 @@ class LocalModel:
         model_id: the base model's name in traces and on the server.
         prefix_reuse: reuse the KV cache of a previous call's common token prefix.
         cache_slots: prefix caches kept per handle (several episodes may share a handle).
+        jump_forward: under a grammar, feed the tokens the grammar forces in one forward pass.
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class LocalModel:
         model_id: str = DEFAULT_MODEL_ID,
         prefix_reuse: bool = True,
         cache_slots: int = 4,
+        jump_forward: bool = True,
     ) -> None:
         set_runtime_env()
         import torch
@@ -102,6 +108,7 @@ class LocalModel:
         self.path = Path(path) if path is not None else local_model_path()
         self.model_id = model_id
         self.prefix_reuse = prefix_reuse
+        self.jump_forward = jump_forward
         self.cache_slots = max(1, cache_slots)
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if not isinstance(torch_dtype, torch.dtype):
@@ -127,6 +134,12 @@ class LocalModel:
         if self.tokenizer.eos_token_id is not None:
             self._stop_ids.add(self.tokenizer.eos_token_id)
         self.max_context = int(getattr(self._model.config, "max_position_embeddings", 2048))
+        self._vocab_size = int(self._model.get_output_embeddings().weight.shape[0])
+        self._eos_id = vocab.get("<|im_end|>", self.tokenizer.eos_token_id)
+        self._llg_tokenizer: Any = None  # llguidance's view of the tokenizer, built on first use
+        #: totals over this model's life (benchmarks read them)
+        self.forward_passes = 0
+        self.generated_tokens = 0
         for name, adapter_path in (adapters or {}).items():
             self.load_adapter(name, adapter_path)
 
@@ -192,9 +205,10 @@ class LocalModel:
 
     # -- generation -----------------------------------------------------------------------
 
-    def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
+    def complete(self, messages: list[Message], params: SamplingParams,
+                 constraint: Grammar | None = None) -> Completion:
         """`ChatModel.complete` with the base model."""
-        return self.generate(messages, params).completion
+        return self.generate(messages, params, constraint=constraint).completion
 
     def encode(self, messages: list[Message]) -> list[int]:
         """Prompt token ids: the chat template with the assistant turn opened."""
@@ -253,9 +267,15 @@ class LocalModel:
         return int(torch.multinomial(probs, 1, generator=gen))
 
     def generate(
-        self, messages: list[Message], params: SamplingParams, model: str | None = None
+        self, messages: list[Message], params: SamplingParams, model: str | None = None,
+        constraint: Grammar | None = None,
     ) -> Generation:
-        """Complete `messages` with adapter `model` (None: base); the details of `complete`."""
+        """Complete `messages` with adapter `model` (None: base); the details of `complete`.
+
+        With a `constraint`, every token is drawn from those the grammar allows next
+        (llguidance fills the mask); where the grammar allows exactly one continuation (the
+        rest of a tag, an action name's remaining tokens), those tokens are fed in the same
+        forward pass as the sampled one (jump-forward), not generated one by one."""
         torch = self._torch
         from transformers import DynamicCache
 
@@ -269,11 +289,13 @@ class LocalModel:
                     f"prompt of {len(prompt)} tokens leaves no room in the "
                     f"{self.max_context}-token context of {self.model_id}"
                 )
+            matcher = self._matcher(constraint) if constraint is not None else None
             gen = torch.Generator()
             if params.seed is not None:
                 gen.manual_seed(params.seed)
             else:
                 gen.seed()
+            passes = 0
             with self._select(name), torch.inference_mode():
                 entry, reused = self._take_prefix(name, prompt) if self.prefix_reuse else (None, 0)
                 # at least one prompt token must be fed to get the next-token logits
@@ -287,29 +309,80 @@ class LocalModel:
                 feed = prompt[reused:]
                 out_ids: list[int] = []
                 finish = "length"
-                for _ in range(budget):
+                while len(out_ids) < budget:
                     logits = self._model(
                         input_ids=torch.tensor([feed]),
                         cache=entry.cache,
                         use_cache=True,
                         logits_to_keep=1,  # the vocab projection of every prompt token is waste
                     ).logits[0, -1]
+                    passes += 1
                     entry.tokens.extend(feed)
+                    if matcher is not None:
+                        logits = self._mask(matcher, logits)
                     token = self._next_token(logits, params, gen)
                     out_ids.append(token)
                     if token in self._stop_ids:
                         finish = "stop"
                         break
                     feed = [token]
+                    if matcher is not None:
+                        if not matcher.consume_token(token):
+                            raise ModelError(f"grammar engine refused token {token}: {matcher.get_error()}")
+                        if matcher.is_stopped():  # complete: only end-of-turn may follow
+                            finish = "stop"
+                            break
+                        forced = matcher.compute_ff_tokens()[: budget - len(out_ids)] \
+                            if self.jump_forward else []
+                        if forced:
+                            matcher.consume_tokens(forced)
+                            out_ids.extend(forced)
+                            feed.extend(forced)
+                            if matcher.is_stopped():
+                                finish = "stop"
+                                break
             if self.prefix_reuse:
                 entry.last_used = time.monotonic()
                 self._keep_prefix(name, entry)
-        text_ids = out_ids[:-1] if finish == "stop" else out_ids
+            self.forward_passes += passes
+            self.generated_tokens += len(out_ids)
+        text_ids = out_ids[:-1] if out_ids and out_ids[-1] in self._stop_ids else out_ids
         completion = Completion(
             text=self.tokenizer.decode(text_ids, skip_special_tokens=True),
             prompt_tokens=len(prompt),
             completion_tokens=len(out_ids),  # counts the end-of-turn token, as vLLM does
             latency_s=time.perf_counter() - started,
             model=name,
+            finish_reason=finish,
         )
-        return Generation(completion, finish, reused)
+        return Generation(completion, finish, reused, passes)
+
+    # -- constrained decoding ---------------------------------------------------------------
+
+    def _matcher(self, constraint: Grammar) -> Any:
+        """A fresh llguidance matcher for `constraint` over this tokenizer."""
+        import llguidance
+        import llguidance.hf
+
+        if self._llg_tokenizer is None:
+            # the end-of-turn token ends a reply; llguidance allows it once the grammar is complete
+            self._llg_tokenizer = llguidance.hf.from_tokenizer(
+                self.tokenizer, n_vocab=self._vocab_size, eos_token=self._eos_id)
+        try:
+            matcher = llguidance.LLMatcher(self._llg_tokenizer, constraint.llguidance())
+        except ValueError as exc:
+            raise ModelError(f"grammar does not compile: {exc}") from exc
+        if matcher.is_error():
+            raise ModelError(f"grammar does not compile: {matcher.get_error()}")
+        return matcher
+
+    def _mask(self, matcher: Any, logits: Any) -> Any:
+        """`logits` with every token the grammar forbids at -inf (applied here: llguidance's
+        torch helper is compiled on first use, which costs seconds on a CPU)."""
+        import numpy as np
+
+        bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        allowed = self._torch.from_numpy(bits[: logits.shape[-1]].astype(bool))
+        if allowed.shape[-1] < logits.shape[-1]:  # padded vocabulary rows: never allowed
+            allowed = self._torch.nn.functional.pad(allowed, (0, logits.shape[-1] - allowed.shape[-1]))
+        return logits.masked_fill(~allowed, float("-inf"))

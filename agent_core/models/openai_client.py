@@ -20,6 +20,7 @@ from typing import Any
 import httpx2
 import openai
 
+from agent_core.grammar import Grammar
 from agent_core.models.base import ModelError
 from agent_core.records import Completion, Message, SamplingParams
 
@@ -152,7 +153,8 @@ class OpenAIChatModel:
             max_retries=max_retries,
         )
 
-    def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
+    def complete(self, messages: list[Message], params: SamplingParams,
+                 constraint: Grammar | None = None) -> Completion:
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -163,6 +165,9 @@ class OpenAIChatModel:
         }
         if params.seed is not None:
             kwargs["seed"] = params.seed
+        if constraint is not None:
+            # vLLM >= 0.10.2; the older guided_* fields are ignored by vLLM >= 0.12 without error
+            kwargs["extra_body"] = {"structured_outputs": constraint.request_field()}
         attempts = f"{self.max_retries + 1} attempt(s)"
         started = time.perf_counter()
         try:
@@ -172,6 +177,12 @@ class OpenAIChatModel:
                 f"model server at {self.base_url} failed after {attempts}: {exc.message}"
             ) from exc
         except openai.APIStatusError as exc:
+            if constraint is not None and exc.status_code in (400, 422) and "structured_outputs" in _error_text(exc.response):
+                raise ModelError(
+                    f"model server at {self.base_url} rejected the structured_outputs field "
+                    f"({_error_text(exc.response)}): it cannot enforce the reply grammar. Use a server "
+                    "with structured outputs (vLLM >= 0.10.2, `automem serve`) or set the model "
+                    "config's `constrain: off`") from exc
             retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
             raise ModelError(
                 f"model server at {self.base_url} answered {exc.status_code} for model "
@@ -181,12 +192,23 @@ class OpenAIChatModel:
         if not response.choices:
             raise ModelError(f"model server at {self.base_url} returned no choices")
         usage = response.usage
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        finish = "length" if choice.finish_reason == "length" else "stop"
+        if constraint is not None and finish == "stop" and constraint.kind == "regex" \
+                and not constraint.matches(text):
+            raise ModelError(
+                f"model server at {self.base_url} ignored the structured_outputs constraint "
+                f"(reply {text[:80]!r} does not match the grammar {constraint.digest}): use a server "
+                "with structured outputs (vLLM >= 0.10.2, `automem serve`) or set the model config's "
+                "`constrain: off`")
         return Completion(
-            text=response.choices[0].message.content or "",
+            text=text,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             latency_s=time.perf_counter() - started,
             model=self.model_id,
+            finish_reason=finish,
         )
 
     def close(self) -> None:

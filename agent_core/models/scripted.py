@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Literal
 
+from agent_core.grammar import Grammar
 from agent_core.models.base import ModelError
 from agent_core.records import Completion, Message, SamplingParams
 
@@ -51,7 +52,9 @@ class ScriptedModel:
             return self._replies[i % n]
         raise ModelError(f"scripted model {self.model_id!r} has no reply left after {n}")
 
-    def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
+    def complete(self, messages: list[Message], params: SamplingParams,
+                 constraint: Grammar | None = None) -> Completion:
+        """The next reply as scripted: a constraint is not applied (scripts test bad replies too)."""
         with self._lock:
             self.calls.append(list(messages))
             text = self._next_reply(messages)

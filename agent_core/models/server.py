@@ -1,7 +1,8 @@
 """An OpenAI-compatible server over a `LocalModel`: the part of vLLM's surface AutoMem uses.
 
 Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` (the request's
-`model` picks the base or a LoRA adapter), `POST /v1/load_lora_adapter` and
+`model` picks the base or a LoRA adapter; `structured_outputs` constrains the reply with the
+same engine as `LocalModel`), `POST /v1/load_lora_adapter` and
 `POST /v1/unload_lora_adapter` (vLLM's bodies and answers). Errors use vLLM's JSON shape
 `{"error": {"message", "type", "param", "code"}}` so the openai client reports them well.
 A CPU stand-in for vLLM on machines without a GPU; `automem serve` runs it.
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from agent_core.grammar import Grammar
 from agent_core.models.base import ModelError
 from agent_core.records import Message, SamplingParams
 
@@ -50,6 +52,8 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     n: int = 1
     stream: bool = False
+    #: vLLM's structured outputs: one of regex, grammar (Lark), choice
+    structured_outputs: dict[str, Any] | None = None
 
 
 class LoadLoRARequest(BaseModel):
@@ -117,10 +121,11 @@ def create_app(model: LocalModel) -> FastAPI:
                 top_p=1.0 if req.top_p is None else req.top_p,
                 seed=req.seed,
             )
+            constraint = Grammar.from_request(req.structured_outputs) if req.structured_outputs else None
         except (ValueError, ValidationError) as exc:
             return _error(400, str(exc))
         try:
-            result = model.generate(messages, params, model=req.model)
+            result = model.generate(messages, params, model=req.model, constraint=constraint)
         except ModelError as exc:
             return _error(400, str(exc))
         c = result.completion

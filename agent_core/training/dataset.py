@@ -89,15 +89,19 @@ def _candidates(con: Any, ids: list[str], stats: Counter) -> list[dict[str, Any]
 
     con.register("selected_ids", pa.table({"call_id": ids}))
     rows = con.execute(
-        "SELECT c.call_id, c.episode_id, c.game, c.step, c.call_index, c.routine, c.role, c.reply "
+        "SELECT c.call_id, c.episode_id, c.game, c.step, c.call_index, c.routine, c.role, c.reply, "
+        "c.finish_reason "
         "FROM calls c JOIN selected_ids s ON s.call_id = c.call_id "
         "ORDER BY c.game, c.episode_id, c.call_index").fetchall()
     stats["selected_ids"] = len(ids)
     stats["unknown_ids"] = len(ids) - len(rows)
     out = []
-    for call_id, episode_id, game, step, call_index, routine, role, reply in rows:
+    for call_id, episode_id, game, step, call_index, routine, role, reply, finish in rows:
         if role != "memory" or routine not in ROUTINES:
             stats["dropped_not_memory_role"] += 1
+            continue
+        if finish == "length":  # cut off by the token limit: never a target
+            stats["dropped_truncated"] += 1
             continue
         target = reply
         if _ACTION_TAG_RE.search(reply):

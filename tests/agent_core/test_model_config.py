@@ -11,7 +11,7 @@ def test_scripted_single_and_two_roles():
     one = ModelConfig(backend="scripted").build()
     assert one.shared
     two = ModelConfig(backend="scripted", specialist="adapters/mem-1").build()
-    assert not two.shared and two.memory.model_id.endswith("+mem-1")
+    assert not two.shared and two.memory.model_id == "scripted-" + two.memory.model_id.split("-")[1].split("+")[0] + "+mem-1@grammar"
     assert two.action.model_id == ModelConfig(backend="scripted").ids()[1]
 
 
@@ -19,7 +19,28 @@ def test_ids_change_with_everything_that_changes_replies():
     base = ModelConfig(backend="scripted")
     assert base.ids() != ModelConfig(backend="scripted", script=RoutineScript(act="<|ACTION|>wait<|END|>")).ids()
     assert base.ids() != ModelConfig(backend="scripted", max_tokens=8).ids()
-    assert ModelConfig(backend="openai", base_url="http://h/v1", model="m", specialist="s").ids() == ("s", "m")
+    assert ModelConfig(backend="openai", base_url="http://h/v1", model="m", specialist="s").ids() == ("s@grammar", "m@grammar")
+    assert ModelConfig(backend="openai", base_url="http://h/v1", model="m", specialist="s",
+                       constrain="off").ids() == ("s", "m")
+
+
+def test_constrained_and_unconstrained_episodes_never_share_a_key(tmp_path):
+    from agent_core.episode import EpisodeSpec
+    from agent_core.scaffold import BUILTIN_DIR
+
+    def spec(**models):
+        return EpisodeSpec(game="tiny", task="key-door", seed=0, max_steps=3, scaffold_dir=str(BUILTIN_DIR / "tiny"),
+                           models=ModelConfig(backend="scripted", **models), workspace=str(tmp_path))
+
+    on, off = spec(), spec(constrain="off")
+    assert on.models.constrain == "on"  # the default, for every backend
+    assert on.key() != off.key() and on.out_dir() != off.out_dir()
+    assert ModelConfig(backend="scripted").build().constrain and not ModelConfig(backend="scripted", constrain="off").build().constrain
+
+
+def test_constrain_takes_on_or_off_only():
+    with pytest.raises(ValidationError, match="'on' or 'off'"):
+        ModelConfig(backend="scripted", constrain="yes")
 
 
 def test_reply_cap_applies_over_the_scaffold():
@@ -28,7 +49,7 @@ def test_reply_cap_applies_over_the_scaffold():
     class Echo:
         model_id = "echo"
 
-        def complete(self, messages, params):
+        def complete(self, messages, params, constraint=None):
             seen.append(params.max_tokens)
             from agent_core.records import Completion
             return Completion(text="<|DONE|>")
@@ -40,7 +61,7 @@ def test_reply_cap_applies_over_the_scaffold():
     capped.complete([Message(role="user", content="x")], SamplingParams(max_tokens=4))
     assert seen == [16, 4]
     roles = ModelConfig(backend="scripted", max_tokens=16).build()
-    assert roles.memory.model_id.endswith("@max16") and roles.shared
+    assert roles.memory.model_id.endswith("@max16@grammar") and roles.shared
 
 
 def test_openai_backend_needs_url_and_model():
@@ -59,4 +80,4 @@ def test_episode_threads_share_one_local_model():
         t.start()
     for t in threads:
         t.join()
-    assert len(built) == 4 and len({id(m) for m in built}) == 1
+    assert len(built) == 4 and len({id(m.inner) for m in built}) == 1

@@ -1,0 +1,185 @@
+"""The command protocol as a grammar: what each model call may reply, enforced while decoding.
+
+Every grammar is built here, from the op table in `commands.py`, the scaffold's routine
+settings and the game's action names; nothing else writes one. A grammar is a regular
+expression: the one constraint every structured-generation engine takes (llguidance and
+xgrammar in vLLM, llguidance in `LocalModel` and `automem serve`) and that Python's `re`
+can check a reply against.
+
+- ACT: exactly `<|ACTION|>name<|END|>`, `name` one of the game's actions, spelled exactly.
+- LOG: one to `max_ops` commands from the routine's allowed ops, then `<|DONE|>`.
+- PLAN: up to `max_ops` read-only commands, then `<|DONE|>`, or, when one model plays
+  both roles, the world action instead of `<|DONE|>`.
+
+Arguments: a file name is one of the memory's files (CREATE's follows MemoryDir's name
+rule); line ranges and counts are digits;
+keys and queries are one line; texts may span lines. No argument contains '<' or '|' (so
+none holds a tag), a required one starts with a visible character, and each is at most
+`TEXT_MAX_CHARS` long. Only short bounds appear as regex repeats: a reply's total length is
+capped by `max_tokens` (engines compile long bounded repeats slowly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+from agent_core.commands import OPS, OpSpec
+
+#: longest text argument (characters)
+TEXT_MAX_CHARS = 160
+GrammarKind = Literal["regex", "lark"]
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}"  # memory.NAME_RE (the '..' rule is MemoryDir's)
+_RANGE = r"[0-9]{1,6}(-[0-9]{1,6})?"
+_COUNT = r"[0-9]{1,4}"
+
+
+def _text(multiline: bool, extra: str = "") -> str:
+    body = "<|" + extra + ("" if multiline else r"\n")
+    return rf"[^{body}\s][^{body}]{{0,{TEXT_MAX_CHARS - 1}}}"
+
+
+#: the pattern of each argument, by argument name (commands.OPS names every argument)
+_ARG_PATTERNS = {
+    "file": _NAME,
+    "lines": _RANGE,
+    "n": _COUNT,
+    "query": _text(False),
+    "key": _text(False, ":"),  # MemoryDir: a key is one line without ':'
+    "old": _text(True),
+    "new": _text(True),
+    "text": _text(True),
+    "value": _text(True),
+}
+
+
+class GrammarError(ValueError):
+    """No grammar can be built (e.g. a routine that allows nothing): a scaffold error."""
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """One constraint on a reply: its text form, and a short digest that traces record."""
+
+    text: str
+    kind: GrammarKind = "regex"
+
+    @cached_property
+    def digest(self) -> str:
+        return hashlib.sha256(f"{self.kind}\0{self.text}".encode()).hexdigest()[:16]
+
+    def request_field(self) -> dict[str, str]:
+        """vLLM's `structured_outputs` request field (its current one; `guided_*` is gone)."""
+        return {"regex" if self.kind == "regex" else "grammar": self.text}
+
+    @classmethod
+    def from_request(cls, field: dict) -> "Grammar":
+        """The constraint of a `structured_outputs` request field (`automem serve`).
+        Raises ValueError for what this server does not implement."""
+        given = {k: v for k, v in field.items() if v is not None}
+        if len(given) != 1:
+            raise ValueError(f"structured_outputs takes exactly one of regex, grammar, choice; got {sorted(given)}")
+        (key, value), = given.items()
+        if key == "regex" and isinstance(value, str):
+            return cls(value, "regex")
+        if key == "grammar" and isinstance(value, str):
+            return cls(value, "lark")
+        if key == "choice" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return cls("(" + "|".join(re.escape(v) for v in value) + ")", "regex")
+        raise ValueError(f"structured_outputs.{key} is not supported here; use regex (a string), "
+                         "grammar (Lark text) or choice (a list of strings)")
+
+    def llguidance(self) -> str:
+        """The grammar in llguidance's serialised form."""
+        from llguidance import LLMatcher
+
+        if self.kind == "regex":
+            return LLMatcher.grammar_from_regex(self.text)
+        return LLMatcher.grammar_from_lark(self.text)
+
+    def check(self) -> None:
+        """Compile it with llguidance; GrammarError with the engine's message if it cannot."""
+        from llguidance import LLMatcher
+
+        message = LLMatcher.validate_grammar(self.llguidance())
+        if message:
+            raise GrammarError(f"grammar does not compile: {message}")
+
+    def matches(self, reply: str) -> bool:
+        """Whether `reply` is a complete sentence of this grammar (regex grammars only)."""
+        if self.kind != "regex":
+            raise ValueError("only regex grammars can be checked without an engine")
+        return _compiled(self.text).fullmatch(reply) is not None
+
+
+_CACHE: dict[str, re.Pattern] = {}
+
+
+def _compiled(text: str) -> re.Pattern:
+    if text not in _CACHE:
+        _CACHE[text] = re.compile(text, re.DOTALL)
+    return _CACHE[text]
+
+
+def _tag(name: str) -> str:
+    return re.escape(f"<|{name.upper()}|>")
+
+
+def command_pattern(spec: OpSpec, files: list[str] | None = None) -> str:
+    """The pattern of one command, from its spec: `<|OP|>arg|arg[|optional]<|END|>`.
+    With `files`, a file argument names one of them (CREATE's follows the name rule)."""
+    named = _choice([re.escape(f) for f in files]) if files and spec.name != "create" else None
+    args = [named if a == "file" and named else _ARG_PATTERNS[a] for a in spec.args]
+    body = r"\|".join(args[:spec.required]) + "".join(rf"(\|{a})?" for a in args[spec.required:])
+    if spec.required == 0 and len(args) > 0:  # all optional: drop the leading separator
+        body = "(" + r"\|".join(args) + ")?"
+    return _tag(spec.name) + body + (_tag("end") if spec.needs_end else "")
+
+
+def _choice(patterns: list[str]) -> str:
+    return "(" + "|".join(patterns) + ")"
+
+
+def action_pattern(actions: list[str]) -> str:
+    """`<|ACTION|>name<|END|>` with `name` one of `actions`, spelled exactly."""
+    if not actions:
+        raise GrammarError("the game has no actions")
+    return _tag("action") + _choice([re.escape(a) for a in actions]) + _tag("end")
+
+
+def _ops(ops: list[str], routine: str, files: list[str] | None) -> str:
+    unknown = [o for o in ops if o not in OPS or not OPS[o].memory]
+    if unknown:
+        raise GrammarError(f"{routine.upper()} allows unknown operations {unknown}")
+    return _choice([command_pattern(OPS[o], files) for o in ops])
+
+
+def log_grammar(allowed_ops: list[str], max_ops: int, files: list[str] | None = None) -> Grammar:
+    """LOG: one to `max_ops` of the allowed commands, then `<|DONE|>`. With `files` (the
+    memory's file names), commands other than CREATE name one of them."""
+    if not allowed_ops or max_ops < 1:
+        raise GrammarError("LOG must allow at least one operation (log.allowed_ops non-empty and "
+                           f"log.max_ops >= 1; got {allowed_ops} and max_ops={max_ops})")
+    return Grammar(_ops(allowed_ops, "log", files) + f"{{1,{max_ops}}}" + _tag("done"))
+
+
+def plan_grammar(allowed_ops: list[str], max_ops: int, actions: list[str] | None = None,
+                 files: list[str] | None = None) -> Grammar:
+    """PLAN: up to `max_ops` read-only commands, then `<|DONE|>`; with `actions` (one model
+    plays both roles) the world action may take the place of `<|DONE|>`."""
+    writes = [o for o in allowed_ops if o in OPS and not OPS[o].read_only]
+    if writes:
+        raise GrammarError(f"PLAN may only read memory; it allows {writes}")
+    ending = _tag("done") if actions is None else _choice([_tag("done"), action_pattern(actions)])
+    if not allowed_ops or max_ops < 1:
+        return Grammar(ending)
+    return Grammar(_ops(allowed_ops, "plan", files) + f"{{0,{max_ops}}}" + ending)
+
+
+def act_grammar(actions: list[str]) -> Grammar:
+    """ACT: exactly one world action."""
+    return Grammar(action_pattern(actions))
