@@ -186,3 +186,65 @@ def test_consult_before_write(tmp_path, lookup, written):
     append = next(op for op in trace.steps[0].memory_ops if op.op == "append")
     assert append.ok is written
     assert ("noted" in (tmp_path / "ep" / "memory" / "progress.md").read_text()) is written
+
+
+class _CutOff:
+    """A model whose LOG replies are cut off by the token limit (finish reason "length")."""
+
+    model_id = "cut"
+
+    def __init__(self, log_reply: str):
+        self.log_reply = log_reply
+
+    def complete(self, messages, params, constraint=None):
+        from agent_core.records import Completion
+
+        reply = by_routine()(messages)
+        if "LOG routine" in messages[-1].content:
+            return Completion(text=self.log_reply, finish_reason="length")
+        return Completion(text=reply)
+
+
+@pytest.mark.parametrize("cut", ["<|APPEND|>action_log.md|half a sente",
+                                 "<|APPEND|>action_log.md|whole<|END|>"])
+def test_a_reply_cut_off_by_the_token_limit_is_invalid_and_its_open_command_not_run(tmp_path, cut):
+    _, trace = play(tmp_path, Roles(memory=_CutOff(cut)), steps=1)
+    step = trace.steps[0]
+    log_call = step.calls[0]
+    assert log_call.finish_reason == "length"
+    assert step.invalid_ops == 1
+    ran = [op.args.get("text") for op in step.memory_ops if op.routine == "log"]
+    assert ran == ([] if "half" in cut else ["whole"])  # complete commands before the cut still run
+    feedback = step.calls[1].new_messages[1].content
+    assert "cut off at the token limit" in feedback
+
+
+def test_operations_beyond_max_ops_are_invalid_with_one_line_of_feedback(tmp_path):
+    many = "<|APPEND|>action_log.md|x<|END|>" * 9 + "<|DONE|>"
+    _, trace = play(tmp_path, Roles(memory=ScriptedModel(by_routine(log=many))), steps=1)
+    step = trace.steps[0]
+    cap = Scaffold.builtin("tiny").config.log.max_ops
+    assert len([op for op in step.memory_ops if op.routine == "log"]) == cap
+    assert step.invalid_ops == 9 - cap
+    feedback = step.calls[1].new_messages[1].content.splitlines()
+    assert sum("not run" in line for line in feedback) == 1
+    assert f"{9 - cap} operation(s) not run: at most {cap} per LOG." in feedback
+
+
+def test_constrained_calls_record_their_grammar_once_per_trace(tmp_path):
+    from agent_core.grammar import Grammar
+
+    grammatical = by_routine(log="<|APPEND|>action_log.md|step done<|END|><|DONE|>")
+    _, trace = play(tmp_path, Roles(memory=ScriptedModel(grammatical), constrain=True), steps=3)
+    recorded = {}
+    for step in trace.steps:
+        assert not set(step.grammars) & set(recorded)  # each text once
+        recorded.update(step.grammars)
+        for call in step.calls:
+            assert call.grammar in recorded  # its text came with this step or an earlier one
+            if call.finish_reason == "stop":
+                assert Grammar(recorded[call.grammar]).matches(call.reply), call.reply
+    routines = {(c.routine, c.role) for s in trace.steps for c in s.calls}
+    assert routines == {("log", "memory"), ("plan", "memory"), ("plan", "action")}
+    _, free = play(tmp_path / "free", Roles(memory=ScriptedModel(by_routine())), steps=1)
+    assert all(c.grammar is None for c in free.steps[0].calls) and not free.steps[0].grammars

@@ -93,7 +93,7 @@ def test_local_model_path_explains_how_to_prepare(
 class _FlakyServer:
     """Answers POST /v1/chat/completions with `statuses` in turn, then 200; counts attempts."""
 
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], reply: str = "move north", error: str = "") -> None:
         self.statuses = list(statuses)
         self.attempts = 0
         self.bodies: list[dict[str, Any]] = []
@@ -114,15 +114,14 @@ class _FlakyServer:
                         "choices": [
                             {
                                 "index": 0,
-                                "message": {"role": "assistant", "content": "move north"},
+                                "message": {"role": "assistant", "content": reply},
                                 "finish_reason": "stop",
                             }
                         ],
                         "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13},
                     }
                 else:
-                    error = {"message": f"status {status}", "type": "E", "code": status}
-                    payload = {"error": error}
+                    payload = {"error": {"message": error or f"status {status}", "type": "E", "code": status}}
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -172,6 +171,38 @@ def test_openai_client_gives_up_after_bounded_retries() -> None:
     with _FlakyServer([400]) as server:  # a client error is final at once
         with pytest.raises(ModelError, match="answered 400"):
             OpenAIChatModel(server.url, "m", timeout_s=5, max_retries=4).complete(CHAT, GREEDY)
+        assert server.attempts == 1
+
+
+def test_openai_client_sends_the_grammar_in_vllms_current_field() -> None:
+    from agent_core.grammar import act_grammar
+    from agent_core.models import OpenAIChatModel
+
+    grammar = act_grammar(["move north", "wait"])
+    with _FlakyServer([], reply="<|ACTION|>move north<|END|>") as server:
+        got = OpenAIChatModel(server.url, "m", timeout_s=5).complete(CHAT, GREEDY, grammar)
+    assert got.text == "<|ACTION|>move north<|END|>" and got.finish_reason == "stop"
+    sent = server.bodies[-1]
+    assert sent["structured_outputs"] == {"regex": grammar.text}
+    assert not [k for k in sent if k.startswith("guided_")]  # removed in vLLM 0.12: silently ignored
+    with _FlakyServer([]) as server:  # unconstrained: no field at all
+        OpenAIChatModel(server.url, "m", timeout_s=5).complete(CHAT, GREEDY)
+    assert "structured_outputs" not in server.bodies[-1]
+
+
+def test_a_server_without_structured_outputs_gives_one_clear_error() -> None:
+    from agent_core.grammar import act_grammar
+    from agent_core.models import OpenAIChatModel
+
+    grammar = act_grammar(["move north", "wait"])
+    # a server that ignores the field answers 200 with free text: caught, not played
+    with _FlakyServer([], reply="move north") as server:
+        with pytest.raises(ModelError, match=r"ignored the structured_outputs.*constrain: off"):
+            OpenAIChatModel(server.url, "m", timeout_s=5).complete(CHAT, GREEDY, grammar)
+    # a server that rejects the field
+    with _FlakyServer([400], error="Unrecognized request argument supplied: structured_outputs") as server:
+        with pytest.raises(ModelError, match=r"rejected the structured_outputs field.*constrain: off"):
+            OpenAIChatModel(server.url, "m", timeout_s=5).complete(CHAT, GREEDY, grammar)
         assert server.attempts == 1
 
 
