@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from agent_core.commands import Command, format_command, parse_reply
+from agent_core.commands import CONSULT_OPS, Command, format_command, parse_reply
 from agent_core.conversation import Conversation
 from agent_core.grammar import Grammar, act_grammar, log_grammar, plan_grammar
 from agent_core.memory import MemoryDir
 from agent_core.models.base import ChatModel
 from agent_core.records import MemoryOp, ModelCall, Routine
 from environments.base import normalise_action
-from agent_core.scaffold import CONSULT_OPS, WRITE_OPS, RoutineConfig, Scaffold
+from agent_core.scaffold import WRITE_OPS, RoutineConfig, Scaffold
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ class Roles:
     action: ChatModel | None = None
     #: decode every reply under the command grammar (`agent_core.grammar`)
     constrain: bool = False
+    #: where and how the models run (endpoint, dtype): part of the episode key
+    identity: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.action = self.action or self.memory
@@ -51,6 +53,8 @@ class StepDecision:
     invalid_ops: int = 0
     #: grammars first used in this step, digest -> text
     grammars: dict[str, str] = field(default_factory=dict)
+    #: scaffold hooks that raised in this step (the step went on without them)
+    hook_errors: list[str] = field(default_factory=list)
 
 
 _COMMAND_HELP = [
@@ -90,11 +94,12 @@ class MemoryAgent:
         )
         self.conv = Conversation(scaffold.render("system", **self._vars), self.cfg.history_window,
                                  call_prefix=f"{episode_id}:",
-                                 demonstrations=[(d.user, d.assistant) for d in self.cfg.demonstrations])
+                                 demonstrations=[(d.user, d.assistant) for d in self.cfg.demonstrations],
+                                 max_reply_chars=self.cfg.max_reply_chars)
         self._kinds = {f.name: f.kind for f in self.cfg.memory_files}
         self._validate_write = scaffold.hook("validate_write")
         self._postprocess = scaffold.hook("postprocess_observation")
-        self._grammars: dict[tuple[str, int, tuple[str, ...]], Grammar] = {}
+        self._grammars: dict[tuple[str, int, tuple[str, ...], bool], Grammar] = {}
         self._grammars_recorded: set[str] = set()
 
     def _grammar(self, routine: str, ops_left: int, decision: StepDecision) -> Grammar | None:
@@ -104,10 +109,11 @@ class MemoryAgent:
         if not self.roles.constrain:
             return None
         files = tuple(self.memory.names())
-        key = (routine, ops_left, files)
+        consult_first = routine == "log" and self.cfg.log.consult_before_write and not self._consulted
+        key = (routine, ops_left, files, consult_first)
         if key not in self._grammars:
             if routine == "log":
-                g = log_grammar(self.cfg.log.allowed_ops, ops_left, list(files))
+                g = log_grammar(self.cfg.log.allowed_ops, ops_left, list(files), consult_first)
             elif routine == "plan":
                 g = plan_grammar(self.cfg.plan.allowed_ops, ops_left,
                                  self.actions if self.roles.shared else None, list(files))
@@ -131,9 +137,12 @@ class MemoryAgent:
 
     # ------------------------------------------------------------------
     def step(self, step: int, observation: str, last_action: str | None, reward: float) -> StepDecision:
-        if self._postprocess:
-            observation = str(self._postprocess(observation))
         decision = StepDecision(action_text="", action_source="model")
+        if self._postprocess:
+            try:
+                observation = str(self._postprocess(observation))
+            except Exception as exc:  # a hook bug must not end the episode: the raw observation
+                decision.hook_errors.append(f"postprocess_observation: {type(exc).__name__}: {exc}"[:500])
         self._consulted = False  # searched or read memory during this step
         self.conv.begin_step()
         self.conv.add_user(self.scaffold.render(
@@ -194,9 +203,11 @@ class MemoryAgent:
         return None
 
     def _apply(self, routine: Routine, cfg: RoutineConfig, cmd: Command, call_id: str) -> MemoryOp:
+        hook_error = None
+
         def record(ok: bool, result: str, delta: int = 0, duplicate: bool = False) -> MemoryOp:
             return MemoryOp(call_id=call_id, routine=routine, op=cmd.op, args=cmd.args, ok=ok,
-                            result=result, delta_chars=delta, duplicate=duplicate)
+                            result=result, delta_chars=delta, duplicate=duplicate, hook_error=hook_error)
 
         if cmd.op not in cfg.allowed_ops:
             allowed = ", ".join(o.upper() for o in cfg.allowed_ops)
@@ -211,8 +222,9 @@ class MemoryAgent:
             if self._validate_write:
                 try:
                     refusal = self._validate_write(cmd.op, dict(cmd.args), self.memory.files())
-                except Exception as exc:  # a hook bug must not end the episode
-                    refusal = f"write validation hook failed: {type(exc).__name__}: {exc}"
+                except Exception as exc:  # a hook bug is not a refusal: the write goes on, recorded
+                    refusal = None
+                    hook_error = f"validate_write: {type(exc).__name__}: {exc}"[:500]
                 if refusal:
                     return record(False, str(refusal))
             duplicate = _is_duplicate(self.memory, cmd)

@@ -15,13 +15,13 @@ files are replaced atomically, so archiving the same traces twice gives the same
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from agent_core.files import atomic_write
 from agent_core.trace import Trace, read_summary, read_trace
 
 _MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -42,7 +42,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("step", pa.int64()), ("observation", pa.string()), ("action", pa.string()),
         ("action_text", pa.string()), ("action_source", pa.string()), ("reward", pa.float64()),
         ("done", pa.bool_()), ("progression", pa.float64()), ("invalid_ops", pa.int64()),
-        ("memory_chars", pa.int64()), ("memory_lines", pa.int64()), ("elapsed_s", pa.float64())]),
+        ("memory_chars", pa.int64()), ("memory_lines", pa.int64()), ("elapsed_s", pa.float64()),
+        ("hook_errors", pa.list_(pa.string()))]),
     "calls": pa.schema(_KEYS + [
         ("step", pa.int64()), ("call_id", pa.string()), ("call_index", pa.int64()),
         ("routine", pa.string()), ("role", pa.string()), ("model", pa.string()),
@@ -54,7 +55,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("step", pa.int64()), ("op_index", pa.int64()), ("call_id", pa.string()),
         ("routine", pa.string()), ("op", pa.string()), ("args", pa.map_(pa.string(), pa.string())),
         ("ok", pa.bool_()), ("result", pa.string()), ("delta_chars", pa.int64()),
-        ("duplicate", pa.bool_())]),
+        ("duplicate", pa.bool_()), ("hook_error", pa.string())]),
 }
 TABLES = tuple(SCHEMAS)
 
@@ -117,14 +118,7 @@ def archive_trace(trace_path: Path | str, root: Path | str) -> list[Path]:
 
 def _write_atomic(table: pa.Table, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(dest, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def connect(root: Path | str, *, sandbox: bool = True):

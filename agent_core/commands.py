@@ -81,6 +81,8 @@ OPS: dict[str, OpSpec] = {s.name: s for s in (
     _spec("action", ("name",), 1, "world", ("name",), "commit the world action"),
 )}
 READ_ONLY_OPS = frozenset(n for n, s in OPS.items() if s.read_only)
+#: look-ups that see memory contents (LIST only shows names): what consult_before_write asks for
+CONSULT_OPS = ("read", "tail", "search")
 MEMORY_OPS = frozenset(n for n, s in OPS.items() if s.memory)
 
 CORRECTION_HINT = ("Write each command as <|OP|>arg1|arg2<|END|>, e.g. <|APPEND|>notes.md|text<|END|>, "

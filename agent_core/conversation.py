@@ -2,8 +2,10 @@
 
 The message log is append-only. Each model call sees `log[:fixed] + log[window_start:]`
 (the fixed prefix: system prompt and demonstration turns; then the last `history_window`
-steps) and records only the messages added since the previous call, so the trace holds
-every context exactly, once.
+steps) and records only the messages added since the previous call's reply, and its own
+reply, so the trace holds every context exactly, and every text once. A reply longer than
+`max_reply_chars` is cut, with a marker saying how much, both in the log and in the trace
+(and counts as cut off, like one that hit the token limit).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from agent_core.records import AgentRole, Message, ModelCall, Routine, SamplingP
 
 class Conversation:
     def __init__(self, system: str, history_window: int, call_prefix: str = "",
-                 demonstrations: list[tuple[str, str]] = ()):
+                 demonstrations: list[tuple[str, str]] = (), max_reply_chars: int = 16_000):
         self.log: list[Message] = [Message(role="system", content=system)]
         for user, assistant in demonstrations:  # few-shot turns: small models copy their form
             self.log += [Message(role="user", content=user), Message(role="assistant", content=assistant)]
@@ -28,14 +30,17 @@ class Conversation:
         self._recorded = 0  # log messages already carried by an earlier call's new_messages
         self._ids = itertools.count()
         self._call_prefix = call_prefix
+        self.max_reply_chars = max_reply_chars
 
     def begin_step(self) -> None:
         self._step_starts.append(len(self.log))
 
     def add_user(self, content: str) -> None:
-        # Consecutive user texts merge into one message: small chat models follow a strict
-        # user/assistant alternation better, and prompts stay shorter.
-        if self.log[-1].role == "user" and len(self.log) > self._recorded:
+        # Consecutive user texts of one step merge into one message: small chat models follow
+        # a strict user/assistant alternation better, and prompts stay shorter. Never across
+        # steps: a step's observation must stay inside its own step's window.
+        this_step = not self._step_starts or len(self.log) - 1 >= self._step_starts[-1]
+        if self.log[-1].role == "user" and len(self.log) > self._recorded and this_step:
             self.log[-1] = Message(role="user", content=f"{self.log[-1].content}\n\n{content}")
         else:
             self.log.append(Message(role="user", content=content))
@@ -57,6 +62,10 @@ class Conversation:
         started = time.perf_counter()
         completion = model.complete(context, params, constraint)
         latency = completion.latency_s or (time.perf_counter() - started)
+        reply, finish = completion.text, completion.finish_reason
+        if len(reply) > self.max_reply_chars:
+            cut = len(reply) - self.max_reply_chars
+            reply, finish = reply[:self.max_reply_chars] + f"\n[... {cut:,} characters cut]", "length"
         record = ModelCall(
             call_id=f"{self._call_prefix}{next(self._ids)}",
             routine=routine,
@@ -67,23 +76,28 @@ class Conversation:
             window_start=ws,
             context_end=end,
             new_messages=self.log[self._recorded:end],
-            reply=completion.text,
+            reply=reply,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             latency_s=latency,
-            finish_reason=completion.finish_reason,
+            finish_reason=finish,
             grammar=constraint.digest if constraint is not None else None,
         )
-        self._recorded = end
-        self.log.append(Message(role="assistant", content=completion.text))
+        self.log.append(Message(role="assistant", content=reply))
+        self._recorded = len(self.log)  # the reply is in the record as `reply`, not again
         return record
 
 
 def rebuild_contexts(calls: list[ModelCall]) -> list[list[Message]]:
-    """The exact message list each call saw, rebuilt from the trace's call records."""
+    """The exact message list each call saw, rebuilt from the trace's call records.
+    (Traces written before replies were stored once repeat the previous reply as the first
+    of `new_messages`: after the fixed prefix, only replies are assistant messages.)"""
     log: list[Message] = []
     out = []
-    for call in calls:
+    for i, call in enumerate(calls):
+        repeated = bool(call.new_messages) and call.new_messages[0].role == "assistant"
+        if i and not repeated:
+            log.append(Message(role="assistant", content=calls[i - 1].reply))
         log.extend(call.new_messages)
         out.append([*log[:call.fixed_prefix], *log[call.window_start:call.context_end]])
     return out

@@ -10,7 +10,8 @@ from collections import Counter
 
 from pydantic import BaseModel, Field
 
-from agent_core.scaffold import CONSULT_OPS, WRITE_OPS
+from agent_core.commands import CONSULT_OPS
+from agent_core.scaffold import WRITE_OPS
 from pathlib import Path
 
 from agent_core.trace import TRACE_NAME, Trace, read_summary, read_trace

@@ -20,16 +20,20 @@ from agent_core.records import EpisodeHeader, EpisodeSummary, StepRecord
 from agent_core.scaffold import Scaffold
 from agent_core.trace import MEMORY_DIRNAME, TRACE_NAME, TraceWriter, read_summary
 from agent_core.workspace import RemoteWorkspace, episode_dir
-from environments import Environment, make_env
+from agent_core.version import PROTOCOL_VERSION
+from environments import Environment, env_options, make_env
 
 log = logging.getLogger(__name__)
 
 
 def episode_key(scaffold_hash: str, memory_model: str, action_model: str, game: str, task: str,
-                seed: int, max_steps: int, sampling: dict) -> str:
-    """Everything that determines an episode, hashed: the cache key and the episode id."""
-    blob = json.dumps([scaffold_hash, memory_model, action_model, game, task, seed, max_steps,
-                       sampling], sort_keys=True)
+                seed: int, max_steps: int, sampling: dict, models: dict | None = None,
+                env_options: dict | None = None) -> str:
+    """Everything that determines an episode, hashed: the cache key and the episode id.
+    `models`: where and how the models run (`ModelConfig.identity`: endpoint, dtype);
+    `env_options`: the environment's options; the code's `PROTOCOL_VERSION` is always in."""
+    blob = json.dumps([PROTOCOL_VERSION, scaffold_hash, memory_model, action_model, game, task, seed,
+                       max_steps, sampling, models or {}, env_options or {}], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -56,7 +60,8 @@ def run_episode(
     memory = MemoryDir(out_dir / MEMORY_DIRNAME, cfg.limits)
     memory.seed_files({f.name: f.initial for f in cfg.memory_files})
     episode_id = episode_key(scaffold.hash, roles.memory.model_id, roles.action.model_id, env.game,
-                             env.task, seed, max_steps, cfg.model.model_dump())
+                             env.task, seed, max_steps, cfg.model.model_dump(), roles.identity,
+                             getattr(env, "options", {}))
     header = EpisodeHeader(
         episode_id=episode_id, game=env.game, task=env.task, seed=seed, scaffold_hash=scaffold.hash,
         memory_model=roles.memory.model_id, action_model=roles.action.model_id, max_steps=max_steps,
@@ -87,6 +92,7 @@ def run_episode(
                     action_source=decision.action_source, reward=reward, done=result.done,
                     progression=env.progression, calls=decision.calls,
                     memory_ops=decision.memory_ops, grammars=decision.grammars,
+                    hook_errors=decision.hook_errors,
                     invalid_ops=decision.invalid_ops,
                     memory_chars=memory.total_chars, memory_lines=memory.total_lines,
                     elapsed_s=time.perf_counter() - t0)
@@ -150,7 +156,8 @@ class EpisodeSpec(BaseModel):
         scaffold = Scaffold.load(self.scaffold_dir)
         memory_id, action_id = self.models.ids()
         return episode_key(scaffold.hash, memory_id, action_id, self.game, self.task, self.seed,
-                           self.max_steps, scaffold.config.model.model_dump())
+                           self.max_steps, scaffold.config.model.model_dump(), self.models.identity(),
+                           env_options(self.game, self.task))
 
     def out_dir(self) -> Path:
         return episode_dir(Path(self.workspace), self.game, self.key())

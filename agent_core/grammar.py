@@ -11,9 +11,12 @@ can check a reply against.
 - PLAN: up to `max_ops` read-only commands, then `<|DONE|>`, or, when one model plays
   both roles, the world action instead of `<|DONE|>`.
 
+With `consult_before_write`, LOG starts with a look-up (READ, TAIL or SEARCH), as the
+agent would refuse a write before one.
+
 Arguments: a file name is one of the memory's files (CREATE's follows MemoryDir's name
-rule); line ranges and counts are digits;
-keys and queries are one line; texts may span lines. No argument contains '<' or '|' (so
+rule); line ranges and counts are digits; every text is one line (memory files hold lines;
+small models otherwise fill replies with blank lines). No argument contains '<' or '|' (so
 none holds a tag), a required one starts with a visible character, and each is at most
 `TEXT_MAX_CHARS` long. Only short bounds appear as regex repeats: a reply's total length is
 capped by `max_tokens` (engines compile long bounded repeats slowly).
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
-from agent_core.commands import OPS, OpSpec
+from agent_core.commands import CONSULT_OPS, OPS, OpSpec
 
 #: longest text argument (characters)
 TEXT_MAX_CHARS = 160
@@ -38,8 +41,8 @@ _RANGE = r"[0-9]{1,6}(-[0-9]{1,6})?"
 _COUNT = r"[0-9]{1,4}"
 
 
-def _text(multiline: bool, extra: str = "") -> str:
-    body = "<|" + extra + ("" if multiline else r"\n")
+def _text(extra: str = "") -> str:
+    body = r"<|\n" + extra
     return rf"[^{body}\s][^{body}]{{0,{TEXT_MAX_CHARS - 1}}}"
 
 
@@ -48,12 +51,12 @@ _ARG_PATTERNS = {
     "file": _NAME,
     "lines": _RANGE,
     "n": _COUNT,
-    "query": _text(False),
-    "key": _text(False, ":"),  # MemoryDir: a key is one line without ':'
-    "old": _text(True),
-    "new": _text(True),
-    "text": _text(True),
-    "value": _text(True),
+    "query": _text(),
+    "key": _text(":"),  # MemoryDir: a key has no ':'
+    "old": _text(),
+    "new": _text(),
+    "text": _text(),
+    "value": _text(),
 }
 
 
@@ -158,13 +161,23 @@ def _ops(ops: list[str], routine: str, files: list[str] | None) -> str:
     return _choice([command_pattern(OPS[o], files) for o in ops])
 
 
-def log_grammar(allowed_ops: list[str], max_ops: int, files: list[str] | None = None) -> Grammar:
+def log_grammar(allowed_ops: list[str], max_ops: int, files: list[str] | None = None,
+                consult_first: bool = False) -> Grammar:
     """LOG: one to `max_ops` of the allowed commands, then `<|DONE|>`. With `files` (the
-    memory's file names), commands other than CREATE name one of them."""
+    memory's file names), commands other than CREATE name one of them. With
+    `consult_first` (the routine's `consult_before_write`, no look-up yet in this step) the
+    first command is a look-up."""
     if not allowed_ops or max_ops < 1:
         raise GrammarError("LOG must allow at least one operation (log.allowed_ops non-empty and "
                            f"log.max_ops >= 1; got {allowed_ops} and max_ops={max_ops})")
-    return Grammar(_ops(allowed_ops, "log", files) + f"{{1,{max_ops}}}" + _tag("done"))
+    every = _ops(allowed_ops, "log", files)
+    if not consult_first:
+        return Grammar(every + f"{{1,{max_ops}}}" + _tag("done"))
+    lookups = [o for o in allowed_ops if o in CONSULT_OPS]
+    if not lookups:
+        raise GrammarError("LOG has consult_before_write but allows no look-up "
+                           f"({', '.join(o.upper() for o in CONSULT_OPS)}): no write could ever run")
+    return Grammar(_ops(lookups, "log", files) + every + f"{{0,{max_ops - 1}}}" + _tag("done"))
 
 
 def plan_grammar(allowed_ops: list[str], max_ops: int, actions: list[str] | None = None,

@@ -25,7 +25,6 @@ import functools
 import os
 import re
 import stat
-import tempfile
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from agent_core.files import atomic_write
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = ("file names are 1-64 characters from A-Z a-z 0-9 . _ -, start with a letter or "
@@ -320,18 +321,7 @@ class MemoryDir:
             data = text.encode("utf-8")
         except UnicodeEncodeError:
             raise _Refusal("text is not valid unicode (it has a lone surrogate)") from None
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                if self._fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)  # replaces a directory entry; never writes through a link
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, data, fsync=self._fsync, prefix=_TMP_PREFIX)
         self._files[name] = _File(text)
         self._total += delta
         return delta

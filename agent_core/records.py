@@ -51,12 +51,13 @@ class ModelCall(BaseModel):
     #: digest of the exact message list sent (see `messages_digest`)
     messages_digest: str
     #: the context sent was `log[:fixed_prefix] + log[window_start:context_end]`, where `log`
-    #: is the episode's message log: the concatenation of every call's `new_messages` in
-    #: order; the fixed prefix is the system prompt and the scaffold's demonstrations
+    #: is the episode's message log: every call's `new_messages` then its `reply` (as an
+    #: assistant message), in order (`conversation.rebuild_contexts`); the fixed prefix is the
+    #: system prompt and the scaffold's demonstrations
     fixed_prefix: int = 1
     window_start: int
     context_end: int
-    #: messages appended to the episode's log since the previous call (incl. its reply)
+    #: messages appended to the episode's log since the previous call's reply
     new_messages: list[Message]
     reply: str
     prompt_tokens: int = 0
@@ -82,6 +83,8 @@ class MemoryOp(BaseModel):
     delta_chars: int = 0
     #: a write whose text was already present in the file (wasteful logging)
     duplicate: bool = False
+    #: the scaffold's validate_write hook raised (not a refusal: the operation went on)
+    hook_error: str | None = None
 
 
 class StepRecord(BaseModel):
@@ -102,6 +105,8 @@ class StepRecord(BaseModel):
     memory_ops: list[MemoryOp]
     #: grammars first used in this step, digest -> text (each appears once per trace)
     grammars: dict[str, str] = Field(default_factory=dict)
+    #: scaffold hooks that raised in this step (it went on without them)
+    hook_errors: list[str] = Field(default_factory=list)
     invalid_ops: int
     memory_chars: int
     memory_lines: int

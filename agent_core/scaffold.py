@@ -35,8 +35,6 @@ REQUIRED_PROMPTS = ("system", "log", "plan", "act")
 WRITE_OPS = tuple(name for name, spec in OPS.items() if spec.kind == "write")
 READ_OPS = tuple(name for name, spec in OPS.items() if spec.read_only)
 MEMORY_OPS = WRITE_OPS + READ_OPS
-#: read operations that look at memory contents (LIST only shows names)
-CONSULT_OPS = ("read", "tail", "search")
 BUILTIN_DIR = Path(__file__).parent / "scaffolds"
 
 
@@ -112,8 +110,12 @@ class ScaffoldConfig(_Strict):
     demonstrations: list[Demonstration] = Field(
         default_factory=list, description="Few-shot turns after the system prompt.")
     history_window: int = Field(
-        4, ge=0, le=1000, description="Past steps of conversation kept in the context."
+        4, ge=0, le=1000, description="Past steps of conversation kept in the context: 0 means "
+        "only the current step (the system prompt and demonstrations are always kept)."
     )
+    max_reply_chars: int = Field(
+        16_000, ge=100, le=10_000_000, description="Longest reply kept (in the conversation and the "
+        "trace); a longer one is cut with a marker and counts as cut off.")
     model: SamplingParams = Field(default_factory=SamplingParams, description="Sampling parameters.")
 
     @model_validator(mode="after")
@@ -125,7 +127,7 @@ class ScaffoldConfig(_Strict):
         if len(names) != len(set(names)):
             raise ValueError(f"memory_files has duplicate names: {names}")
         try:  # the reply grammars must exist (checked here, before any episode)
-            log_grammar(self.log.allowed_ops, self.log.max_ops).check()
+            log_grammar(self.log.allowed_ops, self.log.max_ops, consult_first=self.log.consult_before_write).check()
             plan_grammar(self.plan.allowed_ops, self.plan.max_ops, ["placeholder"]).check()
         except GrammarError as exc:
             raise ValueError(f"no reply grammar can be built: {exc}") from exc

@@ -88,6 +88,9 @@ class TextEnv(abc.ABC):
     task: str
     actions: list[str]
     instructions: str
+    #: settings beyond game/task/seed that change what is played (e.g. Boxoban's level files);
+    #: part of every episode key (`registry.env_options` gives the same without building one)
+    options: dict[str, str] = {}
 
     def __init__(self) -> None:
         self.invalid_actions = 0

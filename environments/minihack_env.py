@@ -117,6 +117,7 @@ class MiniHackEnv(NLETextEnv):
         )
         if task in BOXOBAN_SPLITS:
             level_set, split = boxoban_dir(task, boxoban_levels)  # before any minihack import
+            self.options = {"boxoban_levels": level_set}
             _import_minihack()
             # As minihack's MiniHackBoxobanMedium/Hard, with the levels read from level_set.
             kwargs.update(level_set=level_set, level_mode=split, reward_shaping_coefficient=0.1, penalty_time=-0.001)

@@ -65,6 +65,18 @@ def resolve(game: str, task: str | None = None) -> tuple[str, str]:
     return name, by_key[task.strip().lower()]
 
 
+def env_options(game: str, task: str | None = None) -> dict[str, str]:
+    """The options an environment built by `make_env(game, task)` reports (`TextEnv.options`),
+    without building it: part of episode keys."""
+    name, task = resolve(game, task)
+    if name == "minihack":
+        from environments.minihack_env import BOXOBAN_SPLITS, boxoban_dir
+
+        if task in BOXOBAN_SPLITS:
+            return {"boxoban_levels": boxoban_dir(task, None)[0]}
+    return {}
+
+
 def make_env(game: str, task: str | None = None, **kwargs: object) -> Environment:
     """Build the environment for `game`/`task`; extra keyword arguments go to its class."""
     name, task = resolve(game, task)

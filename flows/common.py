@@ -15,7 +15,7 @@ from agent_core.diagnostics import Diagnostics
 from agent_core.episode import EpisodeSpec
 from agent_core.models.config import ModelConfig
 from agent_core.records import EpisodeSummary
-from agent_core.registry import load_registry
+from agent_core.registry import incumbent_path
 from agent_core.review.candidate import materialise
 from agent_core.scaffold import Scaffold
 from agent_core.workspace import push, workspace_root, workspace_url
@@ -35,6 +35,18 @@ def check_seeds(seeds: list[int]) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
     return seeds
+
+
+def check_disjoint(**seed_sets: list[int]) -> None:
+    """Seed sets with different jobs must not share a seed (e.g. training on evaluation
+    episodes would flatter the specialist; confirming on the seeds a reviewer saw is no
+    confirmation)."""
+    names = list(seed_sets)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = sorted(set(seed_sets[a]) & set(seed_sets[b]))
+            if shared:
+                raise ValueError(f"{a} and {b} must be disjoint; both hold {shared}")
 
 
 class RunParams(BaseModel):
@@ -77,7 +89,7 @@ class GameParams(RunParams):
     def incumbent(self) -> Scaffold:
         """The scaffold to start from (explicit, else the registry's, else v0), copied into
         the workspace's content-addressed store."""
-        chosen = self.scaffold or load_registry(self.root()).scaffolds.get(self.game_name)
+        chosen = self.scaffold or incumbent_path(self.root(), "scaffolds", self.game_name)
         source = Scaffold.load(chosen) if chosen else Scaffold.builtin(self.game_name)
         store = self.root() / "scaffolds"
         store.mkdir(parents=True, exist_ok=True)

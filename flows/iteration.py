@@ -10,34 +10,41 @@ from pydantic import Field, field_validator, model_validator
 
 from agent_core.gate import GateConfig
 from agent_core.meta import MetaLLMConfig
+from agent_core.training.program import TrainingBudget
 from flows.common import GameParams, check_seeds, sync
 from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
 from flows.training_loop import TrainingLoopParams, training_loop
 
 
 class IterationParams(GameParams):
-    eval_seeds: list[int] = Field([0, 1, 2, 3], min_length=1, description="Fixed evaluation seeds (both loops).")
+    eval_seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1, description="Fixed evaluation seeds (both loops).")
     pool_seeds: list[int] = Field([100, 101, 102, 103], min_length=1, description="Training-pool seeds, disjoint from eval_seeds.")
+    confirm_seeds: list[int] = Field([10, 11, 12, 13], min_length=1, description="Held-out seeds a winner of either "
+                                     "loop must win on again; disjoint from the others.")
     meta: MetaLLMConfig = Field(default_factory=MetaLLMConfig, description="The meta-LLM (reviewer and curator).")
     iterations: int = Field(2, ge=1, le=100, description="Scaffold-loop iterations.")
     patience: int = Field(2, ge=1, le=100, description="Scaffold loop: stop after this many without promotion.")
     trials: int = Field(2, ge=1, le=50, description="Training-loop trials.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test of both loops.")
     train_base: str | None = Field(None, description="Base weights to train on (default: the local model).")
+    train_budget: TrainingBudget = Field(default_factory=TrainingBudget, description="Caps on each training "
+                                         "trial for this machine, over the curator's LoRA settings.")
 
-    @field_validator("eval_seeds", "pool_seeds")
+    @field_validator("eval_seeds", "pool_seeds", "confirm_seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
         return check_seeds(seeds)
 
     @model_validator(mode="after")
     def _loops(self) -> "IterationParams":
-        self.training()  # fail before anything runs (e.g. overlapping seed sets)
+        self.scaffold_loop()  # fail before anything runs (e.g. overlapping or too few seeds)
+        self.training()
         return self
 
     def _shared(self) -> dict:
         return dict(game=self.game, max_steps=self.max_steps, scaffold=self.scaffold, models=self.models,
-                    concurrency=self.concurrency, workspace=self.workspace, gate=self.gate)
+                    concurrency=self.concurrency, workspace=self.workspace, gate=self.gate,
+                    confirm_seeds=self.confirm_seeds)
 
     def scaffold_loop(self) -> ScaffoldLoopParams:
         return ScaffoldLoopParams(**self._shared(), seeds=self.eval_seeds, reviewer=self.meta,
@@ -46,7 +53,7 @@ class IterationParams(GameParams):
     def training(self, scaffold: str | None = None) -> TrainingLoopParams:
         return TrainingLoopParams(**{**self._shared(), "scaffold": scaffold or self.scaffold},
                                   pool_seeds=self.pool_seeds, eval_seeds=self.eval_seeds, meta=self.meta,
-                                  trials=self.trials, train_base=self.train_base)
+                                  trials=self.trials, train_base=self.train_base, train_budget=self.train_budget)
 
 
 @flow(name="iteration")

@@ -1,6 +1,6 @@
 """`scaffold_loop`: outer loop 1. Rollout incumbent (cached) -> archive -> bundle -> review
--> validate -> evaluate candidate on the same seeds -> gate -> promote; K iterations, or
-until M iterations in a row bring no passing candidate."""
+-> validate -> evaluate candidate on the same seeds -> gate -> confirm a winner on held-out
+seeds -> promote; K iterations, or until M iterations in a row bring no promotion."""
 
 from __future__ import annotations
 
@@ -8,20 +8,23 @@ import difflib
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent_core.gate import GateConfig, GateVerdict
+from agent_core.loop_records import IterationRecord
 from agent_core.meta import MetaLLMConfig
 from agent_core.scaffold import Scaffold
-from flows.common import GameParams, check_seeds, run_episodes, sync
+from flows.common import GameParams, check_disjoint, check_seeds, run_episodes, sync
 from tasks.archive import archive_traces
-from tasks.review import gate_candidate, promote_incumbent, review_scaffold
+from tasks.review import confirm_candidate, gate_candidate, promote_incumbent, review_scaffold
 
 
 class ScaffoldLoopParams(GameParams):
     """Outer loop 1. Validated before any episode starts."""
 
     seeds: list[int] = Field([0, 1, 2, 3], min_length=1, description="Fixed evaluation seeds (incumbent and candidate play the same).")
+    confirm_seeds: list[int] = Field([10, 11, 12, 13], min_length=1, description="Held-out seeds a winner must win "
+                                     "on again before promotion; the reviewer never sees them.")
     reviewer: MetaLLMConfig = Field(default_factory=MetaLLMConfig, description="Who writes candidates.")
     iterations: int = Field(2, ge=1, le=100, description="K: review iterations at most.")
     patience: int = Field(2, ge=1, le=100, description="M: stop after this many iterations in a row without promotion.")
@@ -29,10 +32,17 @@ class ScaffoldLoopParams(GameParams):
     token_budget: int = Field(12_000, ge=1_000, le=1_000_000, description="Review bundle size in tokens.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test.")
 
-    @field_validator("seeds")
+    @field_validator("seeds", "confirm_seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
         return check_seeds(seeds)
+
+    @model_validator(mode="after")
+    def _gate_can_promote(self) -> "ScaffoldLoopParams":
+        check_disjoint(seeds=self.seeds, confirm_seeds=self.confirm_seeds)
+        self.gate.check_seeds(len(self.seeds), "evaluation seeds")
+        self.gate.check_seeds(len(self.confirm_seeds), "confirmation seeds")
+        return self
 
 
 def scaffold_diff(old: Scaffold, new: Scaffold) -> str:
@@ -57,7 +67,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
     params.reviewer.check()
     root, game = params.root(), params.game_name
     incumbent = params.incumbent()
-    history: list[dict] = []
+    history: list[IterationRecord] = []
     feedback: list[str] = []  # what became of earlier candidates for the current incumbent
     misses = 0
     for iteration in range(params.iterations):
@@ -66,24 +76,32 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
         sync(params.workspace, *archive_traces(traces, str(root / "archive")))
         proposal = review_scaffold(str(incumbent.root), traces, params.reviewer, str(root),
                                    params.attempts, params.token_budget, feedback)
-        entry = {"iteration": iteration, "incumbent": incumbent.hash, "reviewer": proposal.reviewer,
-                 "attempts": proposal.attempts}
+        entry = dict(iteration=iteration, incumbent=incumbent.hash, reviewer=proposal.reviewer,
+                     attempts=proposal.attempts)
         if proposal.candidate_dir is None:
             reasons = "; ".join(a.get("reason", "") for a in proposal.attempts)
             logger.info("iteration %d: no valid candidate (%s)", iteration, reasons)
-            history.append({**entry, "verdict": "no valid candidate", "reason": reasons})
+            history.append(IterationRecord(**entry, verdict="no valid candidate", reason=reasons))
         else:
             candidate = Scaffold.load(proposal.candidate_dir)
             cand_runs = run_episodes(params.specs(str(candidate.root), params.seeds), params.concurrency,
                                      label="candidate")
             sync(params.workspace, candidate.root, *archive_traces([s.trace_path for s in cand_runs], str(root / "archive")))
+            verdict_path = str(root / "verdicts" / f"{incumbent.hash}-vs-{candidate.hash}.json")
             verdict = gate_candidate(params.seeds, [s.progression for s in runs],
-                                     [s.progression for s in cand_runs], params.gate,
-                                     str(root / "verdicts" / f"{incumbent.hash}-vs-{candidate.hash}.json"))
+                                     [s.progression for s in cand_runs], params.gate, verdict_path)
+            seen_reason = verdict.reason  # what the reviewer may learn: the evaluation seeds only
+            if verdict.promote:  # a winner plays the held-out seeds before it is believed
+                inc_confirm = run_episodes(params.specs(str(incumbent.root), params.confirm_seeds),
+                                           params.concurrency, label="incumbent, confirmation seeds")
+                cand_confirm = run_episodes(params.specs(str(candidate.root), params.confirm_seeds),
+                                            params.concurrency, label="candidate, confirmation seeds")
+                verdict = confirm_candidate(verdict, params.confirm_seeds, [s.progression for s in inc_confirm],
+                                            [s.progression for s in cand_confirm], params.gate, verdict_path)
             _publish(params, iteration, incumbent, candidate, proposal, verdict)
-            history.append({**entry, "candidate": candidate.hash, "verdict": "promoted" if verdict.promote
-                            else "kept incumbent", "reason": verdict.reason})
-            logger.info("iteration %d: %s", iteration, history[-1]["verdict"] + " - " + verdict.reason)
+            history.append(IterationRecord(**entry, candidate=candidate.hash, reason=verdict.reason,
+                                           verdict="promoted" if verdict.promote else "kept incumbent"))
+            logger.info("iteration %d: %s - %s", iteration, history[-1].verdict, verdict.reason)
             sync(params.workspace, root / "verdicts")
             if verdict.promote:
                 promote_incumbent(str(root), "scaffolds", game, str(candidate.root), verdict)
@@ -91,12 +109,13 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
                 incumbent, misses, feedback = candidate, 0, []
                 continue
             feedback.append(f"candidate {candidate.hash} ({'; '.join(proposal.changes)}) played the same "
-                            f"seeds and was not promoted: {verdict.reason}")
+                            f"seeds and was not promoted: {seen_reason}" + (
+                                "; it did not hold up on held-out seeds" if verdict.confirmation else ""))
         misses += 1
         if misses >= params.patience:
             logger.info("stopping: %d iterations in a row without promotion", misses)
             break
-    return {"game": params.game, "incumbent": str(incumbent.root), "history": history}
+    return {"game": params.game, "incumbent": str(incumbent.root), "history": [h.data() for h in history]}
 
 
 def _publish(params: ScaffoldLoopParams, iteration: int, incumbent: Scaffold, candidate: Scaffold,

@@ -1,7 +1,9 @@
 """`training_loop`: outer loop 2. Pool rollouts on seeds disjoint from the evaluation seeds
 -> archive -> curate (meta-LLM or rule-based program) -> SFT dataset -> LoRA -> specialist
-evaluation (adapter for memory, base for actions) against the base agent -> gate; up to N
-trials, each revised from the last; the best passing adapter is promoted."""
+evaluation (adapter for memory, base for actions) against the incumbent (the promoted
+specialist of an earlier night, else the base agent) -> gate; up to N trials, each revised
+from the last; Holm's correction over the trials; the best passing adapter must win again on
+held-out confirmation seeds before it is promoted."""
 
 from __future__ import annotations
 
@@ -15,12 +17,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field, field_validator, model_validator
 
 from agent_core.diagnostics import Diagnostics
-from agent_core.gate import GateConfig
+from agent_core.gate import GateConfig, adjust, holm
+from agent_core.loop_records import TrialRecord
+from agent_core.registry import incumbent_path
 from agent_core.meta import MetaLLMConfig
+from agent_core.models.base import ModelError
 from agent_core.records import EpisodeSummary
-from flows.common import GameParams, check_seeds, run_episodes, sync
+from agent_core.training.program import TrainingBudget
+from flows.common import GameParams, check_disjoint, check_seeds, run_episodes, sync
 from tasks.archive import archive_traces, diagnose_traces
-from tasks.review import gate_candidate, promote_incumbent
+from tasks.review import confirm_candidate, gate_candidate, promote_incumbent
 from tasks.training import build_sft_dataset, curate, digest_pool, serve_adapter, train_adapter
 
 
@@ -28,24 +34,27 @@ class TrainingLoopParams(GameParams):
     """Outer loop 2. Validated before any episode starts."""
 
     pool_seeds: list[int] = Field([100, 101, 102, 103], min_length=1, description="Seeds of the episode pool (training data).")
-    eval_seeds: list[int] = Field([0, 1, 2, 3], min_length=1, description="Fixed evaluation seeds; disjoint from pool_seeds.")
+    eval_seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1, description="Fixed evaluation seeds; disjoint from pool_seeds.")
+    confirm_seeds: list[int] = Field([10, 11, 12, 13], min_length=1, description="Held-out seeds the best trial must "
+                                     "win on again before promotion; disjoint from the others, never shown to the curator.")
     meta: MetaLLMConfig = Field(default_factory=MetaLLMConfig, description="Who writes the curation programs.")
     trials: int = Field(2, ge=1, le=50, description="Curation/training trials.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test.")
+    train_budget: TrainingBudget = Field(default_factory=TrainingBudget, description="Caps on each trial's "
+                                         "LoRA training for this machine, over the curator's settings.")
     train_base: str | None = Field(None, description="Base weights to train on (transformers folder); "
                                    "default: the local model. With a served model, the same base vLLM serves.")
 
-    @field_validator("pool_seeds", "eval_seeds")
+    @field_validator("pool_seeds", "eval_seeds", "confirm_seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
         return check_seeds(seeds)
 
     @model_validator(mode="after")
     def _disjoint(self) -> "TrainingLoopParams":
-        shared = sorted(set(self.pool_seeds) & set(self.eval_seeds))
-        if shared:
-            raise ValueError(f"pool_seeds and eval_seeds must be disjoint (training on evaluation "
-                             f"episodes would flatter the specialist); both hold {shared}")
+        check_disjoint(pool_seeds=self.pool_seeds, eval_seeds=self.eval_seeds, confirm_seeds=self.confirm_seeds)
+        self.gate.check_seeds(len(self.eval_seeds), "evaluation seeds", tests=self.trials)
+        self.gate.check_seeds(len(self.confirm_seeds), "confirmation seeds")
         return self
 
 
@@ -86,73 +95,113 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     sync(params.workspace, *archive_traces([s.trace_path for s in pool], str(pool_archive)))
     digest = digest_pool(str(pool_archive))
 
-    base_runs = run_episodes(params.specs(str(scaffold.root), params.eval_seeds), params.concurrency, label="base")
+    # the incumbent: the promoted specialist of an earlier night, else the base agent
+    incumbent_adapter = incumbent_path(root, "adapters", game)
+    incumbent_models = params.models
+    if incumbent_adapter:
+        served = serve_adapter(params.models.base_url, incumbent_adapter) \
+            if params.models.backend == "openai" else incumbent_adapter
+        incumbent_models = params.models.model_copy(update={"specialist": served})
+    incumbent_label = f"specialist {Path(incumbent_adapter).name}" if incumbent_adapter else "base"
+    base_runs = run_episodes(params.specs(str(scaffold.root), params.eval_seeds, incumbent_models),
+                             params.concurrency, label=incumbent_label)
     base_diag = diagnose_traces([s.trace_path for s in base_runs])
-    trials: list[dict] = []
+    trials: list[TrialRecord] = []
     for n in range(params.trials):
-        trial: dict = {"trial": n}
+        trial = TrialRecord(trial=n)
         trials.append(trial)
-        program = curate(str(scaffold.root), digest, params.meta, trials[:-1], params.train_base)
+        program = curate(str(scaffold.root), digest, params.meta, [t.data() for t in trials[:-1]], params.train_base)
         if isinstance(program, str):
-            trial["error"] = program
+            trial.error = program
             continue
-        trial["program"] = program.model_dump(mode="json")
+        program = program.model_copy(update={"lora": params.train_budget.apply(program.lora)})
+        trial.program = program.model_dump(mode="json")
         dataset = build_sft_dataset(str(pool_archive), program, str(root / "sft"))
         if isinstance(dataset, str):
-            trial["error"] = dataset
+            trial.error = dataset
             logger.info("trial %d: no training data: %s", n, dataset)
             continue
         result = train_adapter(dataset, program, str(root / "adapters"), params.train_base)
-        trial.update(dataset=str(dataset.path), examples=dataset.examples, adapter=str(result.adapter_dir),
-                     final_loss=result.final_loss, loss_curve=result.loss_curve)
+        trial = trial.model_copy(update=dict(
+            dataset=str(dataset.path), examples=dataset.examples, adapter=str(result.adapter_dir),
+            final_loss=result.final_loss, eval_loss=result.eval_loss, eval_examples=result.eval_examples,
+            loss_curve=result.loss_curve))
+        trials[-1] = trial
         specialist = str(result.adapter_dir)
         if params.models.backend == "openai":
-            specialist = serve_adapter(params.models.base_url, specialist)
+            try:
+                specialist = serve_adapter(params.models.base_url, specialist)
+            except ModelError as exc:  # e.g. the server cannot see the folder: this trial failed
+                trial.error = f"adapter could not be served: {exc}"
+                logger.warning("trial %d: %s", n, trial.error)
+                continue
         spec_models = params.models.model_copy(update={"specialist": specialist})
+        trial.specialist = specialist
         spec_runs = run_episodes(params.specs(str(scaffold.root), params.eval_seeds, spec_models),
                                  params.concurrency, label=f"specialist trial {n}")
         spec_diag = diagnose_traces([s.trace_path for s in spec_runs])
-        verdict = gate_candidate(params.eval_seeds, [s.progression for s in base_runs],
-                                 [s.progression for s in spec_runs], params.gate,
-                                 str(root / "verdicts" / f"{scaffold.hash}-base-vs-{Path(specialist).name}.json"))
-        trial["verdict"] = verdict.model_dump()
-        comparison = side_by_side(base_diag, spec_diag, base_runs, spec_runs)
-        trial["comparison"] = comparison
-        trial["diagnostics"] = {"base": comparison["write_search_ratio"]["base"],
-                                "specialist": comparison["write_search_ratio"]["specialist"]}
-        logger.info("trial %d: %s", n, verdict.reason)
+        trial.verdict = gate_candidate(params.eval_seeds, [s.progression for s in base_runs],
+                                       [s.progression for s in spec_runs], params.gate,
+                                       str(root / "verdicts" / f"{scaffold.hash}-{_name(incumbent_adapter)}-vs-{Path(specialist).name}.json"))
+        trial.comparison = side_by_side(base_diag, spec_diag, base_runs, spec_runs)
+        trial.diagnostics = {"base": trial.comparison["write_search_ratio"]["base"],
+                             "specialist": trial.comparison["write_search_ratio"]["specialist"]}
+        logger.info("trial %d: %s", n, trial.verdict.reason)
 
-    passing = [t for t in trials if t.get("verdict", {}).get("promote")]
-    best = max(passing, key=lambda t: t["verdict"]["mean_candidate"], default=None)
+    # the trials were judged on the same seeds: Holm's correction before picking the best
+    tested = [t for t in trials if t.verdict is not None]
+    for t, p in zip(tested, holm([t.verdict.p_value for t in tested])):
+        t.verdict = adjust(t.verdict, p, params.gate)
+    passing = [t for t in tested if t.verdict.promote]
+    best = max(passing, key=lambda t: t.verdict.mean_candidate, default=None)
+    if best:  # the winner plays held-out seeds against the incumbent before it is believed
+        inc_confirm = run_episodes(params.specs(str(scaffold.root), params.confirm_seeds, incumbent_models),
+                                   params.concurrency, label=f"{incumbent_label}, confirmation seeds")
+        spec_confirm = run_episodes(params.specs(str(scaffold.root), params.confirm_seeds,
+                                                 params.models.model_copy(update={"specialist": best.specialist})),
+                                    params.concurrency, label="best trial, confirmation seeds")
+        best.verdict = confirm_candidate(best.verdict, params.confirm_seeds,
+                                         [s.progression for s in inc_confirm], [s.progression for s in spec_confirm],
+                                         params.gate, str(root / "verdicts" / f"{scaffold.hash}-{_name(incumbent_adapter)}"
+                                                          f"-vs-{Path(best.specialist).name}.json"))
+        logger.info("best trial %d on the confirmation seeds: %s", best.trial, best.verdict.reason)
+        if not best.verdict.promote:
+            best = None
     if best:
-        from agent_core.gate import GateVerdict
-
-        promote_incumbent(str(root), "adapters", game, best["adapter"], GateVerdict(**best["verdict"]))
-    report = _report(params, scaffold.hash, trials, best)
+        promote_incumbent(str(root), "adapters", game, best.adapter, best.verdict)
+    report = _report(params, scaffold.hash, trials, best, incumbent_label)
     sync(params.workspace, report, *[p for p in (root / "adapters", root / "sft", root / "verdicts",
                                                  root / "registry.json") if p.exists()])
-    return {"game": params.game, "trials": trials, "promoted": best["adapter"] if best else None,
+    return {"game": params.game, "trials": [t.data() for t in trials], "promoted": best.adapter if best else None,
             "report": str(report)}
 
 
-def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[dict], best: dict | None) -> Path:
+def _name(adapter: str | None) -> str:
+    return Path(adapter).name if adapter else "base"
+
+
+def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRecord], best: TrialRecord | None,
+            incumbent: str) -> Path:
     from prefect.runtime import flow_run
 
-    rows = [{"trial": t["trial"], "examples": t.get("examples"), "final_loss": t.get("final_loss"),
-             "base": t.get("verdict", {}).get("mean_incumbent"), "specialist": t.get("verdict", {}).get("mean_candidate"),
-             "promoted": t.get("verdict", {}).get("promote"), "note": t.get("error") or t.get("verdict", {}).get("reason")}
+    rows = [{"trial": t.trial, "examples": t.examples, "final_loss": t.final_loss, "eval_loss": t.eval_loss,
+             "incumbent": t.verdict.mean_incumbent if t.verdict else None,
+             "specialist": t.verdict.mean_candidate if t.verdict else None,
+             "promoted": t.verdict.promote if t.verdict else None,
+             "note": t.error or (t.verdict.reason if t.verdict else None)}
             for t in trials]
     create_table_artifact(rows, key="training-loop-trials", description="training trials")
     lines = [f"# Training loop: {params.game}, scaffold {scaffold_hash}", "",
-             f"Promoted: {best['adapter'] if best else 'nothing (the base agent stays)'}", ""]
+             f"Incumbent: {incumbent}. Promoted: {best.adapter if best else 'nothing (the incumbent stays)'}", ""]
     for t in trials:
-        lines.append(f"## Trial {t['trial']}")
-        if "error" in t:
-            lines += [f"Rejected: {t['error']}", ""]
+        lines.append(f"## Trial {t.trial}")
+        if t.error:
+            lines += [f"Rejected: {t.error}", ""]
             continue
-        lines.append(f"{t['examples']} examples, final loss {t['final_loss']:.4f}; gate: {t['verdict']['reason']}")
-        lines += ["", "| metric | base | specialist |", "|---|---|---|"]
-        lines += [f"| {k} | {v['base']} | {v['specialist']} |" for k, v in t["comparison"].items()]
+        held = f", held-out loss {t.eval_loss:.4f} on {t.eval_examples} examples" if t.eval_loss is not None else ""
+        lines.append(f"{t.examples} examples, final training loss {t.final_loss:.4f}{held}; gate: {t.verdict.reason}")
+        lines += ["", f"| metric | incumbent ({incumbent}) | specialist |", "|---|---|---|"]
+        lines += [f"| {k} | {v['base']} | {v['specialist']} |" for k, v in t.comparison.items()]
         lines.append("")
     markdown = "\n".join(lines)
     create_markdown_artifact(markdown, key="training-loop-summary", description="training loop summary")

@@ -5,16 +5,17 @@ from __future__ import annotations
 from prefect import task
 
 from agent_core.episode import EpisodeSpec, finished_summary, play
-from agent_core.models.base import ModelError
+from agent_core.models.base import TransientModelError
 from agent_core.records import EpisodeSummary
 
 
-def retry_on_model_error(task, task_run, state) -> bool:
-    """Retry only what a retry can fix: the model server failing. A bug or a bad scaffold
-    fails the same way every time."""
+def retry_on_transient_error(task, task_run, state) -> bool:
+    """Retry only what a retry can fix: a model server down, overloaded or timing out. A bad
+    request (400), an unknown model (404), an overflowing context, a bug or a bad scaffold
+    fail the same way every time."""
     try:
         state.result()
-    except ModelError:
+    except TransientModelError:
         return True
     except Exception:
         return False
@@ -30,6 +31,6 @@ def find_finished_episodes(specs: list[EpisodeSpec]) -> dict[int, EpisodeSummary
 
 
 @task(name="run_episode", retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=retry_on_model_error, task_run_name="{spec.game}-{spec.task}-seed{spec.seed}")
+      retry_condition_fn=retry_on_transient_error, task_run_name="{spec.game}-{spec.task}-seed{spec.seed}")
 def run_episode(spec: EpisodeSpec) -> EpisodeSummary:
     return play(spec)

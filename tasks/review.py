@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import task
 
-from agent_core.gate import GateConfig, GateVerdict, gate
+from agent_core.gate import GateConfig, GateVerdict, confirm, gate
 from agent_core.registry import promote
 from agent_core.review.bundle import build_bundle
 from agent_core.meta import MetaLLMConfig
@@ -15,11 +15,11 @@ from agent_core.review.reviewers import make_reviewer
 from agent_core.review.propose import Proposal, load_proposal, propose, review_key
 from agent_core.scaffold import Scaffold
 from agent_core.trace import read_summary
-from tasks.episodes import retry_on_model_error
+from tasks.episodes import retry_on_transient_error
 
 
 
-@task(name="review_scaffold", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_on_model_error)
+@task(name="review_scaffold", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_on_transient_error)
 def review_scaffold(incumbent_dir: str, trace_paths: list[str], reviewer: MetaLLMConfig, workspace: str,
                     max_attempts: int, token_budget: int, feedback: list[str]) -> Proposal:
     """One review round, recorded under reviews/<key>/ and reused by a re-run. `feedback`:
@@ -45,6 +45,15 @@ def gate_candidate(seeds: list[int], incumbent: list[float], candidate: list[flo
     Path(verdict_path).parent.mkdir(parents=True, exist_ok=True)
     Path(verdict_path).write_text(json.dumps(verdict.model_dump(), indent=2))
     return verdict
+
+
+@task(name="confirm_candidate")
+def confirm_candidate(verdict: GateVerdict, seeds: list[int], incumbent: list[float], candidate: list[float],
+                      config: GateConfig, verdict_path: str) -> GateVerdict:
+    """`verdict` (a winner on the evaluation seeds) judged again on the confirmation seeds."""
+    final = confirm(verdict, gate(seeds, incumbent, candidate, config))
+    Path(verdict_path).write_text(json.dumps(final.model_dump(), indent=2))
+    return final
 
 
 @task(name="promote")

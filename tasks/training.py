@@ -16,7 +16,7 @@ from agent_core.training.curator import make_curator
 from agent_core.training.dataset import DatasetInfo, build_dataset
 from agent_core.training.lora import StepLog, TrainResult, train_lora
 from agent_core.training.program import CurationProgram, ProgramError, pool_digest
-from tasks.episodes import retry_on_model_error
+from tasks.episodes import retry_on_transient_error
 
 
 
@@ -25,7 +25,7 @@ def digest_pool(archive_root: str) -> dict:
     return pool_digest(archive_root)
 
 
-@task(name="curate", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_on_model_error)
+@task(name="curate", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_on_transient_error)
 def curate(scaffold_dir: str, digest: dict, meta: MetaLLMConfig, trials: list[dict],
            base_path: str | None) -> CurationProgram | str:
     """The next trial's curation program, or the reason it was rejected (fed back)."""
@@ -45,11 +45,15 @@ def build_sft_dataset(archive_root: str, program: CurationProgram, out_root: str
         return exc.reason
 
 
-def adapter_name(dataset: DatasetInfo, program: CurationProgram, base: str) -> str:
-    """Content-addressed: the same data, settings and base give the same adapter, so a
-    trial whose program and data are unchanged is not retrained, and a served name never
-    points at different weights."""
-    blob = json.dumps([dataset.digest, program.lora.model_dump(mode="json"), base], sort_keys=True)
+def adapter_name(dataset: DatasetInfo, program: CurationProgram, base: Path) -> str:
+    """Content-addressed: the same data, settings and base weights give the same adapter, so
+    a trial whose program and data are unchanged is not retrained, and a served name never
+    points at different weights (the base is named by a digest of its weights, not its
+    folder name)."""
+    from agent_core.models.weights import weights_digest
+
+    blob = json.dumps([dataset.digest, program.lora.model_dump(mode="json"), base.name, weights_digest(base)],
+                      sort_keys=True)
     return "mem-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -60,7 +64,7 @@ def train_adapter(dataset: DatasetInfo, program: CurationProgram, adapters_root:
     from agent_core.models.weights import local_model_path
 
     base = Path(base_path) if base_path else local_model_path()
-    out = Path(adapters_root) / adapter_name(dataset, program, base.name)
+    out = Path(adapters_root) / adapter_name(dataset, program, base)
     result_file = out / "train_result.json"
     if result_file.is_file():
         logger.info("adapter %s already trained: reused", out.name)
@@ -80,7 +84,7 @@ def train_adapter(dataset: DatasetInfo, program: CurationProgram, adapters_root:
     return result
 
 
-@task(name="serve_adapter", retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=retry_on_model_error)
+@task(name="serve_adapter", retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=retry_on_transient_error)
 def serve_adapter(base_url: str, adapter_dir: str) -> str:
     """Load the adapter into an OpenAI-compatible server (vLLM's /v1/load_lora_adapter)
     under its content-addressed name; the directory must be visible to the server."""

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from agent_core.agent import Roles
 from agent_core.archive import archive_trace
-from agent_core.cli import app, parse_seeds
+from automem_cli.main import app, parse_seeds
 from agent_core.episode import run_episode
 from agent_core.models.config import RoutineScript
 from agent_core.models.scripted import ScriptedModel
@@ -48,3 +48,17 @@ def test_parse_seeds():
     for bad in ("x", "-1", ""):
         with pytest.raises(typer.BadParameter):
             parse_seeds(bad)
+
+
+def test_agent_core_imports_neither_prefect_nor_the_flows():
+    import subprocess
+    import sys
+
+    code = ("import pkgutil, importlib, sys, agent_core, environments\n"
+            "for pkg in (agent_core, environments):\n"
+            "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+            "        importlib.import_module(m.name)\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'flows', 'tasks', 'automem_cli'))\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

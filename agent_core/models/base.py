@@ -9,7 +9,14 @@ from agent_core.records import Completion, Message, SamplingParams
 
 
 class ModelError(RuntimeError):
-    """The model backend failed for good (after its retries): the episode stops clearly."""
+    """The model backend failed for good (after its retries): the episode stops clearly.
+    A bad request, an unknown model or an overflowing context fail the same way every
+    time: retrying the episode cannot help."""
+
+
+class TransientModelError(ModelError):
+    """A fault a later attempt may not meet (connection refused or reset, timeout, 429, 5xx),
+    still there after the client's own retries: the episode task is retried later."""
 
 
 @runtime_checkable

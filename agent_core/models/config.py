@@ -68,6 +68,9 @@ class ModelConfig(BaseModel):
         "construction; vLLM's structured outputs, llguidance locally); off: free text, parsed "
         "forgivingly. Part of the model id, so the two never share cached episodes.")
     script: RoutineScript = Field(default_factory=RoutineScript, description="Scripted backend replies.")
+    policy: Literal["routine-script", "tiny-explorer"] = Field(
+        "routine-script", description="Scripted backend: replay `script` by routine, or a rule-based "
+        "agent whose play depends on its memory (`agent_core.models.policies`).")
 
     @model_validator(mode="after")
     def _complete(self) -> "ModelConfig":
@@ -85,7 +88,7 @@ class ModelConfig(BaseModel):
     def _base_ids(self) -> tuple[str, str]:
         if self.backend == "scripted":
             digest = hashlib.sha256(self.script.model_dump_json().encode()).hexdigest()[:8]
-            base = f"scripted-{digest}"
+            base = f"scripted-{digest}" if self.policy == "routine-script" else self.policy
             return (f"{base}+{Path(self.specialist).name}" if self.specialist else base, base)
         if self.backend == "openai":
             return (self.specialist or self.model, self.model)  # type: ignore[return-value]
@@ -94,6 +97,12 @@ class ModelConfig(BaseModel):
         if self.specialist:
             return (f"{DEFAULT_MODEL_ID}+{_dir_digest(Path(self.specialist))}", DEFAULT_MODEL_ID)
         return (DEFAULT_MODEL_ID, DEFAULT_MODEL_ID)
+
+    def _policy_model(self, model_id: str) -> ChatModel:
+        from agent_core.models.policies import tiny_explorer
+        from agent_core.models.scripted import ScriptedModel
+
+        return ScriptedModel(tiny_explorer, model_id=model_id)
 
     def check(self) -> None:
         """Fail fast (before any episode) when the backend cannot work."""
@@ -112,20 +121,34 @@ class ModelConfig(BaseModel):
         """The two roles' models, named by `ids()` (what traces and cache keys record)."""
         roles = self._build()
         memory_id, action_id = self.ids()
-        constrain = self.constrain == "on"
+        constrain, identity = self.constrain == "on", self.identity()
         memory = CappedModel(roles.memory, self.max_tokens, memory_id)
         if roles.shared:
-            return Roles(memory=memory, constrain=constrain)
+            return Roles(memory=memory, constrain=constrain, identity=identity)
         return Roles(memory=memory, action=CappedModel(roles.action, self.max_tokens, action_id),
-                     constrain=constrain)
+                     constrain=constrain, identity=identity)
+
+    def identity(self) -> dict[str, str]:
+        """Where and how the models run, beyond their ids: the server for the openai backend,
+        the weights' dtype for the local one. Part of every episode key."""
+        if self.backend == "openai":
+            from agent_core.models.openai_client import api_url
+
+            return {"endpoint": api_url(self.base_url)}  # type: ignore[arg-type]
+        if self.backend == "local":
+            from agent_core.models.weights import LOCAL_DTYPE
+
+            return {"dtype": LOCAL_DTYPE}
+        return {}
 
     def _build(self) -> Roles:
         if self.backend == "scripted":
             memory_id, action_id = self._base_ids()
+            make = self.script.model if self.policy == "routine-script" else self._policy_model
             if memory_id == action_id:
-                return Roles(memory=self.script.model(memory_id))
+                return Roles(memory=make(memory_id))
             # two handles playing the two roles over one conversation, as with a specialist
-            return Roles(memory=self.script.model(memory_id), action=self.script.model(action_id))
+            return Roles(memory=make(memory_id), action=make(action_id))
         if self.backend == "openai":
             from agent_core.models.openai_client import OpenAIChatModel
 
@@ -165,8 +188,9 @@ _LOCAL_LOCK = threading.Lock()
 @lru_cache(maxsize=1)
 def _local_model():
     from agent_core.models.local import LocalModel
+    from agent_core.models.weights import LOCAL_DTYPE
 
-    return LocalModel()
+    return LocalModel(dtype=LOCAL_DTYPE)
 
 
 def shared_local_model():

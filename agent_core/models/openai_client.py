@@ -3,7 +3,9 @@
 With vLLM's multi-LoRA serving, an adapter is just another model name: `model="memory-lora"`
 talks to the adapter, `model=<base>` to the base weights. Retries (connection errors,
 timeouts, 408/409/429/5xx, exponential backoff from 0.5 s to 8 s with jitter, honouring
-`Retry-After`) are the openai client's own; a failure after them becomes `ModelError`.
+`Retry-After`) are the openai client's own; a failure after them becomes
+`TransientModelError` (the episode task may try again later), any other failure (400, 404,
+a context overflow) `ModelError` at once, with the server's message.
 
 The adapter-management helpers use vLLM's runtime LoRA endpoints (vLLM needs
 `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` for them).
@@ -21,7 +23,7 @@ import httpx2
 import openai
 
 from agent_core.grammar import Grammar
-from agent_core.models.base import ModelError
+from agent_core.models.base import ModelError, TransientModelError
 from agent_core.records import Completion, Message, SamplingParams
 
 
@@ -34,6 +36,11 @@ def server_root(base_url: str) -> str:
 def api_url(base_url: str) -> str:
     """The OpenAI API base (`.../v1`) from either form of the server address."""
     return server_root(base_url) + "/v1"
+
+
+def _transient(status: int) -> bool:
+    """Statuses a later attempt may not meet (the openai client retries these too)."""
+    return status in (408, 409, 429) or status >= 500
 
 
 def _api_key(api_key: str | None) -> str:
@@ -69,13 +76,12 @@ def _request(
             timeout=timeout_s,
         )
     except httpx2.TimeoutException as exc:
-        raise ModelError(f"model server at {url} did not answer within {timeout_s} s") from exc
+        raise TransientModelError(f"model server at {url} did not answer within {timeout_s} s") from exc
     except httpx2.TransportError as exc:
-        raise ModelError(f"model server at {url} is not reachable: {exc}") from exc
+        raise TransientModelError(f"model server at {url} is not reachable: {exc}") from exc
     if response.status_code >= 400:
-        raise ModelError(
-            f"model server at {url} answered {response.status_code}: {_error_text(response)}"
-        )
+        kind = TransientModelError if _transient(response.status_code) else ModelError
+        raise kind(f"model server at {url} answered {response.status_code}: {_error_text(response)}")
     return response
 
 
@@ -173,7 +179,7 @@ class OpenAIChatModel:
         try:
             response = self._client.chat.completions.create(**kwargs)
         except openai.APIConnectionError as exc:  # includes timeouts
-            raise ModelError(
+            raise TransientModelError(
                 f"model server at {self.base_url} failed after {attempts}: {exc.message}"
             ) from exc
         except openai.APIStatusError as exc:
@@ -183,8 +189,8 @@ class OpenAIChatModel:
                     f"({_error_text(exc.response)}): it cannot enforce the reply grammar. Use a server "
                     "with structured outputs (vLLM >= 0.10.2, `automem serve`) or set the model "
                     "config's `constrain: off`") from exc
-            retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
-            raise ModelError(
+            retried = _transient(exc.status_code)
+            raise (TransientModelError if retried else ModelError)(
                 f"model server at {self.base_url} answered {exc.status_code} for model "
                 f"{self.model!r}" + (f" after {attempts}" if retried else "") + ": "
                 + _error_text(exc.response)

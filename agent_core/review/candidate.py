@@ -15,6 +15,7 @@ Reply format (the reviewer's prompt shows it; anything else is rejected, never r
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import re
 import shutil
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 from pydantic import BaseModel
@@ -143,22 +145,60 @@ def check_hook_source(source: str) -> None:
         tree = ast.parse(source)
     except SyntaxError as exc:
         raise CandidateError(f"hooks.py has a syntax error: {exc}") from exc
+    modules: dict[str, ModuleType] = {}  # names bound to allowed modules -> the module
+    explicit: set[str] = set()  # submodules imported by name (`import collections.abc`)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             bad = [n for n in names if n.split(".")[0] not in HOOK_IMPORTS]
             if bad:
                 raise CandidateError(f"hooks.py may import only {sorted(HOOK_IMPORTS)}; got {bad}")
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    explicit.add(a.name)
+                    modules[a.asname or a.name.split(".")[0]] = importlib.import_module(
+                        a.name if a.asname else a.name.split(".")[0])
+            else:
+                source_module = importlib.import_module(node.module or "")
+                for a in node.names:  # `from typing import sys` reaches a module that is not allowed
+                    _check_module_attribute(source_module, a.name, explicit)
         elif isinstance(node, ast.Name) and node.id in _FORBIDDEN_CALLS | {"__builtins__", "os", "sys"}:
             raise CandidateError(f"hooks.py may not use {node.id!r}")
         elif isinstance(node, ast.Attribute) and node.attr.startswith("__"):
             raise CandidateError(f"hooks.py may not touch dunder attributes ({node.attr!r})")
+    for node in ast.walk(tree):  # `typing.sys.modules["os"]`: attribute chains through modules
+        root, attrs = _attribute_chain(node)
+        obj = modules.get(root) if root else None
+        for attr in attrs:
+            if obj is None:
+                break
+            _check_module_attribute(obj, attr, explicit)
+            obj = getattr(obj, attr, None)
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
             if node.name not in HOOK_NAMES and not node.name.startswith("_"):
                 raise CandidateError(f"hooks.py defines {node.name!r}; hooks are {list(HOOK_NAMES)} (helpers start with _)")
         elif not isinstance(node, ast.Import | ast.ImportFrom | ast.Assign | ast.AnnAssign | ast.Expr):
             raise CandidateError(f"hooks.py may hold only imports, constants and functions (line {node.lineno})")
+
+
+def _attribute_chain(node: ast.AST) -> tuple[str | None, list[str]]:
+    """`a.b.c` -> ("a", ["b", "c"]); (None, []) for anything else."""
+    attrs: list[str] = []
+    while isinstance(node, ast.Attribute):
+        attrs.append(node.attr)
+        node = node.value
+    return (node.id, attrs[::-1]) if isinstance(node, ast.Name) and attrs else (None, [])
+
+
+def _check_module_attribute(owner: object, name: str, explicit: set[str]) -> None:
+    """Only public functions, classes and constants of the allowed modules: never another
+    module reached through them (`typing.sys`, then `.modules["os"]`) or a private name."""
+    value = getattr(owner, name, None)
+    where = f"{getattr(owner, '__name__', type(owner).__name__)}.{name}"
+    if name.startswith("_") or (isinstance(value, ModuleType) and value.__name__ not in explicit):
+        raise CandidateError(f"hooks.py may not reach {where}: only the public functions, classes "
+                             "and constants of the allowed modules")
 
 
 _HOOK_RUNNER = textwrap.dedent("""

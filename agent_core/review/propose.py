@@ -63,8 +63,11 @@ def review_key(incumbent: Scaffold, episode_ids: list[str], reviewer_identity: s
     """What determines a review round (its record directory is named by this)."""
     import hashlib
 
+    from agent_core.review.reviewers import PROMPT
+
+    prompt = hashlib.sha256(PROMPT.read_bytes()).hexdigest()[:16]  # a new prompt is a new review
     blob = json.dumps([incumbent.hash, sorted(episode_ids), reviewer_identity, max_attempts, token_budget,
-                       list(feedback)])
+                       list(feedback), prompt])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -84,15 +84,18 @@ class MetaLLMCurator:
 
 
 class RuleBasedCurator:
-    """Trial 0: the rule-based program. Later trials revise it from what happened: too little
-    data -> a looser selection; loss still high -> one more epoch; specialist no better than
-    the base -> a lower learning rate and the top episodes only."""
+    """Trial 0: the rule-based program, or its first looser selection when the pool has no
+    LOG or no PLAN turn that consulted memory before writing (a small model rarely looks
+    anything up). Later trials revise it from what happened: too little data -> a looser
+    selection; loss still high -> one more epoch; specialist no better than the base -> a
+    lower learning rate and the top episodes only."""
 
     name = "rule-based"
 
     def program(self, scaffold: Scaffold, digest: dict, trials: list[dict]) -> CurationProgram:
         program = rule_based_program(digest)
-        level = 0
+        consulting = digest.get("consulting_turns", {})
+        level = 0 if consulting.get("log", 1) and consulting.get("plan", 1) else 1
         for t in trials:
             error = t.get("error", "")
             if any(m in error for m in ("no usable", "returned no calls", "fewer than min_examples")):

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agent_core.archive import QueryError, connect, run_query
-from agent_core.commands import parse_reply
+from agent_core.commands import MEMORY_OPS, format_command, parse_reply
 from agent_core.conversation import rebuild_contexts
 from agent_core.records import Message, ModelCall, messages_digest
 from agent_core.training.program import CurationProgram, ProgramError
@@ -90,18 +90,21 @@ def _candidates(con: Any, ids: list[str], stats: Counter) -> list[dict[str, Any]
     con.register("selected_ids", pa.table({"call_id": ids}))
     rows = con.execute(
         "SELECT c.call_id, c.episode_id, c.game, c.step, c.call_index, c.routine, c.role, c.reply, "
-        "c.finish_reason "
+        "c.finish_reason, (SELECT count(*) FROM memory_ops o WHERE o.call_id = c.call_id) "
         "FROM calls c JOIN selected_ids s ON s.call_id = c.call_id "
         "ORDER BY c.game, c.episode_id, c.call_index").fetchall()
     stats["selected_ids"] = len(ids)
     stats["unknown_ids"] = len(ids) - len(rows)
     out = []
-    for call_id, episode_id, game, step, call_index, routine, role, reply, finish in rows:
+    for call_id, episode_id, game, step, call_index, routine, role, reply, finish, ran in rows:
         if role != "memory" or routine not in ROUTINES:
             stats["dropped_not_memory_role"] += 1
             continue
         if finish == "length":  # cut off by the token limit: never a target
             stats["dropped_truncated"] += 1
+            continue
+        if sum(c.op in MEMORY_OPS for c in parse_reply(reply).commands) > ran:
+            stats["dropped_ops_not_run"] += 1  # beyond max_ops: the agent ignored some
             continue
         target = reply
         if _ACTION_TAG_RE.search(reply):
@@ -115,6 +118,9 @@ def _candidates(con: Any, ids: list[str], stats: Counter) -> list[dict[str, Any]
             if not target.strip():
                 stats["dropped_action_only"] += 1
                 continue
+            if not any(c.op == "done" for c in parse_reply(target).commands):
+                # the action ended PLAN: the memory role ends it with DONE instead
+                target = target.rstrip() + format_command("done")
             stats["actions_removed"] += 1
         out.append(dict(call_id=call_id, episode_id=episode_id, game=game, step=step,
                         call_index=call_index, routine=routine, target=target))
@@ -203,6 +209,7 @@ def _episode_calls(con: Any, episode_id: str) -> list[ModelCall]:
 def _examples(con: Any, chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Chat-format examples: the exact context (rebuilt from the episode's calls) + target."""
     contexts: dict[str, list[Message]] = {}
+    fixed: dict[str, int] = {}  # messages at the front that inference never cuts
     for episode_id in sorted({c["episode_id"] for c in chosen}):
         calls = _episode_calls(con, episode_id)
         for call, context in zip(calls, rebuild_contexts(calls)):
@@ -210,7 +217,9 @@ def _examples(con: Any, chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 raise ValueError(f"call {call.call_id}: the rebuilt context does not match its "
                                  "recorded digest; the archive is inconsistent")
             contexts[call.call_id] = context
+            fixed[call.call_id] = call.fixed_prefix
     return [{"messages": [m.model_dump() for m in contexts[c["call_id"]]], "target": c["target"],
+             "fixed": fixed[c["call_id"]],
              "meta": {k: c[k] for k in ("call_id", "episode_id", "game", "step", "routine")}}
             for c in chosen]
 

@@ -3,7 +3,9 @@
 Each example is tokenized as the model saw it at inference time: the chat template applied
 to the context with the assistant turn opened (the prompt), then the target reply and the
 end-of-turn token (the completion). The loss covers only the completion tokens. A context
-too long for `max_seq_len` is cut from the left; the completion is always kept whole.
+too long for `max_seq_len` is cut in the middle of its history: the system prompt and the
+demonstrations (which inference never cuts) and the latest turns stay; the completion is
+always kept whole.
 
 The adapter is written in peft format (`adapter_config.json`, `adapter_model.safetensors`,
 loadable by peft and vLLM) with `training_config.json`, `loss_curve.json` and
@@ -16,6 +18,7 @@ torch, transformers and peft are imported inside the functions (they take second
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -62,12 +65,30 @@ class TrainResult(BaseModel):
     steps: int = Field(description="Optimizer steps taken.")
     examples: int = Field(description="Training examples used (after dropping those that do not fit).")
     final_loss: float = Field(description="Training loss of the last step.")
-    eval_loss: float = Field(description="Loss (eval mode) on the first batch after training; "
-                             "the saved adapter reproduces it (`batch_loss`).")
+    eval_loss: float | None = Field(description="Loss (eval mode) after training on the held-out "
+                                    "examples (`split_held_out`), never trained on; the saved adapter "
+                                    "reproduces it (`batch_loss`). None with fewer than 2 examples.")
+    eval_examples: int = Field(0, description="Held-out examples behind eval_loss.")
     loss_curve: list[float] = Field(description="Training loss per optimizer step.")
     tokens: int = Field(description="Non-padding tokens processed over all steps.")
     wall_s: float = Field(description="Seconds spent in the training loop.")
     base_model: str = Field(description="Name of the base model folder.")
+
+
+def split_held_out(examples: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """Indices (train, held out) of `examples`: about one in ten is held out for eval_loss
+    (at least one once there are two, at most 32), chosen by a hash of its content, so the
+    split is the same whatever the order and never depends on the seed."""
+    if len(examples) < 2:
+        return list(range(len(examples))), []
+
+    def key(i: int) -> str:
+        x = examples[i]
+        blob = json.dumps([x.get("meta", {}).get("call_id"), x["messages"], x["target"]], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    held = set(sorted(range(len(examples)), key=key)[: max(1, min(32, len(examples) // 10))])
+    return [i for i in range(len(examples)) if i not in held], sorted(held)
 
 
 @dataclass
@@ -87,8 +108,10 @@ def _stop_ids(tokenizer: Any) -> set[int]:
 
 
 def encode_example(tokenizer: Any, messages: list[dict[str, str]], target: str, max_seq_len: int,
-                   stop_ids: set[int] | None = None) -> Encoded | None:
-    """Tokenize one example; None when the completion alone does not fit `max_seq_len`."""
+                   stop_ids: set[int] | None = None, fixed: int = 1) -> Encoded | None:
+    """Tokenize one example. A context too long for `max_seq_len` is cut in the middle, as
+    inference would never cut it: its first `fixed` messages (system prompt, demonstrations)
+    and its latest tokens stay. None when the completion and those messages do not fit."""
     prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     full_text = tokenizer.apply_chat_template(
         [*messages, {"role": "assistant", "content": target}], tokenize=False)
@@ -107,8 +130,21 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], target: str, 
     budget = max_seq_len - len(completion)
     if budget < 1:  # at least one context token must precede the first target token
         return None
-    prompt = prompt[-budget:]
+    if len(prompt) > budget:
+        head = _head_length(tokenizer, messages[:fixed], prompt) if fixed else 0
+        if head + 1 > budget:
+            return None
+        prompt = prompt[:head] + prompt[len(prompt) - (budget - head):]
     return Encoded(prompt + completion, [IGNORE] * len(prompt) + completion)
+
+
+def _head_length(tokenizer: Any, head: list[dict[str, str]], prompt: list[int]) -> int:
+    """Tokens of `prompt` that render the messages `head` (a prefix of its messages)."""
+    text = tokenizer.apply_chat_template(head, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if prompt[:len(ids)] != ids:
+        raise ValueError("the chat template does not render the fixed messages as a prefix of the prompt")
+    return len(ids)
 
 
 def collate(batch: list[Encoded], pad_id: int, torch: Any) -> dict[str, Any]:
@@ -152,7 +188,7 @@ def batch_loss(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_s
     (how `TrainResult.eval_loss` is measured; use it to check a reloaded adapter)."""
     import torch
 
-    encoded = [e for e in (encode_example(tokenizer, x["messages"], x["target"], max_seq_len)
+    encoded = [e for e in (encode_example(tokenizer, x["messages"], x["target"], max_seq_len, fixed=x.get("fixed", 1))
                            for x in examples) if e is not None]
     if not encoded:
         raise ValueError("no example fits max_seq_len")
@@ -214,13 +250,17 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     stops = _stop_ids(tokenizer)
     fits = [(x, e) for x, e in ((x, encode_example(tokenizer, x["messages"], x["target"], lora.max_seq_len,
-                                                   stops)) for x in examples) if e is not None]
-    encoded = [e for _, e in fits]
-    dropped = len(examples) - len(encoded)
-    if not encoded:
-        raise ProgramError(f"no example fits lora.max_seq_len {lora.max_seq_len}: every target is longer")
+                                                   stops, fixed=x.get("fixed", 1))) for x in examples)
+            if e is not None]
+    dropped = len(examples) - len(fits)
+    if not fits:
+        raise ProgramError(f"no example fits lora.max_seq_len {lora.max_seq_len}: every target, with the "
+                           "system prompt and demonstrations that are never cut, is longer")
+    train_ids, held_ids = split_held_out([x for x, _ in fits])
+    held = [fits[i][0] for i in held_ids]
+    encoded = [fits[i][1] for i in train_ids]
     if dropped:
-        log.warning("%d of %d examples dropped: target longer than max_seq_len %d",
+        log.warning("%d of %d examples dropped: target and fixed prompt longer than max_seq_len %d",
                     dropped, len(examples), lora.max_seq_len)
 
     torch.manual_seed(lora.seed)  # LoRA A matrices and dropout draw from the global generator
@@ -289,9 +329,9 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
                 if progress is not None:
                     progress(row)
         wall = time.perf_counter() - started
-        # measured on the first batch_size examples that fit, in file order (reproducible
-        # from the dataset alone, to check a reloaded adapter)
-        eval_loss = batch_loss(model, tokenizer, [x for x, _ in fits[: lora.batch_size]], lora.max_seq_len)
+        # measured on held-out examples (reproducible from the dataset alone, to check a
+        # reloaded adapter)
+        eval_loss = batch_loss(model, tokenizer, held, lora.max_seq_len) if held else None
 
         # the adapter names its base by folder name only: no machine paths in artifacts
         model.peft_config["default"].base_model_name_or_path = base.name
@@ -307,7 +347,7 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
             writer.writerows(rows)
         (tmp / "training_config.json").write_text(json.dumps({
             "lora": lora.model_dump(mode="json"), "base_model": base.name, "dataset": dataset_dir.name,
-            "examples": len(encoded), "dropped_too_long": dropped, "steps": step,
+            "examples": len(encoded), "held_out": len(held), "dropped_too_long": dropped, "steps": step,
             "scheduler": _scheduler_name(lora), "optimizer": "AdamW", "grad_clip": 1.0,
             "tokens": tokens_seen, "final_loss": curve[-1] if curve else None, "eval_loss": eval_loss,
             "wall_s": round(wall, 3), "versions": _versions()}, indent=2))
@@ -317,4 +357,5 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
             shutil.rmtree(tmp, ignore_errors=True)
     return TrainResult(adapter_dir=out_dir, steps=step, examples=len(encoded),
                        final_loss=curve[-1] if curve else float("nan"), eval_loss=eval_loss,
+                       eval_examples=len(held),
                        loss_curve=curve, tokens=tokens_seen, wall_s=round(wall, 3), base_model=base.name)

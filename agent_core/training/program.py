@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent_core.scaffold import CONSULT_OPS, WRITE_OPS
+from agent_core.commands import CONSULT_OPS
+from agent_core.scaffold import WRITE_OPS
 
 
 class ProgramError(ValueError):
@@ -67,6 +68,20 @@ class Composition(_Strict):
         if self.min_examples > self.max_examples:
             raise ValueError(f"min_examples ({self.min_examples}) exceeds max_examples ({self.max_examples})")
         return self
+
+
+class TrainingBudget(_Strict):
+    """What one machine can afford per trial (e.g. a 2-core CPU), applied over whatever LoRA
+    settings the curator chose. The capped settings are the ones recorded and hashed."""
+
+    max_steps: int | None = Field(None, ge=1, description="Most optimizer steps per trial.")
+    max_batch_size: int | None = Field(None, ge=1, description="Largest micro-batch.")
+    max_seq_len: int | None = Field(None, ge=64, description="Longest example in tokens.")
+
+    def apply(self, lora: "LoraSettings") -> "LoraSettings":
+        caps = {"max_steps": self.max_steps, "batch_size": self.max_batch_size, "max_seq_len": self.max_seq_len}
+        update = {k: min(v, getattr(lora, k) or v) for k, v in caps.items() if v is not None}
+        return lora.model_copy(update=update)
 
 
 class LoraSettings(_Strict):
@@ -259,12 +274,16 @@ def pool_digest(archive_root: str | Path) -> dict[str, Any]:
                 "write_to_search": round(writes / searches, 3) if searches else None}
         memory_calls = dict(rows("SELECT routine, count(*) FROM calls WHERE role = 'memory' "
                                  "AND routine IN ('log', 'plan') GROUP BY routine"))
+        selectable = dict(rows(f"SELECT c.routine, count(*) FROM calls c JOIN ({RULE_BASED_SQL}) s "
+                               "ON s.call_id = c.call_id GROUP BY c.routine"))
     finally:
         con.close()
     return {
         "tables": {t: list(s.names) + ["game", "scaffold_hash"] for t, s in SCHEMAS.items()},
         "episodes": sum(g.get("episodes", 0) for g in games.values()),
         "memory_calls": {"log": memory_calls.get("log", 0), "plan": memory_calls.get("plan", 0)},
+        # memory turns the rule-based selection (valid, consulted before writing) keeps
+        "consulting_turns": {"log": selectable.get("log", 0), "plan": selectable.get("plan", 0)},
         "games": games,
     }
 

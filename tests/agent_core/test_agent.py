@@ -215,7 +215,7 @@ def test_a_reply_cut_off_by_the_token_limit_is_invalid_and_its_open_command_not_
     assert step.invalid_ops == 1
     ran = [op.args.get("text") for op in step.memory_ops if op.routine == "log"]
     assert ran == ([] if "half" in cut else ["whole"])  # complete commands before the cut still run
-    feedback = step.calls[1].new_messages[1].content
+    feedback = step.calls[1].new_messages[0].content
     assert "cut off at the token limit" in feedback
 
 
@@ -226,7 +226,7 @@ def test_operations_beyond_max_ops_are_invalid_with_one_line_of_feedback(tmp_pat
     cap = Scaffold.builtin("tiny").config.log.max_ops
     assert len([op for op in step.memory_ops if op.routine == "log"]) == cap
     assert step.invalid_ops == 9 - cap
-    feedback = step.calls[1].new_messages[1].content.splitlines()
+    feedback = step.calls[1].new_messages[0].content.splitlines()
     assert sum("not run" in line for line in feedback) == 1
     assert f"{9 - cap} operation(s) not run: at most {cap} per LOG." in feedback
 
@@ -248,3 +248,38 @@ def test_constrained_calls_record_their_grammar_once_per_trace(tmp_path):
     assert routines == {("log", "memory"), ("plan", "memory"), ("plan", "action")}
     _, free = play(tmp_path / "free", Roles(memory=ScriptedModel(by_routine())), steps=1)
     assert all(c.grammar is None for c in free.steps[0].calls) and not free.steps[0].grammars
+
+
+def test_each_reply_is_stored_once_and_huge_replies_are_cut_with_a_marker(tmp_path):
+    huge = "<|APPEND|>action_log.md|" + "x" * 50_000 + "<|END|><|DONE|>"
+    _, trace = play(tmp_path, Roles(memory=ScriptedModel(by_routine(log=huge))), steps=2)
+    line = (tmp_path / "ep" / "trace.jsonl").read_text().splitlines()[1]
+    assert len(line) < 2 * 16_000 + 20_000  # the reply is not repeated in the next call
+    calls = [c for s in trace.steps for c in s.calls]
+    log_call = calls[0]
+    assert log_call.reply.endswith(f"[... {len(huge) - 16_000:,} characters cut]")
+    assert log_call.finish_reason == "length" and trace.steps[0].invalid_ops >= 1
+    assert not [op for op in trace.steps[0].memory_ops if op.routine == "log"]  # the cut command never ran
+    for call in calls[1:]:
+        assert all(m.content != log_call.reply for m in call.new_messages)
+    # the contexts are still exactly rebuilt from the trace
+    assert len(rebuild_contexts(calls)) == len(calls)
+
+
+def test_a_failing_hook_is_recorded_as_a_hook_error_and_never_ends_the_episode(tmp_path):
+    src = Scaffold.builtin("tiny").write_copy(tmp_path / "scaffold")
+    (src / "hooks.py").write_text(
+        "def postprocess_observation(text):\n    return 1 / 0\n\n"
+        "def validate_write(op, args, files):\n    return {}['missing']\n")
+    summary, trace = play(tmp_path, Roles(memory=ScriptedModel(by_routine())), steps=2, scaffold=Scaffold(src))
+    assert summary.steps == 2 and trace.complete
+    for step in trace.steps:
+        assert step.hook_errors == ["postprocess_observation: ZeroDivisionError: division by zero"]
+        [write] = [op for op in step.memory_ops if op.op == "append"]
+        assert write.ok and write.hook_error == "validate_write: KeyError: 'missing'"  # not a refusal
+    from agent_core.archive import archive_trace, connect
+
+    archive_trace(summary.trace_path, tmp_path / "archive")
+    con = connect(tmp_path / "archive")
+    assert con.execute("select count(*) from memory_ops where hook_error is not null").fetchone()[0] == 2
+    assert con.execute("select hook_errors[1] from steps limit 1").fetchone()[0].startswith("postprocess")

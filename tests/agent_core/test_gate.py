@@ -1,19 +1,61 @@
 import pytest
 
-from agent_core.gate import GateConfig, gate
+from agent_core.gate import (GateConfig, adjust, confirm, gate, holm, permutation_p_value,
+                             sign_p_value)
 
 SEEDS = list(range(8))
 
 
-@pytest.mark.parametrize("test", ["bootstrap", "sign"])
+@pytest.mark.parametrize("diffs, expected", [
+    ([0.01], 1 / 2),                 # one seed: half of the two sign assignments
+    ([0.05, 0.05], 1 / 4),           # the old bootstrap said p = 0 for these two
+    ([0.1, 0.2, 0.0, 0.0], 4 / 16),  # two up, two tied (the bootstrap said 0.064)
+    ([1, 2, 3, 4], 1 / 16),          # only the identity reaches the observed sum 10
+    ([1, 2, 3, -1], 3 / 16),         # |d| = 1,2,3,1: sums >= 5 are +7 and the two +5 (one 1 flipped)
+    ([0.0, 0.0, 0.0], 1.0),
+    ([], 1.0),
+])
+def test_permutation_p_values_match_hand_computed_references(diffs, expected):
+    assert permutation_p_value(diffs) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("diffs, expected", [
+    ([0.1, 0.2, 0.0, 0.0], 1 / 4),   # ties carry no information: 2 wins of 2
+    ([1, 1, 1, -1], 5 / 16),         # P(X >= 3), X ~ Bin(4, 1/2)
+    ([0, 0], 1.0),
+])
+def test_sign_p_values_match_hand_computed_references(diffs, expected):
+    assert sign_p_value(diffs) == pytest.approx(expected)
+
+
+def test_beyond_sixteen_seeds_the_test_is_monte_carlo_close_to_exact_and_never_zero():
+    diffs = [0.1] * 20  # exact: 1/2^20
+    p = permutation_p_value(diffs, resamples=2000, seed=1)
+    assert 0 < p <= 1 / 2001 + 1e-12
+    mixed = [0.1, -0.1] * 10 + [0.05]  # a tiny edge: p near a half
+    assert 0.3 < permutation_p_value(mixed, resamples=4000) < 0.7
+
+
+@pytest.mark.parametrize("alpha, need", [(0.1, 4), (0.05, 5), (0.25, 2), (0.0625, 4), (0.5, 1), (0.01, 7)])
+def test_minimum_seed_count_is_where_the_best_p_value_reaches_alpha(alpha, need):
+    config = GateConfig(alpha=alpha)
+    assert config.min_seeds() == need
+    assert permutation_p_value([0.1] * need) <= alpha < permutation_p_value([0.1] * (need - 1)) if need > 1 else True
+    config.check_seeds(need)
+    if need > 1:
+        with pytest.raises(ValueError, match=rf"use at least {need} seeds"):
+            config.check_seeds(need - 1)
+
+
+@pytest.mark.parametrize("test", ["permutation", "sign"])
 def test_clear_win_is_promoted(test):
     inc = [0.1, 0.2, 0.1, 0.0, 0.2, 0.1, 0.1, 0.0]
     cand = [x + 0.1 for x in inc]
     v = gate(SEEDS, inc, cand, GateConfig(test=test))
-    assert v.promote and v.delta == pytest.approx(0.1) and v.p_value <= 0.1
+    assert v.promote and v.delta == pytest.approx(0.1) and v.p_value == pytest.approx(1 / 256)
 
 
-@pytest.mark.parametrize("test", ["bootstrap", "sign"])
+@pytest.mark.parametrize("test", ["permutation", "sign"])
 def test_noise_is_not_promoted(test):
     inc = [0.1, 0.2, 0.1, 0.0, 0.2, 0.1, 0.1, 0.0]
     cand = [0.4, 0.0, 0.1, 0.1, 0.1, 0.2, 0.0, 0.0]  # a slightly higher mean, as many losses as wins
@@ -21,10 +63,39 @@ def test_noise_is_not_promoted(test):
     assert v.delta > 0 and not v.promote and "noise" in v.reason
 
 
+def test_two_seeds_of_gain_are_not_enough_at_the_default_alpha():
+    v = gate([0, 1], [0.0, 0.0], [0.05, 0.05])
+    assert not v.promote and v.p_value == pytest.approx(0.25)
+
+
 @pytest.mark.parametrize("cand", [[0.1] * 8, [0.0] * 8])
 def test_ties_and_regressions_keep_the_incumbent(cand):
     v = gate(SEEDS, [0.1] * 8, cand)
     assert not v.promote and "no improvement" in v.reason
+
+
+def test_holm_adjusts_like_the_textbook():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5] and holm([]) == []
+    assert holm([0.6, 0.6]) == [1.0, 1.0]
+
+
+def test_best_of_several_trials_must_survive_the_correction():
+    config = GateConfig(alpha=0.1)
+    winner = gate(list(range(4)), [0.0] * 4, [0.1] * 4, config)  # p = 1/16, promotes alone
+    assert winner.promote
+    two_trials = adjust(winner, holm([winner.p_value, 0.5])[0], config)  # 2 x 1/16 = 0.125
+    assert not two_trials.promote and "Holm-adjusted p = 0.125" in two_trials.reason
+    assert adjust(winner, holm([winner.p_value])[0], config).promote
+
+
+def test_a_winner_must_also_win_on_the_confirmation_seeds():
+    config = GateConfig(alpha=0.1)
+    winner = gate(list(range(4)), [0.0] * 4, [0.1] * 4, config)
+    lost = confirm(winner, gate([10, 11, 12, 13], [0.1] * 4, [0.1] * 4, config))
+    assert not lost.promote and "not confirmed on seeds [10, 11, 12, 13]" in lost.reason
+    kept = confirm(winner, gate([10, 11, 12, 13], [0.0] * 4, [0.2] * 4, config))
+    assert kept.promote and kept.confirmation.seeds == [10, 11, 12, 13]
 
 
 def test_verdict_is_deterministic_and_inputs_checked():

@@ -164,14 +164,33 @@ def test_openai_client_retries_5xx_then_succeeds() -> None:
 def test_openai_client_gives_up_after_bounded_retries() -> None:
     from agent_core.models import OpenAIChatModel
 
+    from agent_core.models.base import TransientModelError
+
     with _FlakyServer([429, 500, 502]) as server:
-        with pytest.raises(ModelError, match=r"answered 500 .* after 2 attempt"):
+        with pytest.raises(TransientModelError, match=r"answered 500 .* after 2 attempt"):
             OpenAIChatModel(server.url, "m", timeout_s=5, max_retries=1).complete(CHAT, GREEDY)
         assert server.attempts == 2
-    with _FlakyServer([400]) as server:  # a client error is final at once
-        with pytest.raises(ModelError, match="answered 400"):
-            OpenAIChatModel(server.url, "m", timeout_s=5, max_retries=4).complete(CHAT, GREEDY)
-        assert server.attempts == 1
+    for status in (400, 404):  # a client error is final at once, with the server's message
+        with _FlakyServer([status], error="maximum context length is 2048 tokens") as server:
+            with pytest.raises(ModelError, match=rf"answered {status} .*maximum context length") as err:
+                OpenAIChatModel(server.url, "m", timeout_s=5, max_retries=4).complete(CHAT, GREEDY)
+            assert server.attempts == 1 and not isinstance(err.value, TransientModelError)
+
+
+def test_episode_tasks_are_retried_only_for_transient_faults() -> None:
+    from prefect.states import Completed, Failed
+
+    from agent_core.models.base import TransientModelError
+    from tasks.episodes import retry_on_transient_error
+
+    def retried(exc: BaseException) -> bool:
+        return retry_on_transient_error(None, None, Failed(data=exc))
+
+    assert retried(TransientModelError("model server at x is not reachable"))
+    assert not retried(ModelError("answered 400: context overflow"))
+    assert not retried(ModelError("answered 404: The model `m` does not exist."))
+    assert not retried(ValueError("a bug"))
+    assert not retry_on_transient_error(None, None, Completed(data=1))
 
 
 def test_openai_client_sends_the_grammar_in_vllms_current_field() -> None:

@@ -136,6 +136,13 @@ def test_act_prompt_is_world_action_behaviour(tmp_path):
     ("def write_memory(files):\n    return files\n", "hooks are"),
     ("def validate_write(op, args, files):\n    return 42\n", "None or a refusal"),
     ("def postprocess_observation(text)\n    return text\n", "syntax"),
+    # modules reached through an allowed module
+    ("import typing\ndef validate_write(op, args, files):\n    typing.sys.modules['os'].remove('x')\n",
+     "may not reach typing.sys"),
+    ("import typing as t\ndef postprocess_observation(text):\n    return t.sys.modules\n", "may not reach typing.sys"),
+    ("from typing import sys\ndef postprocess_observation(text):\n    return sys\n", "may not reach typing.sys"),
+    ("import collections\ndef postprocess_observation(text):\n    return collections.abc.sys\n", "may not reach collections.abc"),
+    ("import re\ndef postprocess_observation(text):\n    return re._compile\n", "may not reach re._compile"),
 ])
 def test_bad_hook_code_is_rejected(tmp_path, hooks, reason):
     inc = Scaffold.builtin("tiny")
@@ -144,6 +151,15 @@ def test_bad_hook_code_is_rejected(tmp_path, hooks, reason):
     with pytest.raises(CandidateError, match=reason):
         validate_candidate(rev, inc, tmp_path / "store")
     assert not Path("/tmp/evil").exists() and not (tmp_path / "store").exists()
+
+
+def test_allowed_module_apis_stay_usable():
+    from agent_core.review.candidate import check_hook_source
+
+    check_hook_source("import re\nimport collections.abc\nfrom typing import Any\nimport json as j\n"
+                      "def postprocess_observation(text: Any) -> str:\n"
+                      "    assert isinstance({}, collections.abc.Mapping)\n"
+                      "    return re.sub(r'\\s+', ' ', j.dumps(text))\n")
 
 
 def test_valid_hooks_pass_and_run(tmp_path):

@@ -105,7 +105,7 @@ def test_a_failing_episode_keeps_the_others(tmp_path):
     from prefect import flow
 
     broken = Scaffold.builtin("tiny").write_copy(tmp_path / "broken")
-    (broken / "hooks.py").write_text("def postprocess_observation(text):\n    raise RuntimeError('hook bug')\n")
+    (broken / "prompts" / "log.jinja").write_text("{{ no_such_variable }}")  # fails when rendered
     good = str(Scaffold.builtin("tiny").root)
     specs = [EpisodeSpec(game="tiny", task="key-door", seed=s, max_steps=3, scaffold_dir=d,
                          models=SCRIPTED, workspace=str(tmp_path / "ws"))

@@ -23,7 +23,7 @@ def no_meta_endpoint(monkeypatch):
 
 
 def params(ws: Path, **kw) -> ScaffoldLoopParams:
-    base = dict(game="tiny", seeds=[0, 1, 2], max_steps=6, models=ModelConfig(backend="scripted", script=GROWING),
+    base = dict(game="tiny", seeds=[0, 1, 2, 3], confirm_seeds=[10, 11, 12, 13], max_steps=6, models=ModelConfig(backend="scripted", script=GROWING),
                 iterations=2, patience=1, concurrency=3, workspace=str(ws))
     return ScaffoldLoopParams(**{**base, **kw})
 
@@ -41,13 +41,49 @@ def test_rule_based_iteration_evaluates_gates_and_keeps_records(tmp_path):
     candidate = ws / "scaffolds" / entry["candidate"]
     assert (candidate / "scaffold.yaml").is_file()
     verdict = json.loads((ws / "verdicts" / f"{entry['incumbent']}-vs-{entry['candidate']}.json").read_text())
-    assert verdict["promote"] is False and verdict["seeds"] == [0, 1, 2]
+    assert verdict["promote"] is False and verdict["seeds"] == [0, 1, 2, 3]
+    assert verdict["confirmation"] is None  # only a winner plays the confirmation seeds
     assert load_registry(ws).scaffolds == {}  # the incumbent stays
-    assert len(headers(ws)) == 6  # 3 seeds x (incumbent, candidate)
+    assert len(headers(ws)) == 8  # 4 seeds x (incumbent, candidate)
 
     before = headers(ws)
     again = scaffold_loop(params(ws))  # a re-run reuses rollouts and the review round
     assert again["history"][0]["candidate"] == entry["candidate"] and headers(ws) == before
+
+
+def test_a_revision_that_really_helps_is_confirmed_and_promoted_and_the_next_iteration_builds_on_it(tmp_path):
+    """A rule-based agent that takes the key only when a look-up confirmed where it recorded
+    it: under v0 it never looks up; the reviewer's consult_before_write revision makes it."""
+    ws = tmp_path / "ws"
+    explorer = ModelConfig(backend="scripted", policy="tiny-explorer")
+    result = scaffold_loop(params(ws, models=explorer, max_steps=20, iterations=2, patience=1))
+    first = result["history"][0]
+    assert first["verdict"] == "promoted", first["reason"]
+    verdict = json.loads((ws / "verdicts" / f"{first['incumbent']}-vs-{first['candidate']}.json").read_text())
+    assert verdict["promote"] and verdict["p_value"] == pytest.approx(1 / 16)  # all 4 seeds better
+    assert verdict["incumbent"] == [0.0] * 4 and min(verdict["candidate"]) > 0
+    confirmation = verdict["confirmation"]
+    assert confirmation["seeds"] == [10, 11, 12, 13] and confirmation["promote"]
+    candidate = ws / "scaffolds" / first["candidate"]
+    assert "consult_before_write: true" in (candidate / "scaffold.yaml").read_text()
+    registry = load_registry(ws)
+    assert registry.scaffolds["tiny"] == f"scaffolds/{first['candidate']}"  # workspace-relative
+    assert result["incumbent"].endswith(first["candidate"])
+    # the next iteration starts from the promoted scaffold
+    if len(result["history"]) > 1:
+        assert result["history"][1]["incumbent"] == first["candidate"]
+    again = scaffold_loop(params(ws, models=explorer, max_steps=20, iterations=1, patience=1))
+    assert again["history"][0]["incumbent"] == first["candidate"]
+
+
+def test_too_few_seeds_to_ever_promote_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"3 evaluation seeds can never pass the gate.*at least 4 seeds"):
+        params(tmp_path, seeds=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"2 confirmation seeds can never pass"):
+        params(tmp_path, confirm_seeds=[10, 11])
+    with pytest.raises(ValueError, match=r"seeds and confirm_seeds must be disjoint; both hold \[3\]"):
+        params(tmp_path, confirm_seeds=[3, 11, 12, 13])
+    params(tmp_path, seeds=[0, 1], confirm_seeds=[10, 11], gate={"alpha": 0.25})  # 1/4 <= 0.25
 
 
 def test_gate_verdicts_feed_the_next_iteration(tmp_path):

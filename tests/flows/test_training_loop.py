@@ -1,5 +1,6 @@
-"""The training loop end to end: scripted agent and scripted meta-LLM, real LoRA training
-on the local model, two-role specialist evaluation, gate."""
+"""The training loop end to end: the local model plays (grammar-constrained), a scripted
+meta-LLM curates, real LoRA training, the trained adapter plays the memory role on the local
+model beside the base for actions, gate; the next night's incumbent is the promoted adapter."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pydantic import ValidationError
 
 from agent_core.meta import MetaLLMConfig
 from agent_core.models.config import ModelConfig, RoutineScript
-from agent_core.registry import load_registry
 from agent_core.trace import read_trace
 from agent_core.training.program import LoraSettings, rule_based_program
 from flows.training_loop import TrainingLoopParams, training_loop
@@ -19,39 +19,52 @@ AGENT = ModelConfig(backend="scripted", script=RoutineScript(
     log="<|SEARCH|>hall<|END|><|UPSERT|>map.md|hall|exits north<|END|><|DONE|>",
     plan="<|READ|>map.md<|END|><|DONE|>"))
 SMALL_LORA = LoraSettings(rank=4, alpha=8, target_modules=["q_proj", "v_proj"], learning_rate=1e-3, epochs=1,
-                          batch_size=4, max_seq_len=256, max_steps=2, schedule="constant")
+                          batch_size=2, max_seq_len=1024, max_steps=2, schedule="constant")
 
 
 def program_json() -> str:
+    """The rule-based program's first relaxation (valid memory turns): the local model rarely
+    looks memory up before writing, which the strictest selection asks for."""
+    from agent_core.training.curator import VALID_TURNS_SQL
+
     program = rule_based_program({"memory_calls": {"log": 1, "plan": 1}, "games": {}})
-    return program.model_copy(update={"lora": SMALL_LORA}).model_dump_json()
+    return program.model_copy(update={"lora": SMALL_LORA, "selection_sql": VALID_TURNS_SQL}).model_dump_json()
 
 
 def params(ws: Path, **kw) -> TrainingLoopParams:
-    base = dict(game="tiny", pool_seeds=[10, 11], eval_seeds=[0, 1], max_steps=4, models=AGENT,
-                meta=MetaLLMConfig(backend="scripted", replies=[program_json()]), trials=1,
-                concurrency=2, workspace=str(ws))
+    # 3 evaluation seeds at alpha 0.25 allow a promotion after Holm over up to 2 trials
+    base = dict(game="tiny", pool_seeds=[10, 11], eval_seeds=[0, 1, 2], confirm_seeds=[20, 21], max_steps=4,
+                models=AGENT, meta=MetaLLMConfig(backend="scripted", replies=[program_json()]), trials=1,
+                gate={"alpha": 0.25}, concurrency=2, workspace=str(ws))
     return TrainingLoopParams(**{**base, **kw})
 
 
 @pytest.mark.slow
-def test_training_loop_trains_evaluates_and_gates(tmp_path, local_model, server_url):
+def test_the_trained_adapter_plays_on_the_local_model_and_becomes_the_next_incumbent(tmp_path, server_url):
+    from agent_core.models.config import shared_local_model
+    from agent_core.registry import promote
+
     ws = tmp_path / "ws"
-    result = training_loop(params(ws))
+    local = ModelConfig(backend="local")
+    result = training_loop(params(ws, models=local))
     [trial] = result["trials"]
     adapter = Path(trial["adapter"])
     assert {"adapter_config.json", "adapter_model.safetensors", "loss_curve.json"} <= {p.name for p in adapter.iterdir()}
     assert trial["examples"] > 0 and len(trial["loss_curve"]) == 2
-    # the specialist played the memory role, the base model the action role, in one conversation
+    # the specialist played the memory role with the adapter loaded in the local model, the
+    # base model the action role, in one conversation; replies under the grammar
+    memory_id, action_id = local.model_copy(update={"specialist": str(adapter)}).ids()
     spec_traces = [read_trace(t) for t in ws.glob("episodes/tiny/*/trace.jsonl")
-                   if adapter.name in read_trace(t).header.memory_model]
-    assert len(spec_traces) == 2
+                   if read_trace(t).header.memory_model == memory_id]
+    assert len(spec_traces) == 3 and all(t.header.action_model == action_id for t in spec_traces)
     roles = {(c.role, c.model) for t in spec_traces for s in t.steps for c in s.calls}
-    assert {r for r, _ in roles} == {"memory", "action"} and len({m for _, m in roles}) == 2
-    assert trial["verdict"]["promote"] is False  # a scripted agent cannot improve: no promotion
+    assert roles == {("memory", memory_id), ("action", action_id)}
+    assert memory_id.split("@")[0] in shared_local_model().adapters  # real LoRA weights played
+    assert all(c.grammar for t in spec_traces for s in t.steps for c in s.calls)
+    assert trial["verdict"]["seeds"] == [0, 1, 2] and trial["verdict"]["adjusted_p"] == trial["verdict"]["p_value"]
     assert set(trial["comparison"]) >= {"progression", "write_search_ratio", "growth_chars_per_step"}
-    assert load_registry(ws).adapters == {}
     assert Path(result["report"]).read_text().count("| write_search_ratio |") == 1
+    assert "Incumbent: base" in Path(result["report"]).read_text()
 
     # the trained adapter serves by model name through `automem serve` (vLLM's surface)
     from agent_core.models.openai_client import OpenAIChatModel, list_models, load_lora_adapter, unload_lora_adapter
@@ -62,14 +75,19 @@ def test_training_loop_trains_evaluates_and_gates(tmp_path, local_model, server_
         assert adapter.name in list_models(server_url)
         reply = OpenAIChatModel(server_url, adapter.name, max_retries=0).complete(
             [Message(role="user", content="LOG routine")], SamplingParams(max_tokens=4))
-        assert reply.model == adapter.name or reply.completion_tokens > 0
+        assert reply.model == adapter.name and reply.completion_tokens > 0
     finally:
         unload_lora_adapter(server_url, adapter.name)
 
+    # a promoted adapter is the incumbent the next night's specialists must beat
+    promote(ws, "adapters", "tiny", str(adapter), reason="test")
     stamp = (adapter / "train_result.json").stat().st_mtime_ns
-    again = training_loop(params(ws))  # unchanged program and data: not retrained
-    assert again["trials"][0]["adapter"] == trial["adapter"]
+    again = training_loop(params(ws, models=local))
+    assert again["trials"][0]["adapter"] == trial["adapter"]  # unchanged program and data: not retrained
     assert (adapter / "train_result.json").stat().st_mtime_ns == stamp
+    verdict = again["trials"][0]["verdict"]
+    assert verdict["incumbent"] == verdict["candidate"] and not verdict["promote"]  # the same adapter
+    assert f"Incumbent: specialist {adapter.name}" in Path(again["report"]).read_text()
 
 
 def test_unusable_programs_train_nothing(tmp_path):
@@ -81,6 +99,11 @@ def test_unusable_programs_train_nothing(tmp_path):
     assert not (ws / "adapters").exists() and result["promoted"] is None
 
 
-def test_pool_and_eval_seeds_must_be_disjoint(tmp_path):
-    with pytest.raises(ValidationError, match="disjoint"):
+def test_seed_sets_must_be_disjoint_and_large_enough(tmp_path):
+    with pytest.raises(ValidationError, match="pool_seeds and eval_seeds must be disjoint"):
         params(tmp_path, pool_seeds=[0, 5])
+    with pytest.raises(ValidationError, match="eval_seeds and confirm_seeds must be disjoint"):
+        params(tmp_path, confirm_seeds=[2, 21])
+    # 3 seeds: 1/8 after Holm over 3 trials is 3/8 > 0.25
+    with pytest.raises(ValidationError, match=r"Holm's correction over 3 trials; use at least 4 seeds"):
+        params(tmp_path, trials=3)

@@ -119,11 +119,14 @@ def test_examples_are_verbatim_memory_turns_without_actions(archive, everything)
         routine, role, reply = calls[e["meta"]["call_id"]]
         assert role == "memory" and routine == e["meta"]["routine"]
         assert "<|ACTION|>" not in e["target"].upper()
-        assert any(e["target"] in r for r in all_replies)
-        if e["target"] != reply:  # the only edit: the PLAN reply's action command cut out
-            assert routine == "plan" and reply == e["target"] + "<|ACTION|>look<|END|>"
+        if e["target"] != reply:  # the only edit: PLAN's action cut out, DONE ends it instead
+            assert routine == "plan" and reply.endswith("<|ACTION|>look<|END|>")
+            assert e["target"] == reply.removesuffix("<|ACTION|>look<|END|>") + "<|DONE|>"
             cut += 1
+        else:
+            assert any(e["target"] in r for r in all_replies)
         assert not parse_reply(e["target"]).errors
+        assert parse_reply(e["target"]).commands[-1].op == "done"  # every memory turn ends with DONE
     assert cut == 8  # 2 episodes x 4 steps of PLAN-acts
     card = json.loads((info.path / "data_card.json").read_text())
     assert card["filters"]["actions_removed"] == 8
@@ -264,3 +267,66 @@ def test_leftovers_of_killed_builds_are_cleared(archive, tmp_path):
     os.utime(old, (0, 0))
     info = build_dataset(archive.root, program(max_examples=4), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([info.digest, fresh.name])
+
+
+class _Replies:
+    """A memory model whose LOG replies are given per step (some cut off by the token limit)."""
+
+    model_id = "replies"
+
+    def __init__(self, log_replies):
+        self.log_replies, self.step = list(log_replies), 0
+
+    def complete(self, messages, params, constraint=None):
+        from agent_core.models.config import RoutineScript
+        from agent_core.records import Completion
+
+        if "LOG routine" in messages[-1].content:
+            text, finish = self.log_replies[self.step % len(self.log_replies)]
+            self.step += 1
+            return Completion(text=text, finish_reason=finish)
+        return Completion(text=RoutineScript(plan="<|SEARCH|>key<|END|><|ACTION|>look<|END|>").reply(messages))
+
+
+def test_cut_off_replies_and_operations_beyond_the_cap_are_never_targets(tmp_path):
+    from agent_core.agent import Roles
+    from agent_core.archive import archive_trace
+    from agent_core.episode import run_episode
+    from agent_core.scaffold import Scaffold
+    from environments import make_env
+
+    good = "<|SEARCH|>hall<|END|><|APPEND|>map.md|a hall<|END|><|DONE|>"
+    over_cap = "<|APPEND|>map.md|x<|END|>" * 6 + "<|DONE|>"  # tiny v0 runs at most 4
+    cut = "<|SEARCH|>door<|END|><|APPEND|>map.md|a do"
+    model = _Replies([(good, "stop"), (over_cap, "stop"), (cut, "length")])
+    s = run_episode(make_env("tiny"), Scaffold.builtin("tiny"), Roles(memory=model), 0, 3, tmp_path / "ep")
+    archive_trace(s.trace_path, tmp_path / "archive")
+    info = build_dataset(tmp_path / "archive", program(), tmp_path / "sets")
+    targets = [e["target"] for e in load_examples(info.path)]
+    assert good in targets and over_cap not in targets and not any(t.startswith(cut) for t in targets)
+    card = json.loads((info.path / "data_card.json").read_text())
+    assert card["filters"]["dropped_ops_not_run"] == 1 and card["filters"]["dropped_truncated"] == 1
+    # PLAN ended with the world action (one model plays both roles): the target ends with DONE
+    assert "<|SEARCH|>key<|END|><|DONE|>" in targets
+
+
+@pytest.mark.slow
+def test_long_contexts_are_cut_in_the_middle_keeping_system_prompt_and_demonstrations(base_path):
+    from transformers import AutoTokenizer
+
+    from agent_core.training.lora import encode_example
+
+    tok = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
+    messages = [{"role": "system", "content": "SYSTEM RULES " * 5},
+                {"role": "user", "content": "DEMO QUESTION"}, {"role": "assistant", "content": "DEMO ANSWER"},
+                *[{"role": "user", "content": f"old step {i} " * 20} for i in range(5)],
+                {"role": "user", "content": "LATEST OBSERVATION"}]
+    target = "<|DONE|>"
+    encoded = encode_example(tok, messages, target, max_seq_len=120, fixed=3)
+    assert len(encoded.input_ids) == 120
+    text = tok.decode(encoded.input_ids)
+    assert text.startswith("<|im_start|>system\nSYSTEM RULES") and "DEMO ANSWER" in text
+    assert "LATEST OBSERVATION" in text and text.rstrip().endswith("<|DONE|><|im_end|>")
+    assert "old step 0" not in text  # the middle of the history went
+    # the fixed messages alone do not fit: the example is dropped, never cut at the front
+    assert encode_example(tok, messages, target, max_seq_len=30, fixed=3) is None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent_core.training.dataset import build_dataset, load_examples
-from agent_core.training.lora import StepLog, batch_loss, collate, encode_example, train_lora
+from agent_core.training.lora import StepLog, batch_loss, collate, encode_example, split_held_out, train_lora
 from agent_core.training.program import (
     Composition,
     CurationProgram,
@@ -20,7 +20,7 @@ from agent_core.training.program import (
 )
 
 LORA = LoraSettings(rank=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"], learning_rate=5e-3,
-                    batch_size=2, max_seq_len=64, max_steps=3, schedule="linear", warmup_ratio=0.0, seed=3)
+                    batch_size=2, max_seq_len=512, max_steps=3, schedule="linear", warmup_ratio=0.0, seed=3)
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +53,11 @@ def test_training_writes_a_peft_adapter_and_logs(trained):
     assert {"adapter_config.json", "adapter_model.safetensors", "training_config.json", "loss_curve.json",
             "train_log.csv"} <= {p.name for p in out.iterdir()}
     assert not list(out.parent.glob("*.tmp-*"))
-    assert result.steps == 3 and len(result.loss_curve) == 3 and result.examples == 8
+    # 8 examples: 7 to train on, 1 held out for eval_loss
+    assert result.steps == 3 and len(result.loss_curve) == 3 and result.examples == 7 and result.eval_examples == 1
     assert [s.step for s in seen] == [1, 2, 3] and seen[-1].total_steps == 3
     assert [s.loss for s in seen] == result.loss_curve and result.final_loss == result.loss_curve[-1]
-    assert all(0 < s.tokens <= 2 * 64 for s in seen) and result.tokens == sum(s.tokens for s in seen)
+    assert all(0 < s.tokens <= 2 * 512 for s in seen) and result.tokens == sum(s.tokens for s in seen)
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     assert config["base_model_name_or_path"] == "smollm2-135m-instruct"  # no machine path
@@ -67,6 +68,7 @@ def test_training_writes_a_peft_adapter_and_logs(trained):
         assert len(list(csv.DictReader(fh))) == 3
     training = json.loads((out / "training_config.json").read_text())
     assert training["lora"] == LORA.model_dump(mode="json") and training["steps"] == 3
+    assert training["held_out"] == 1 and training["eval_loss"] == result.eval_loss
 
 
 def test_adapter_weights_change_and_base_weights_do_not(trained, base_path):
@@ -89,7 +91,12 @@ def test_saved_adapter_reloads_with_identical_loss(trained, dataset, base_path):
 
     result, _, _ = trained
     tok = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
-    batch = load_examples(dataset)[: LORA.batch_size]
+    examples = load_examples(dataset)
+    train_ids, held_ids = split_held_out(examples)
+    assert held_ids and not set(train_ids) & set(held_ids) and result.eval_examples == len(held_ids)
+    assert result.examples == len(train_ids)  # every example fits max_seq_len here
+    held = [examples[i] for i in held_ids]
+    batch = [examples[i] for i in train_ids][: LORA.batch_size]
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, local_files_only=True)
     base_loss = batch_loss(model, tok, batch, LORA.max_seq_len)
     # the loss on target positions only equals transformers' own shifted, masked loss
@@ -97,9 +104,11 @@ def test_saved_adapter_reloads_with_identical_loss(trained, dataset, base_path):
     tensors = collate(encoded, tok.pad_token_id, torch)
     with torch.no_grad():
         assert float(model(**tensors).loss) == pytest.approx(base_loss, abs=1e-5)
+    base_held = batch_loss(model, tok, held, LORA.max_seq_len)
     peft = PeftModel.from_pretrained(model, result.adapter_dir)
+    assert batch_loss(peft, tok, held, LORA.max_seq_len) == pytest.approx(result.eval_loss, abs=1e-5)
+    assert result.eval_loss != pytest.approx(base_held, abs=1e-6)  # the adapter acts on unseen examples too
     reloaded = batch_loss(peft, tok, batch, LORA.max_seq_len)
-    assert reloaded == pytest.approx(result.eval_loss, abs=1e-5)
     assert reloaded < base_loss - 0.1  # training on these examples lowered their loss
     with peft.disable_adapter():  # underneath, the base weights are the original ones
         assert batch_loss(peft, tok, batch, LORA.max_seq_len) == pytest.approx(base_loss, abs=1e-6)
@@ -132,7 +141,7 @@ def test_settings_that_do_not_fit_the_model_are_refused(dataset, base_path, tmp_
                "target": "<|APPEND|>a.md|" + "word " * 200 + "<|END|>"}
     (long / "train.jsonl").write_text(json.dumps(example) + "\n")
     with pytest.raises(ProgramError, match="no example fits lora.max_seq_len 64"):
-        train_lora(long, LORA, out, base_path)
+        train_lora(long, LORA.model_copy(update={"max_seq_len": 64}), out, base_path)
     out.mkdir()
     with pytest.raises(FileExistsError):
         train_lora(dataset, LORA, out, base_path)

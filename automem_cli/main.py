@@ -10,6 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+MAX_TOKENS_HELP = "Cap on tokens per reply; default: the scaffold's."
+CONSTRAIN_HELP = ("on: decode every reply under the command grammar (vLLM structured outputs); "
+                  "off: free text, parsed forgivingly.")
+
 # Before torch can be imported: offline, and OpenMP threads that sleep when idle.
 from agent_core.models.weights import set_runtime_env  # noqa: E402
 
@@ -80,7 +84,8 @@ def play(
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. vLLM."),
     model: Optional[str] = typer.Option(None, help="Served model name (with --base-url)."),
     specialist: Optional[str] = typer.Option(None, help="Memory-specialist adapter name (served) or path (local)."),
-    max_tokens: Optional[int] = typer.Option(None, min=1, help="Cap on tokens per reply; default: the scaffold's."),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
+    constrain: str = typer.Option("on", help=CONSTRAIN_HELP),
     workspace: Optional[Path] = typer.Option(None, help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs)."),
 ) -> None:
     """Play one episode and print where the trace is and its diagnostics."""
@@ -101,14 +106,14 @@ def play(
         _fail(str(exc))
     try:
         models = ModelConfig(backend="openai" if base_url else "local", base_url=base_url,
-                             model=model, specialist=specialist, max_tokens=max_tokens)
+                             model=model, specialist=specialist, max_tokens=max_tokens, constrain=constrain)
         models.check()
         roles = models.build()
     except (ValueError, ModelError, OSError) as exc:
         _fail(str(exc))
     memory_id, action_id = models.ids()
     key = episode_key(sc.hash, memory_id, action_id, game.game, game.task, seed, steps,
-                      sc.config.model.model_dump())
+                      sc.config.model.model_dump(), models.identity(), game.options)
     out = episode_dir(workspace_root(workspace), game.game, key)
     with Progress(console=console) as bar:
         job = bar.add_task(f"{game.game}/{game.task} seed {seed}", total=steps)
@@ -216,14 +221,12 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _models(base_url: Optional[str], model: Optional[str], max_tokens: Optional[int] = None):
+def _models(base_url: Optional[str], model: Optional[str], max_tokens: Optional[int] = None,
+            constrain: str = "on"):
     from agent_core.models.config import ModelConfig
 
     return ModelConfig(backend="openai" if base_url else "local", base_url=base_url, model=model,
-                       max_tokens=max_tokens)
-
-
-MAX_TOKENS_HELP = "Cap on tokens per reply (e.g. 32 for the small local model); default: the scaffold's."
+                       max_tokens=max_tokens, constrain=constrain)
 
 
 @app.command("optimize-scaffold")
@@ -237,6 +240,7 @@ def optimize_scaffold(
     base_url: Optional[str] = typer.Option(None, help="Agent model server (default: the local model)."),
     model: Optional[str] = typer.Option(None, help="Served agent model name."),
     max_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
+    constrain: str = typer.Option("on", help=CONSTRAIN_HELP),
     workspace: Optional[Path] = typer.Option(None),
 ) -> None:
     """Outer loop 1: review, revise and gate the memory scaffold (meta-LLM from
@@ -248,7 +252,7 @@ def optimize_scaffold(
 
     try:
         params = ScaffoldLoopParams(game=env, seeds=parse_seeds(seeds), iterations=iterations, patience=patience,
-                                    max_steps=steps, concurrency=concurrency, models=_models(base_url, model, max_tokens),
+                                    max_steps=steps, concurrency=concurrency, models=_models(base_url, model, max_tokens, constrain),
                                     workspace=str(workspace) if workspace else None)
     except ValueError as exc:
         _fail(str(exc))
@@ -267,6 +271,7 @@ def rollout(
     base_url: Optional[str] = typer.Option(None, help="Model server (default: the local model)."),
     model: Optional[str] = typer.Option(None, help="Served model name."),
     max_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
+    constrain: str = typer.Option("on", help=CONSTRAIN_HELP),
     workspace: Optional[Path] = typer.Option(None),
 ) -> None:
     """Run the rollout flow (episodes -> Parquet archive -> report)."""
@@ -277,7 +282,7 @@ def rollout(
 
     try:
         params = RolloutParams(games=env, seeds=parse_seeds(seeds), max_steps=steps, concurrency=concurrency,
-                               models=_models(base_url, model, max_tokens),
+                               models=_models(base_url, model, max_tokens, constrain),
                                workspace=str(workspace) if workspace else None)
     except ValueError as exc:
         _fail(str(exc))

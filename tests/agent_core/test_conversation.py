@@ -1,0 +1,66 @@
+"""The conversation window: exactly which messages each call sees."""
+
+import pytest
+
+from agent_core.conversation import Conversation, rebuild_contexts
+from agent_core.models.scripted import ScriptedModel
+from agent_core.records import SamplingParams
+
+P = SamplingParams()
+
+
+def _texts(messages):
+    return [(m.role, m.content) for m in messages]
+
+
+def _two_steps(window: int):
+    """Step 0: LOG call, then feedback nobody answered (the step ended); step 1: LOG call."""
+    model = ScriptedModel(["r0", "r1", "r2"])
+    conv = Conversation("SYS", window, demonstrations=[("demo q", "demo a")])
+    conv.begin_step()
+    conv.add_user("obs 0")
+    first = conv.call(model, P, "log", "memory")
+    conv.add_user("feedback 0")  # e.g. operation results after the last call of the step
+    conv.begin_step()
+    conv.add_user("obs 1")
+    conv.add_user("log prompt 1")  # the same step: merged
+    second = conv.call(model, P, "log", "memory")
+    return model, conv, [first, second]
+
+
+def test_history_window_zero_means_no_earlier_steps_but_always_this_steps_observation():
+    model, _, calls = _two_steps(window=0)
+    assert _texts(model.calls[1]) == [("system", "SYS"), ("user", "demo q"), ("assistant", "demo a"),
+                                      ("user", "obs 1\n\nlog prompt 1")]
+    assert _texts(model.calls[0]) == [("system", "SYS"), ("user", "demo q"), ("assistant", "demo a"),
+                                      ("user", "obs 0")]
+    assert [_texts(c) for c in rebuild_contexts(calls)] == [_texts(c) for c in model.calls]
+
+
+def test_window_one_keeps_the_previous_step_with_its_unanswered_feedback_apart():
+    model, _, calls = _two_steps(window=1)
+    assert _texts(model.calls[1]) == [
+        ("system", "SYS"), ("user", "demo q"), ("assistant", "demo a"),
+        ("user", "obs 0"), ("assistant", "r0"), ("user", "feedback 0"),
+        ("user", "obs 1\n\nlog prompt 1")]
+    assert [_texts(c) for c in rebuild_contexts(calls)] == [_texts(c) for c in model.calls]
+
+
+@pytest.mark.parametrize("window", [0, 1, 3])
+def test_every_call_sees_its_own_steps_observation(window):
+    model = ScriptedModel(lambda m: "ok")
+    conv = Conversation("SYS", window)
+    for step in range(5):
+        conv.begin_step()
+        conv.add_user(f"observation {step}")
+        conv.call(model, P, "log", "memory")
+        conv.add_user(f"results {step}")
+        conv.add_user("plan prompt")
+        conv.call(model, P, "plan", "memory")
+        conv.add_user(f"late feedback {step}")
+    for i, seen in enumerate(model.calls):
+        step = i // 2
+        contents = [m.content for m in seen]
+        assert any(f"observation {step}" in c for c in contents)
+        earlier = {s for s in range(step) if any(f"observation {s}" in c for c in contents)}
+        assert earlier == set(range(max(0, step - window), step))
