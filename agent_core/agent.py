@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from agent_core.commands import CONSULT_OPS, Command, format_command, parse_reply
+from agent_core.commands import CONSULT_OPS, OPS, Command, format_command, parse_reply
 from agent_core.conversation import Conversation
 from agent_core.grammar import Grammar, act_grammar, log_grammar, plan_grammar
 from agent_core.memory import MemoryDir
@@ -57,18 +57,12 @@ class StepDecision:
     hook_errors: list[str] = field(default_factory=list)
 
 
-_COMMAND_HELP = [
-    format_command("create", file="name.md", text="text"),
-    format_command("append", file="name.md", text="text"),
-    format_command("rewrite", file="name.md", text="whole new text"),
-    format_command("replace", file="name.md", old="old passage", new="new passage"),
-    format_command("upsert", file="name.md", key="key", value="value"),
-    format_command("read", file="name.md"),
-    format_command("tail", file="name.md"),
-    format_command("search", query="keyword"),
-    format_command("list"),
-    format_command("delete", file="name.md"),
-]
+#: placeholder values of the help lines, by argument name
+_EXAMPLE_ARGS = {"file": "name.md", "text": "text", "old": "old passage", "new": "new passage", "key": "key",
+                 "value": "value", "query": "keyword"}
+#: one example per memory op of the op table, its required arguments filled in
+_COMMAND_HELP = [format_command(name, **{a: _EXAMPLE_ARGS[a] for a in spec.args[:spec.required]})
+                 for name, spec in OPS.items() if spec.memory]
 
 
 class MemoryAgent:

@@ -243,9 +243,3 @@ def format_command(op: str, **args: str) -> str:
         raise ValueError(f"{op}: arguments would not parse back unchanged "
                          f"({parsed.errors[0] if parsed.errors else 'they contain tag-like text'})")
     return raw
-
-
-def describe_ops(ops: list[str] | tuple[str, ...] | None = None) -> str:
-    """One line per op (usage - help), for prompts; all ops when `ops` is None."""
-    names = list(OPS) if ops is None else [o.lower() for o in ops]
-    return "\n".join(f"{OPS[n].usage} - {OPS[n].help}" for n in names if n in OPS)

@@ -42,8 +42,9 @@ _COUNT = r"[0-9]{1,4}"
 
 
 def _text(extra: str = "") -> str:
-    body = r"<|\n" + extra
-    return rf"[^{body}\s][^{body}]{{0,{TEXT_MAX_CHARS - 1}}}"
+    # spelled-out whitespace rather than \s: every engine's regex dialect reads it the same
+    body = r"<|\n\r" + extra
+    return rf"[^{body} \t][^{body}]{{0,{TEXT_MAX_CHARS - 1}}}"
 
 
 #: the pattern of each argument, by argument name (commands.OPS names every argument)

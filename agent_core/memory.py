@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agent_core.commands import OPS
 from agent_core.files import atomic_write
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -170,18 +171,11 @@ def _parse_range(value: object) -> tuple[int | None, int | None]:
     return start, (int(end) if end is not None else None)  # "3-": to the end
 
 
-#: apply(): required and optional argument names of each memory operation
+#: apply(): required and optional argument names of each memory operation, from the op
+#: table (READ also takes `start`/`end` from callers that are not the text protocol)
 _APPLY_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "create": (("file",), ("text",)),
-    "append": (("file", "text"), ()),
-    "rewrite": (("file", "text"), ()),
-    "replace": (("file", "old", "new"), ()),
-    "upsert": (("file", "key", "value"), ()),
-    "read": (("file",), ("lines", "start", "end")),
-    "tail": (("file",), ("n",)),
-    "search": (("query",), ()),
-    "list": ((), ()),
-    "delete": (("file",), ()),
+    name: (spec.args[:spec.required], spec.args[spec.required:] + (("start", "end") if name == "read" else ()))
+    for name, spec in OPS.items() if spec.memory
 }
 _ARG_ALIASES = {"name": "file", "keyword": "query"}
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_core.commands import (CORRECTION_HINT, MAX_ERRORS, NO_COMMAND, OPS, Command, ParseResult,
-                                 describe_ops, format_command, parse_reply)
+                                 format_command, parse_reply)
 from agent_core.memory import MemoryDir
 
 
@@ -105,8 +105,6 @@ def test_ops_table() -> None:
     assert {n for n, s in OPS.items() if s.memory} == {"create", "append", "rewrite", "replace", "upsert", "read",
                                                        "tail", "search", "list", "delete"}
     assert OPS["read"].usage == "<|READ|>file[|start-end]<|END|>" and OPS["done"].usage == "<|DONE|>"
-    assert describe_ops(["append", "DONE"]).splitlines() == [
-        "<|APPEND|>file|text<|END|> - add lines at the end of a file", "<|DONE|> - finish this routine"]
 
 
 # ---------------------------------------------------------------- format_command
@@ -213,3 +211,18 @@ def test_megabyte_inputs() -> None:
     assert parse_reply(junk).errors  # type: ignore[arg-type]
     big = parse_reply("<|APPEND|>f|" + "y" * (1 << 20) + "<|END|>").commands[0]
     assert len(big.args["text"]) == 1 << 20
+
+
+def test_op_lists_derive_from_the_one_op_table(tmp_path):
+    from agent_core.agent import _COMMAND_HELP
+    from agent_core.commands import OPS, parse_reply
+    from agent_core.memory import MemoryDir
+    from agent_core.scaffold import MEMORY_OPS, READ_OPS, WRITE_OPS
+
+    memory_ops = [n for n, s in OPS.items() if s.memory]
+    assert sorted(MEMORY_OPS) == sorted(memory_ops) and set(READ_OPS) | set(WRITE_OPS) == set(memory_ops)
+    assert [parse_reply(h).commands[0].op for h in _COMMAND_HELP] == memory_ops  # help for every op
+    mem = MemoryDir(tmp_path)
+    for name in memory_ops:  # memory runs every op of the table (a refusal text is fine, not "unknown")
+        assert "unknown memory operation" not in mem.apply(name, {}).text
+    assert "unknown memory operation" in mem.apply("fly", {}).text
