@@ -142,6 +142,11 @@ class MemoryAgent:
         self.conv.add_user(self.scaffold.render(
             "log", step=step, observation=observation, last_action=last_action, reward=reward,
             memory_listing=self.memory.list().text, **self._vars))
+        if self.cfg.agent == "context-window":  # no memory: the observation, then the action
+            action = self._commit_action(decision)
+            decision.action_text = action if action is not None else self.default_action
+            decision.action_source = "model" if action is not None else "default"
+            return decision
         self._routine("log", self.cfg.log, decision)
         self.conv.add_user(self.scaffold.render("plan", **self._vars))
         action = self._routine("plan", self.cfg.plan, decision)

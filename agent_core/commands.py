@@ -18,6 +18,9 @@ from typing import Literal
 
 OpKind = Literal["write", "read", "control", "world"]
 
+#: what the parser strips around arguments: ASCII whitespace, which the reply grammars
+#: spell out the same way (every regex dialect agrees on it; not so on Unicode spaces)
+WHITESPACE = " \t\n\r\f\v"
 #: errors listed per reply; further ones are summarised in one line (see ParseResult.error_count)
 MAX_ERRORS = 20
 
@@ -137,12 +140,12 @@ class _Parser:
     def finish(self, spec: OpSpec, body: str, raw: str) -> None:
         op = spec.name.upper()
         if not spec.args:
-            if body.strip():
+            if body.strip(WHITESPACE):
                 self.error(f"{op} takes no arguments, got {_snip(body)!r}: write {spec.usage}")
                 return
             self.commands.append(Command(spec.name, {}, raw))
             return
-        parts = [p.strip() for p in body.split("|", len(spec.args) - 1)]
+        parts = [p.strip(WHITESPACE) for p in body.split("|", len(spec.args) - 1)]
         if len(parts) < spec.required:
             names = "|".join(spec.args[: spec.required])
             self.error(f"{op} needs {spec.required} arguments ({names}) separated by '|', "
@@ -232,7 +235,7 @@ def format_command(op: str, **args: str) -> str:
             break
         values.append(str(args[name]))
     for i, v in enumerate(values):
-        if v != v.strip():
+        if v != v.strip(WHITESPACE):
             raise ValueError(f"{op}: argument {spec.args[i]!r} has surrounding whitespace")
         if "|" in v and i < len(values) - 1:
             raise ValueError(f"{op}: only the last argument may contain '|' ({spec.args[i]!r} does)")

@@ -42,9 +42,10 @@ _COUNT = r"[0-9]{1,4}"
 
 
 def _text(extra: str = "") -> str:
-    # spelled-out whitespace rather than \s: every engine's regex dialect reads it the same
+    # spelled-out whitespace (commands.WHITESPACE) rather than \s: every regex dialect reads
+    # it the same, and it is exactly what the parser strips
     body = r"<|\n\r" + extra
-    return rf"[^{body} \t][^{body}]{{0,{TEXT_MAX_CHARS - 1}}}"
+    return rf"[^{body} \t\f\v][^{body}]{{0,{TEXT_MAX_CHARS - 1}}}"
 
 
 #: the pattern of each argument, by argument name (commands.OPS names every argument)

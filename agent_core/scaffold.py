@@ -31,6 +31,8 @@ from agent_core.records import SamplingParams
 
 #: prompts every scaffold must provide
 REQUIRED_PROMPTS = ("system", "log", "plan", "act")
+#: prompts of the context-window baseline (no PLAN routine)
+CONTEXT_WINDOW_PROMPTS = ("system", "log", "act")
 # the op lists derive from the one op table (commands.OPS)
 WRITE_OPS = tuple(name for name, spec in OPS.items() if spec.kind == "write")
 READ_OPS = tuple(name for name, spec in OPS.items() if spec.read_only)
@@ -93,13 +95,19 @@ class ScaffoldConfig(_Strict):
     """`scaffold.yaml`."""
 
     name: str = Field(description="Human-readable name, e.g. crafter-v0.")
-    game: str = Field(description="The game this scaffold was written for.")
+    game: str = Field(description="The game this scaffold was written for ('any': every game).")
+    agent: Literal["memory", "context-window"] = Field(
+        "memory", description="memory: LOG and PLAN over a memory directory, then the action; "
+        "context-window: BALROG's baseline, no memory files and no routines: the last "
+        "`history_window` observation/action pairs in the prompt, then the action.")
     description: str = Field("", description="What changed relative to the parent, and why.")
     parent: str | None = Field(None, description="Hash of the scaffold this one revises.")
-    memory_files: list[MemoryFileSpec] = Field(description="Initial memory files.")
+    memory_files: list[MemoryFileSpec] = Field(default_factory=list, description="Initial memory files.")
     limits: MemoryLimits = Field(default_factory=MemoryLimits, description="Memory size caps.")
-    log: RoutineConfig = Field(description="The LOG routine: record what the last action led to.")
-    plan: RoutineConfig = Field(description="The PLAN routine: consult memory, then act.")
+    log: RoutineConfig = Field(default_factory=lambda: RoutineConfig(allowed_ops=[]),
+                               description="The LOG routine: record what the last action led to.")
+    plan: RoutineConfig = Field(default_factory=lambda: RoutineConfig(allowed_ops=[]),
+                                description="The PLAN routine: consult memory, then act.")
     action_attempts: int = Field(
         2, ge=1, le=8, description="Action-role calls before the default action is played."
     )
@@ -126,6 +134,11 @@ class ScaffoldConfig(_Strict):
         names = [f.name for f in self.memory_files]
         if len(names) != len(set(names)):
             raise ValueError(f"memory_files has duplicate names: {names}")
+        if self.agent == "context-window":
+            if self.memory_files or self.log.allowed_ops or self.plan.allowed_ops:
+                raise ValueError("a context-window agent has no memory: memory_files, log.allowed_ops "
+                                 "and plan.allowed_ops must be empty")
+            return self
         try:  # the reply grammars must exist (checked here, before any episode)
             log_grammar(self.log.allowed_ops, self.log.max_ops, consult_first=self.log.consult_before_write).check()
             plan_grammar(self.plan.allowed_ops, self.plan.max_ops, ["placeholder"]).check()
@@ -168,7 +181,8 @@ class Scaffold:
             self.config = ScaffoldConfig.model_validate(raw)
         except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as exc:
             raise ScaffoldError(f"scaffold.yaml is invalid: {exc}") from exc
-        missing = [p for p in REQUIRED_PROMPTS if f"prompts/{p}.jinja" not in self.files]
+        required = REQUIRED_PROMPTS if self.config.agent == "memory" else CONTEXT_WINDOW_PROMPTS
+        missing = [p for p in required if f"prompts/{p}.jinja" not in self.files]
         if missing:
             raise ScaffoldError(f"scaffold is missing required prompts: {missing}")
         env = jinja2.Environment(

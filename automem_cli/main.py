@@ -290,6 +290,60 @@ def rollout(
     console.print(f"report: {result['report']}")
 
 
+@app.command()
+def evaluate(
+    arm: list[str] = typer.Option(..., "--arm", help="An agent: baseline, v0, incumbent or a scaffold "
+                                  "directory, optionally +ADAPTER (e.g. v0+automem-runs/adapters/mem-1); repeatable."),
+    env: list[str] = typer.Option(["crafter"], "--env", help="`game` or `game/task` (repeatable; MiniHack tasks "
+                                  "are averaged per seed)."),
+    seeds: str = typer.Option("0-4", help="Seeds every arm plays, e.g. 0-4."),
+    steps: int = typer.Option(20, min=1, help="Step budget per episode (the same for every arm)."),
+    concurrency: int = typer.Option(4, min=1),
+    base_url: Optional[str] = typer.Option(None, help="Model server (default: the local model)."),
+    model: Optional[str] = typer.Option(None, help="Served model name."),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
+    constrain: str = typer.Option("on", help=CONSTRAIN_HELP),
+    workspace: Optional[Path] = typer.Option(None),
+) -> None:
+    """Several agents on the same seeds: progression with 95% intervals, paired tests, plots."""
+    from agent_core.workspace import configure_prefect_env
+
+    configure_prefect_env(workspace)
+    from flows.evaluate import Arm, EvaluateParams, evaluate as evaluate_flow
+
+    try:
+        arms = [Arm(scaffold=a.split("+", 1)[0], adapter=a.split("+", 1)[1] if "+" in a else None) for a in arm]
+        params = EvaluateParams(arms=arms, games=env, seeds=parse_seeds(seeds), max_steps=steps,
+                                concurrency=concurrency, models=_models(base_url, model, max_tokens, constrain),
+                                workspace=str(workspace) if workspace else None)
+    except ValueError as exc:
+        _fail(str(exc))
+    result = evaluate_flow(params)
+    table = Table("arm", "game", "seeds", "progression", "95% CI")
+    for r in result["table"]:
+        table.add_row(r["arm"], r["game"], str(r["n"]), f"{r['mean']:.3f}", f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+    console.print(table)
+    console.print(f"report: {result['report']}")
+
+
+@app.command()
+def report(
+    workspace: Optional[Path] = typer.Option(None, help="Workspace whose archive/ to read."),
+    archive: Optional[Path] = typer.Option(None, help="An archive directory (default: the workspace's)."),
+    out: Optional[Path] = typer.Option(None, help="Report file (default: <workspace>/reports/archive-report.md)."),
+) -> None:
+    """Rebuild a report (progression with intervals, memory plots) from the Parquet archive alone."""
+    from agent_core.report import archive_report
+    from agent_core.workspace import workspace_root
+
+    root = workspace_root(workspace)
+    source = archive or root / "archive"
+    if not (source / "episodes").is_dir():
+        _fail(f"no trace archive at {source} (episodes/ is missing): run a rollout or a loop first")
+    path = archive_report(source, out or root / "reports" / "archive-report.md")
+    console.print(f"report: {path}")
+
+
 PRESETS = Path(__file__).resolve().parents[1] / "deployments" / "presets"
 
 

@@ -2,7 +2,9 @@
 # End-to-end check of the real stack (run by the test suite once per run):
 # prefect server -> work pool -> deploy prefect.yaml -> worker -> run the rollout
 # deployment (tiny game, scripted model) -> wait for Completed -> the Prefect UI in headless
-# Chromium shows the run and its table artifact (screenshot saved in the workspace).
+# Chromium shows the run and its table artifact; then the evaluate deployment, whose
+# markdown artifact must render its plot images with a non-zero size (screenshots saved
+# in the workspace).
 #   usage: deployments/e2e.sh WORKSPACE [PORT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +31,13 @@ JSON
 )
 "$BIN/prefect" deployment run rollout/rollout --params "$params" --flow-run-name e2e-rollout \
   --watch --watch-timeout 300
+eval_params=$(cat <<JSON
+{"params": {"arms": [{"scaffold": "baseline"}, {"scaffold": "v0"}], "games": ["tiny"], "seeds": [0, 1],
+            "max_steps": 5, "concurrency": 2, "models": {"backend": "scripted"}, "workspace": "$AUTOMEM_WORKSPACE"}}
+JSON
+)
+"$BIN/prefect" deployment run evaluate/evaluate --params "$eval_params" --flow-run-name e2e-evaluate \
+  --watch --watch-timeout 300
 
 browse() {  # url, extra args...
   local url=$1; shift
@@ -54,10 +63,16 @@ for page in "run:runs/flow-run/$run_id" "artifact:artifacts/artifact/$artifact_i
     --screenshot="$shots/$name.png" > /dev/null || true
 done
 
+eval_artifact=$(api_id artifacts '{"artifacts": {"key": {"any_": ["evaluate-report"]}}}')
+"$BIN/python" deployments/ui_images.py "$ui/artifacts/artifact/$eval_artifact" "$shots/evaluate.png" \
+  --chromium "$CHROMIUM" > "$shots/evaluate.json" || true
+
 fail=0
+grep -q '"ok": true' "$shots/evaluate.json" ||
+  { echo "UI: the evaluate artifact's plots are not rendered: $(cat "$shots/evaluate.json")" >&2; fail=1; }
 grep -q "e2e-rollout" "$shots/run.html" || { echo "UI: flow run page does not name the run" >&2; fail=1; }
 grep -q "<span>Completed</span>" "$shots/run.html" || { echo "UI: run not shown as Completed" >&2; fail=1; }
 grep -q "rollout-episodes" "$shots/artifact.html" && grep -q "write_search_ratio" "$shots/artifact.html" ||
   { echo "UI: table artifact not shown" >&2; fail=1; }
-[ $fail = 0 ] && echo "e2e: run Completed and shown in the UI with its table artifact (screenshots in $shots)"
+[ $fail = 0 ] && echo "e2e: run Completed and shown in the UI with its table artifact, evaluate plots rendered (screenshots in $shots)"
 exit $fail

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import base64
+
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from pydantic import Field, field_validator, model_validator
 
 from agent_core.gate import GateConfig
 from agent_core.meta import MetaLLMConfig
+from agent_core.plots import Figure, lines as lines_plot, write_report
 from agent_core.training.program import TrainingBudget
 from flows.common import GameParams, check_seeds, sync
 from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
@@ -56,6 +60,32 @@ class IterationParams(GameParams):
                                   trials=self.trials, train_base=self.train_base, train_budget=self.train_budget)
 
 
+def night_history(root: Path, game: str) -> tuple[str, Figure]:
+    """Per night (UTC date the episodes started) and scaffold: episodes played on the
+    evaluation seeds of the scaffold loop and their mean progression and memory size, from
+    the workspace's Parquet archive."""
+    from agent_core.archive import connect
+
+    rows: list[tuple] = []
+    if (root / "archive" / "episodes").is_dir():
+        con = connect(root / "archive")
+        try:
+            rows = con.execute(
+                "SELECT substr(started_at, 1, 10) AS night, scaffold_hash, count(*), avg(progression), "
+                "avg(memory_chars) FROM episodes WHERE game = ? GROUP BY ALL ORDER BY night, scaffold_hash",
+                [game]).fetchall()
+        finally:
+            con.close()
+    table = ["| night | scaffold | episodes | mean progression | mean memory chars |", "|---|---|---|---|---|"]
+    table += [f"| {n} | {h} | {k} | {p:.3f} | {m:.0f} |" for n, h, k, p, m in rows]
+    by_night: dict[str, list[float]] = {}
+    for night, _, _, p, _ in rows:
+        by_night.setdefault(night, []).append(p)
+    points = [(i, max(v)) for i, (_, v) in enumerate(sorted(by_night.items()))]
+    figure = lines_plot("history.png", "best mean progression per night", {"scaffolds": points}, "night", "progression")
+    return "\n".join(table), figure
+
+
 @flow(name="iteration")
 def iteration(params: IterationParams = IterationParams()) -> dict:
     logger = get_run_logger()
@@ -65,11 +95,16 @@ def iteration(params: IterationParams = IterationParams()) -> dict:
     lines += [f"- iteration {h['iteration']}: {h['verdict']} - {h.get('reason', '')}" for h in scaffolds["history"]]
     lines += ["", f"Incumbent scaffold: `{scaffolds['incumbent']}`", "", "## Training loop", "",
               Path(training["report"]).read_text()]
+    history, figure = night_history(params.root(), params.game_name)
+    lines += ["## History across nights", "", history, "", "{{figure:history.png}}"]
     from prefect.runtime import flow_run
 
     report = params.root() / "reports" / f"iteration-{flow_run.get_name() or 'local'}.md"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines))
-    sync(params.workspace, report)
+    inline = write_report(report, "\n".join(lines), [figure])
+    # the training report's plots, inline for the UI (the file links them beside it)
+    for png in Path(training["report"]).parent.glob(f"{Path(training['report']).stem}-*.png"):
+        inline = inline.replace(f"]({png.name})", f"](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})")
+    create_markdown_artifact(inline, key="nightly-report", description=f"nightly iteration: {params.game}")
+    sync(params.workspace, report, *report.parent.glob(f"{report.stem}-*.png"))
     logger.info("nightly report: %s", report)
     return {"report": str(report), "scaffold_loop": scaffolds, "training_loop": training}

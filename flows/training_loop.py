@@ -22,6 +22,7 @@ from agent_core.loop_records import TrialRecord
 from agent_core.registry import incumbent_path
 from agent_core.meta import MetaLLMConfig
 from agent_core.models.base import ModelError
+from agent_core.plots import write_report
 from agent_core.records import EpisodeSummary
 from agent_core.training.program import TrainingBudget
 from flows.common import GameParams, check_disjoint, check_seeds, run_episodes, sync
@@ -107,6 +108,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
                              params.concurrency, label=incumbent_label)
     base_diag = diagnose_traces([s.trace_path for s in base_runs])
     trials: list[TrialRecord] = []
+    spec_runs_by_trial: dict[int, list[EpisodeSummary]] = {}
     for n in range(params.trials):
         trial = TrialRecord(trial=n)
         trials.append(trial)
@@ -139,6 +141,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
         trial.specialist = specialist
         spec_runs = run_episodes(params.specs(str(scaffold.root), params.eval_seeds, spec_models),
                                  params.concurrency, label=f"specialist trial {n}")
+        spec_runs_by_trial[n] = spec_runs
         spec_diag = diagnose_traces([s.trace_path for s in spec_runs])
         trial.verdict = gate_candidate(params.eval_seeds, [s.progression for s in base_runs],
                                        [s.progression for s in spec_runs], params.gate,
@@ -169,8 +172,10 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
             best = None
     if best:
         promote_incumbent(str(root), "adapters", game, best.adapter, best.verdict)
-    report = _report(params, scaffold.hash, trials, best, incumbent_label)
-    sync(params.workspace, report, *[p for p in (root / "adapters", root / "sft", root / "verdicts",
+    figures = _figures(trials, incumbent_label, base_runs, spec_runs_by_trial)
+    report = _report(params, scaffold.hash, trials, best, incumbent_label, figures)
+    sync(params.workspace, report, *report.parent.glob(f"{report.stem}-*.png"),
+         *[p for p in (root / "adapters", root / "sft", root / "verdicts",
                                                  root / "registry.json") if p.exists()])
     return {"game": params.game, "trials": [t.data() for t in trials], "promoted": best.adapter if best else None,
             "report": str(report)}
@@ -180,8 +185,22 @@ def _name(adapter: str | None) -> str:
     return Path(adapter).name if adapter else "base"
 
 
+def _figures(trials: list[TrialRecord], incumbent: str, base_runs: list[EpisodeSummary],
+             spec_runs: dict[int, list[EpisodeSummary]]) -> list:
+    """LoRA loss per trial, and memory size over the episode: incumbent vs each specialist."""
+    from agent_core.plots import lines
+    from flows.evaluate import mean_series
+
+    loss = {f"trial {t.trial}": list(enumerate(t.loss_curve, 1)) for t in trials if t.loss_curve}
+    memory = {incumbent: mean_series(base_runs, "memory_chars")}
+    memory.update({f"trial {n} specialist": mean_series(runs, "memory_chars") for n, runs in spec_runs.items()})
+    return [lines("loss.png", "LoRA training loss per trial", loss, "optimizer step", "loss"),
+            lines("memory.png", "memory size over the episode (evaluation seeds)", memory, "step",
+                  "memory characters")]
+
+
 def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRecord], best: TrialRecord | None,
-            incumbent: str) -> Path:
+            incumbent: str, figures: list) -> Path:
     from prefect.runtime import flow_run
 
     rows = [{"trial": t.trial, "examples": t.examples, "final_loss": t.final_loss, "eval_loss": t.eval_loss,
@@ -204,8 +223,7 @@ def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRe
         lines += [f"| {k} | {v['base']} | {v['specialist']} |" for k, v in t.comparison.items()]
         lines.append("")
     markdown = "\n".join(lines)
-    create_markdown_artifact(markdown, key="training-loop-summary", description="training loop summary")
     path = params.root() / "reports" / f"training-loop-{flow_run.get_name() or 'local'}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown)
+    inline = write_report(path, markdown, figures)
+    create_markdown_artifact(inline, key="training-loop-summary", description="training loop summary")
     return path

@@ -62,3 +62,30 @@ def test_agent_core_imports_neither_prefect_nor_the_flows():
             "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_evaluate_refuses_bad_arms_before_playing(tmp_path):
+    out = runner.invoke(app, ["evaluate", "--arm", "no/such/scaffold", "--env", "tiny", "--workspace", str(tmp_path)])
+    assert out.exit_code == 2 and "baseline, v0, incumbent or a scaffold" in out.output
+    out = runner.invoke(app, ["evaluate", "--arm", "baseline+adapters/x", "--env", "tiny", "--workspace", str(tmp_path)])
+    assert out.exit_code == 2 and "no memory role" in out.output
+    assert not (tmp_path / "episodes").exists()
+
+
+def test_report_rebuilds_from_the_archive_alone(tmp_path):
+    from agent_core.models.scripted import ScriptedModel
+
+    for seed in (0, 1, 2):
+        s = run_episode(make_env("tiny"), Scaffold.builtin("tiny"), Roles(memory=ScriptedModel(RoutineScript().reply)),
+                        seed, 3, tmp_path / "episodes" / "tiny" / f"e{seed}")
+        archive_trace(s.trace_path, tmp_path / "archive")
+    import shutil
+
+    shutil.rmtree(tmp_path / "episodes")  # the archive alone
+    out = runner.invoke(app, ["report", "--workspace", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    text = (tmp_path / "reports" / "archive-report.md").read_text()
+    assert "## tiny" in text and "| 3 |" in text and "archive-report-progression-tiny.png" in text
+    assert (tmp_path / "reports" / "archive-report-memory-tiny.png").read_bytes()[:4] == b"\x89PNG"
+    missing = runner.invoke(app, ["report", "--workspace", str(tmp_path / "empty")])
+    assert missing.exit_code == 2 and "no trace archive" in missing.output

@@ -21,8 +21,14 @@ def test_deployment_runs_and_shows_in_ui(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "shown in the UI" in proc.stdout
-    for shot in ("run.png", "artifact.png"):
+    for shot in ("run.png", "artifact.png", "evaluate.png"):
         assert (ws / "screenshots" / shot).stat().st_size > 10_000
-    # the deployment really ran the flow: its traces and archive are in the workspace
-    assert len(list((ws / "episodes" / "tiny").glob("*/trace.jsonl"))) == 2
+    import json
+
+    measured = json.loads((ws / "screenshots" / "evaluate.json").read_text())
+    plots = [i for i in measured["images"] if i["width"] > 0 and i["height"] > 0]
+    assert len(plots) == 3 and all(i["natural"][0] > 100 for i in plots)  # progression, memory, curve
+    # the deployments really ran the flows: traces (rollout 2, evaluate 2 more for the
+    # baseline; its v0 episodes are the rollout's, reused from the cache) and archive
+    assert len(list((ws / "episodes" / "tiny").glob("*/trace.jsonl"))) == 4
     assert list((ws / "archive" / "steps").rglob("*.parquet"))

@@ -137,7 +137,7 @@ def test_a_scaffold_whose_log_grammar_cannot_be_built_fails_validation(tmp_path,
 
 def test_builtin_demonstrations_are_sentences_of_the_grammars():
     """The few-shot turns teach exactly the form decoding enforces."""
-    for game_dir in sorted(p for p in BUILTIN_DIR.iterdir() if p.is_dir()):
+    for game_dir in sorted(p for p in BUILTIN_DIR.iterdir() if p.is_dir() and p.name != "baseline"):
         sc = Scaffold.builtin(game_dir.name)
         env = make_env(game_dir.name)
         files = [f.name for f in sc.config.memory_files]
