@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from agent_core.gate import GateConfig
 from agent_core.meta import MetaLLMConfig
-from agent_core.plots import Figure, lines as lines_plot, write_report
+from agent_core.plots import Figure, bars_with_intervals as bars, lines as lines_plot, write_report
 from agent_core.training.program import TrainingBudget
 from flows.common import GameParams, check_seeds, sync
 from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
@@ -60,10 +60,10 @@ class IterationParams(GameParams):
                                   trials=self.trials, train_base=self.train_base, train_budget=self.train_budget)
 
 
-def night_history(root: Path, game: str) -> tuple[str, Figure]:
-    """Per night (UTC date the episodes started) and scaffold: episodes played on the
-    evaluation seeds of the scaffold loop and their mean progression and memory size, from
-    the workspace's Parquet archive."""
+def night_history(root: Path, game: str) -> tuple[str, list[Figure]]:
+    """Per night (UTC date the episodes started) and scaffold: the episodes of the scaffold
+    loop's seeds, their mean progression, memory growth per step and write-to-search ratio
+    (the paper's two diagnostics), from the workspace's Parquet archive."""
     from agent_core.archive import connect
 
     rows: list[tuple] = []
@@ -71,19 +71,32 @@ def night_history(root: Path, game: str) -> tuple[str, Figure]:
         con = connect(root / "archive")
         try:
             rows = con.execute(
-                "SELECT substr(started_at, 1, 10) AS night, scaffold_hash, count(*), avg(progression), "
-                "avg(memory_chars) FROM episodes WHERE game = ? GROUP BY ALL ORDER BY night, scaffold_hash",
-                [game]).fetchall()
+                "WITH ops AS (SELECT episode_id, "
+                "  count(*) FILTER (WHERE op IN ('create','append','rewrite','replace','upsert','delete')) AS w, "
+                "  count(*) FILTER (WHERE op IN ('read','tail','search')) AS c FROM memory_ops GROUP BY ALL) "
+                "SELECT substr(e.started_at, 1, 10) AS night, e.scaffold_hash, count(*), avg(e.progression), "
+                "  avg(e.memory_chars / greatest(e.steps, 1)), sum(coalesce(o.w, 0)), sum(coalesce(o.c, 0)) "
+                "FROM episodes e LEFT JOIN ops o ON o.episode_id = e.episode_id WHERE e.game = ? "
+                "GROUP BY ALL ORDER BY night, e.scaffold_hash", [game]).fetchall()
         finally:
             con.close()
-    table = ["| night | scaffold | episodes | mean progression | mean memory chars |", "|---|---|---|---|---|"]
-    table += [f"| {n} | {h} | {k} | {p:.3f} | {m:.0f} |" for n, h, k, p, m in rows]
+    table = ["| night | scaffold | episodes | mean progression | growth chars/step | write/search |",
+             "|---|---|---|---|---|---|"]
+    table += [f"| {n} | {h} | {k} | {p:.3f} | {g:.1f} | {(w / c if c else float('nan')):.2f} |"
+              for n, h, k, p, g, w, c in rows]
     by_night: dict[str, list[float]] = {}
-    for night, _, _, p, _ in rows:
+    for night, _, _, p, *_ in rows:
         by_night.setdefault(night, []).append(p)
     points = [(i, max(v)) for i, (_, v) in enumerate(sorted(by_night.items()))]
-    figure = lines_plot("history.png", "best mean progression per night", {"scaffolds": points}, "night", "progression")
-    return "\n".join(table), figure
+    labels = [(f"{n[5:]} {h[:6]}", g, w / c if c else float("nan")) for n, h, _, _, g, w, c in rows]
+    figures = [
+        lines_plot("history.png", "best mean progression per night", {"scaffolds": points}, "night", "progression"),
+        bars("growth.png", "memory growth per step, by scaffold", [(lab, g, g, g) for lab, g, _ in labels],
+             "characters per step"),
+        bars("write-search.png", "write-to-search ratio, by scaffold", [(lab, r, r, r) for lab, _, r in labels],
+             "writes per look-up"),
+    ]
+    return "\n".join(table), figures
 
 
 @flow(name="iteration")
@@ -95,12 +108,13 @@ def iteration(params: IterationParams = IterationParams()) -> dict:
     lines += [f"- iteration {h['iteration']}: {h['verdict']} - {h.get('reason', '')}" for h in scaffolds["history"]]
     lines += ["", f"Incumbent scaffold: `{scaffolds['incumbent']}`", "", "## Training loop", "",
               Path(training["report"]).read_text()]
-    history, figure = night_history(params.root(), params.game_name)
-    lines += ["## History across nights", "", history, "", "{{figure:history.png}}"]
+    history, figures = night_history(params.root(), params.game_name)
+    lines += ["## History across nights", "", history, "", "{{figure:history.png}}", "", "{{figure:growth.png}}",
+              "", "{{figure:write-search.png}}"]
     from prefect.runtime import flow_run
 
     report = params.root() / "reports" / f"iteration-{flow_run.get_name() or 'local'}.md"
-    inline = write_report(report, "\n".join(lines), [figure])
+    inline = write_report(report, "\n".join(lines), figures)
     # the training report's plots, inline for the UI (the file links them beside it)
     for png in Path(training["report"]).parent.glob(f"{Path(training['report']).stem}-*.png"):
         inline = inline.replace(f"]({png.name})", f"](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})")

@@ -188,15 +188,25 @@ def _name(adapter: str | None) -> str:
 def _figures(trials: list[TrialRecord], incumbent: str, base_runs: list[EpisodeSummary],
              spec_runs: dict[int, list[EpisodeSummary]]) -> list:
     """LoRA loss per trial, and memory size over the episode: incumbent vs each specialist."""
-    from agent_core.plots import lines
+    from agent_core.plots import bars_with_intervals, lines
     from flows.evaluate import mean_series
 
     loss = {f"trial {t.trial}": list(enumerate(t.loss_curve, 1)) for t in trials if t.loss_curve}
     memory = {incumbent: mean_series(base_runs, "memory_chars")}
     memory.update({f"trial {n} specialist": mean_series(runs, "memory_chars") for n, runs in spec_runs.items()})
+    diag = [(incumbent, t.comparison["growth_chars_per_step"]["base"], t.comparison["write_search_ratio"]["base"])
+            for t in trials[:1] if t.comparison]
+    diag += [(f"trial {t.trial}", t.comparison["growth_chars_per_step"]["specialist"],
+              t.comparison["write_search_ratio"]["specialist"]) for t in trials if t.comparison]
+    nan = float("nan")
     return [lines("loss.png", "LoRA training loss per trial", loss, "optimizer step", "loss"),
             lines("memory.png", "memory size over the episode (evaluation seeds)", memory, "step",
-                  "memory characters")]
+                  "memory characters"),
+            bars_with_intervals("growth.png", "memory growth per step: incumbent vs specialists",
+                                [(k, g, g, g) for k, g, _ in diag if g is not None], "characters per step"),
+            bars_with_intervals("write-search.png", "write-to-search ratio: incumbent vs specialists",
+                                [(k, r, r, r) if r is not None else (k, nan, nan, nan) for k, _, r in diag],
+                                "writes per look-up")]
 
 
 def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRecord], best: TrialRecord | None,
