@@ -54,9 +54,24 @@ class TrainingLoopParams(GameParams):
     @model_validator(mode="after")
     def _disjoint(self) -> "TrainingLoopParams":
         check_disjoint(pool_seeds=self.pool_seeds, eval_seeds=self.eval_seeds, confirm_seeds=self.confirm_seeds)
+        if self.models.backend == "openai" and not self.train_base:
+            raise ValueError(f"with a served model ({self.models.model!r}) train_base is required: the weights "
+                             "folder of the same base the server serves (adapters trained on another base do "
+                             "not load there); the local default would be the small CPU model")
         self.gate.check_seeds(len(self.eval_seeds), "evaluation seeds", tests=self.trials)
         self.gate.check_seeds(len(self.confirm_seeds), "confirmation seeds")
         return self
+
+
+def check_served_base(base_url: str, model: str, train_base: str) -> None:
+    """The server must serve the base the adapters are trained on: `/v1/models` reports the
+    served base's `root` (its weights folder or hub name); the folder names must agree."""
+    from agent_core.models.openai_client import served_root
+
+    root = served_root(base_url, model)
+    if root is None or Path(root.rstrip("/")).name != Path(train_base.rstrip("/")).name:
+        raise ValueError(f"train_base {train_base!r} is not the base the server serves: {model!r} at "
+                         f"{base_url} reports root {root!r}; train on the same weights")
 
 
 def pool_key(params: TrainingLoopParams, scaffold_hash: str) -> str:
@@ -88,6 +103,8 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     logger = get_run_logger()
     params.models.check()
     params.meta.check()
+    if params.models.backend == "openai":
+        check_served_base(params.models.base_url, params.models.model, params.train_base)
     root, game = params.root(), params.game_name
     scaffold = params.incumbent()
 

@@ -89,3 +89,16 @@ def test_report_rebuilds_from_the_archive_alone(tmp_path):
     assert (tmp_path / "reports" / "archive-report-memory-tiny.png").read_bytes()[:4] == b"\x89PNG"
     missing = runner.invoke(app, ["report", "--workspace", str(tmp_path / "empty")])
     assert missing.exit_code == 2 and "no trace archive" in missing.output
+
+
+def test_every_preset_is_a_valid_nightly_configuration():
+    from pathlib import Path
+
+    import yaml
+
+    from flows.iteration import IterationParams
+
+    presets = sorted((Path(__file__).parents[1] / "deployments" / "presets").glob("*.yaml"))
+    assert len(presets) >= 2
+    for preset in presets:
+        IterationParams(**yaml.safe_load(preset.read_text())["params"])

@@ -91,6 +91,16 @@ def list_models(base_url: str, api_key: str | None = None, timeout_s: float = 10
     return [item["id"] for item in response.json().get("data", [])]
 
 
+def served_root(base_url: str, model: str, api_key: str | None = None, timeout_s: float = 10.0) -> str | None:
+    """The `root` that `GET /v1/models` reports for `model` (vLLM: the path or hub name the
+    base was loaded from); None when the server does not name one."""
+    response = _request("GET", api_url(base_url) + "/models", api_key, timeout_s)
+    for item in response.json().get("data", []):
+        if item.get("id") == model:
+            return item.get("root")
+    return None
+
+
 def check_reachable(base_url: str, api_key: str | None = None, timeout_s: float = 3.0) -> list[str]:
     """Fail fast (before an episode starts) when the server is down; returns its model names."""
     try:

@@ -107,3 +107,19 @@ def test_seed_sets_must_be_disjoint_and_large_enough(tmp_path):
     # 3 seeds: 1/8 after Holm over 3 trials is 3/8 > 0.25
     with pytest.raises(ValidationError, match=r"Holm's correction over 3 trials; use at least 4 seeds"):
         params(tmp_path, trials=3)
+
+
+def test_a_served_model_needs_its_own_base_to_train_on(tmp_path):
+    served = ModelConfig(backend="openai", base_url="http://gpu:8000/v1", model="Qwen/Qwen2.5-32B-Instruct")
+    with pytest.raises(ValidationError, match=r"Qwen2.5-32B-Instruct.*train_base is required"):
+        params(tmp_path, models=served)
+
+
+@pytest.mark.slow
+def test_train_base_is_checked_against_what_the_server_serves(tmp_path, local_model, server_url):
+    from flows.training_loop import check_served_base
+
+    check_served_base(server_url, local_model.model_id, str(local_model.path))  # the same weights: fine
+    other = tmp_path / "gemma-3-270m"
+    with pytest.raises(ValueError, match=r"train_base '.*gemma-3-270m' is not the base the server serves.*reports root"):
+        check_served_base(server_url, local_model.model_id, str(other))

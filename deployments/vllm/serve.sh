@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Serve a base model with vLLM for AutoMem: OpenAI-compatible API, structured outputs (the
+# reply grammars), runtime LoRA loading (memory specialists), prefix caching (LOG and PLAN
+# resend a long shared conversation). Run it in vLLM's own environment: vllm pins torch and
+# transformers versions that differ from ours.
+#   usage: deployments/vllm/serve.sh BASE [PORT]      e.g. Qwen/Qwen2.5-32B-Instruct 8000
+# Environment: MAX_LORA_RANK (16; one of 1 8 16 32 64 128 256 320 512, at least the adapters'
+# rank), MAX_LORAS (4), VLLM (the vllm executable), EXTRA_ARGS (e.g. "--tensor-parallel-size 2").
+# Adapter folders must be visible to the server at the paths the flows send (a shared
+# filesystem); the training loop's `train_base` must be this BASE's weights folder.
+set -euo pipefail
+BASE=${1:?usage: serve.sh BASE [PORT]}
+PORT=${2:-8000}
+RANK=${MAX_LORA_RANK:-16}
+case " 1 8 16 32 64 128 256 320 512 " in *" $RANK "*) ;; *)
+  echo "MAX_LORA_RANK must be one of 1 8 16 32 64 128 256 320 512 (vLLM), got $RANK" >&2; exit 2;; esac
+export VLLM_ALLOW_RUNTIME_LORA_UPDATING=1  # /v1/load_lora_adapter and /v1/unload_lora_adapter
+"${VLLM:-vllm}" serve "$BASE" --port "$PORT" --enable-lora --max-lora-rank "$RANK" \
+  --max-loras "${MAX_LORAS:-4}" --enable-prefix-caching ${EXTRA_ARGS:-} &
+server=$!
+trap 'kill $server 2>/dev/null || true' INT TERM
+for _ in $(seq 1 600); do  # large models take minutes to load
+  if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2)" 2>/dev/null; then
+    echo "vLLM serving $BASE on http://127.0.0.1:$PORT/v1 (LoRA rank <= $RANK)"
+    wait $server
+    exit $?
+  fi
+  kill -0 $server 2>/dev/null || { echo "vLLM exited before it was healthy" >&2; wait $server; exit 1; }
+  sleep 2
+done
+echo "vLLM did not become healthy within 20 minutes" >&2
+kill $server
+exit 1
