@@ -59,15 +59,16 @@ def propose(reviewer: Reviewer, bundle: ReviewBundle, incumbent: Scaffold, scaff
 
 
 def review_key(incumbent: Scaffold, episode_ids: list[str], reviewer_identity: str, max_attempts: int,
-               token_budget: int, feedback: list[str] = ()) -> str:
-    """What determines a review round (its record directory is named by this)."""
+               token_budget: int, feedback: list[str] = (), prompt: str | None = None) -> str:
+    """What determines a review round (its record directory is named by this). `prompt`: the
+    reviewer prompt's template text (default: the shipped one): a new prompt is a new review."""
     import hashlib
 
     from agent_core.review.reviewers import PROMPT
 
-    prompt = hashlib.sha256(PROMPT.read_bytes()).hexdigest()[:16]  # a new prompt is a new review
+    text = PROMPT.read_text() if prompt is None else prompt
     blob = json.dumps([incumbent.hash, sorted(episode_ids), reviewer_identity, max_attempts, token_budget,
-                       list(feedback), prompt])
+                       list(feedback), hashlib.sha256(text.encode()).hexdigest()[:16]])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

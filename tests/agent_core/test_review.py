@@ -183,3 +183,13 @@ def test_rejections_are_fed_back_and_attempts_kept(tmp_path, incumbent_traces):
     assert proposal.candidate_dir and Path(proposal.candidate_dir).is_dir()
     assert (tmp_path / "rec" / "attempt-0.reply.txt").read_text() == "I cannot do that."
     assert (tmp_path / "rec" / "proposal.json").is_file()
+
+
+def test_review_keys_change_with_the_reviewer_prompt():
+    from agent_core.review.propose import review_key
+    from agent_core.review.reviewers import PROMPT
+
+    inc = Scaffold.builtin("tiny")
+    args = (inc, ["e1", "e2"], "meta-llm:m", 3, 12_000, [])
+    assert review_key(*args) == review_key(*args, prompt=PROMPT.read_text())  # the shipped prompt by default
+    assert review_key(*args, prompt=PROMPT.read_text() + "\nBe brief.") != review_key(*args)
