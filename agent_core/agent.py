@@ -57,11 +57,13 @@ class StepDecision:
     hook_errors: list[str] = field(default_factory=list)
 
 
-#: placeholder values of the help lines, by argument name
+#: placeholder values of the help lines, by argument name (and by op where it reads better);
+#: the wording is part of every prompt: small models copy it, so changing it changes episodes
 _EXAMPLE_ARGS = {"file": "name.md", "text": "text", "old": "old passage", "new": "new passage", "key": "key",
-                 "value": "value", "query": "keyword"}
-#: one example per memory op of the op table, its required arguments filled in
-_COMMAND_HELP = [format_command(name, **{a: _EXAMPLE_ARGS[a] for a in spec.args[:spec.required]})
+                 "value": "value", "query": "keyword", "rewrite.text": "whole new text"}
+#: one example per memory op of the op table: its required arguments (and CREATE's text)
+_COMMAND_HELP = [format_command(name, **{a: _EXAMPLE_ARGS.get(f"{name}.{a}", _EXAMPLE_ARGS[a])
+                                         for a in spec.args[:max(spec.required, 2 if name == "create" else 0)]})
                  for name, spec in OPS.items() if spec.memory]
 
 

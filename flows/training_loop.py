@@ -117,7 +117,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     incumbent_adapter = incumbent_path(root, "adapters", game)
     incumbent_models = params.models
     if incumbent_adapter:
-        served = serve_adapter(params.models.base_url, incumbent_adapter) \
+        served = serve_adapter(params.models, incumbent_adapter) \
             if params.models.backend == "openai" else incumbent_adapter
         incumbent_models = params.models.model_copy(update={"specialist": served})
     incumbent_label = f"specialist {Path(incumbent_adapter).name}" if incumbent_adapter else "base"
@@ -129,7 +129,8 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     for n in range(params.trials):
         trial = TrialRecord(trial=n)
         trials.append(trial)
-        program = curate(str(scaffold.root), digest, params.meta, [t.data() for t in trials[:-1]], params.train_base)
+        program = curate(str(scaffold.root), digest, params.meta, [t.data() for t in trials[:-1]], params.train_base,
+                         params.models.max_lora_rank)
         if isinstance(program, str):
             trial.error = program
             continue
@@ -149,7 +150,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
         specialist = str(result.adapter_dir)
         if params.models.backend == "openai":
             try:
-                specialist = serve_adapter(params.models.base_url, specialist)
+                specialist = serve_adapter(params.models, specialist)
             except ModelError as exc:  # e.g. the server cannot see the folder: this trial failed
                 trial.error = f"adapter could not be served: {exc}"
                 logger.warning("trial %d: %s", n, trial.error)

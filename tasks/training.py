@@ -15,7 +15,8 @@ from agent_core.scaffold import Scaffold
 from agent_core.training.curator import make_curator
 from agent_core.training.dataset import DatasetInfo, build_dataset
 from agent_core.training.lora import StepLog, TrainResult, train_lora
-from agent_core.training.program import CurationProgram, ProgramError, pool_digest
+from agent_core.models.config import ModelConfig
+from agent_core.training.program import CurationProgram, ProgramError, check_served_lora, pool_digest
 from tasks.episodes import retry_on_transient_error
 
 
@@ -27,11 +28,15 @@ def digest_pool(archive_root: str) -> dict:
 
 @task(name="curate", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_on_transient_error)
 def curate(scaffold_dir: str, digest: dict, meta: MetaLLMConfig, trials: list[dict],
-           base_path: str | None) -> CurationProgram | str:
-    """The next trial's curation program, or the reason it was rejected (fed back)."""
+           base_path: str | None, max_lora_rank: int | None = None) -> CurationProgram | str:
+    """The next trial's curation program, or the reason it was rejected (fed back).
+    `max_lora_rank`: the model server's limit (programs it cannot serve are refused)."""
     curator = make_curator(meta, Path(base_path) if base_path else None)
     try:
-        return curator.program(Scaffold.load(scaffold_dir), digest, trials)
+        program = curator.program(Scaffold.load(scaffold_dir), digest, trials)
+        if max_lora_rank is not None:
+            check_served_lora(program.lora, max_lora_rank)
+        return program
     except ProgramError as exc:
         return f"program rejected: {exc.reason}"
 
@@ -85,12 +90,9 @@ def train_adapter(dataset: DatasetInfo, program: CurationProgram, adapters_root:
 
 
 @task(name="serve_adapter", retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=retry_on_transient_error)
-def serve_adapter(base_url: str, adapter_dir: str) -> str:
-    """Load the adapter into an OpenAI-compatible server (vLLM's /v1/load_lora_adapter)
-    under its content-addressed name; the directory must be visible to the server."""
-    from agent_core.models.openai_client import list_models, load_lora_adapter
+def serve_adapter(models: ModelConfig, adapter_dir: str) -> str:
+    """Load the adapter into the OpenAI-compatible server (vLLM's /v1/load_lora_adapter)
+    under its content-addressed name, at the path the server sees (`models.server_paths`)."""
+    from agent_core.models.openai_client import ensure_adapter
 
-    name = Path(adapter_dir).name
-    if name not in list_models(base_url):
-        load_lora_adapter(base_url, name, adapter_dir)
-    return name
+    return ensure_adapter(models.base_url, adapter_dir, models.server_path(adapter_dir))

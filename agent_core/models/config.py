@@ -67,6 +67,12 @@ class ModelConfig(BaseModel):
         "on", description="on: every reply is decoded under the command grammar (valid by "
         "construction; vLLM's structured outputs, llguidance locally); off: free text, parsed "
         "forgivingly. Part of the model id, so the two never share cached episodes.")
+    max_lora_rank: int | None = Field(
+        None, description="The server's `--max-lora-rank` (openai backend): curation programs with a "
+        "larger LoRA rank, or modules vLLM cannot serve, are refused when parsed.")
+    server_paths: dict[str, str] = Field(
+        default_factory=dict, description="Path prefixes as this machine sees them -> as the model server "
+        "sees them (e.g. a shared workspace mounted elsewhere), applied to adapter folders sent to it.")
     script: RoutineScript = Field(default_factory=RoutineScript, description="Scripted backend replies.")
     policy: Literal["routine-script", "tiny-explorer"] = Field(
         "routine-script", description="Scripted backend: replay `script` by routine, or a rule-based "
@@ -74,9 +80,21 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> "ModelConfig":
+        from agent_core.training.program import VLLM_LORA_RANKS
+
         if self.backend == "openai" and not (self.base_url and self.model):
             raise ValueError("the openai backend needs base_url and model")
+        if self.max_lora_rank is not None and self.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of vLLM's {list(VLLM_LORA_RANKS)}, got {self.max_lora_rank}")
         return self
+
+    def server_path(self, path: str | Path) -> str:
+        """`path` as the model server sees it (`server_paths`, longest matching prefix)."""
+        text = str(path)
+        for prefix in sorted(self.server_paths, key=len, reverse=True):
+            if text == prefix or text.startswith(prefix.rstrip("/") + "/"):
+                return self.server_paths[prefix].rstrip("/") + text[len(prefix.rstrip("/")):]
+        return text
 
     def ids(self) -> tuple[str, str]:
         """(memory model id, action model id) as recorded in traces and cache keys."""

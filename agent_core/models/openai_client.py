@@ -112,16 +112,27 @@ def check_reachable(base_url: str, api_key: str | None = None, timeout_s: float 
 
 
 def load_lora_adapter(
-    base_url: str, name: str, path: str | Path, api_key: str | None = None, timeout_s: float = 120.0
+    base_url: str, name: str, path: str | Path, api_key: str | None = None, timeout_s: float = 120.0,
+    load_inplace: bool = False,
 ) -> None:
-    """Load a LoRA adapter from `path` (a folder on the server's machine) under `name`."""
-    _request(
-        "POST",
-        api_url(base_url) + "/load_lora_adapter",
-        api_key,
-        timeout_s,
-        json={"lora_name": name, "lora_path": str(path)},
-    )
+    """Load a LoRA adapter from `path` (a folder on the server's machine) under `name`;
+    `load_inplace` replaces an adapter already loaded under that name (vLLM answers 400 to
+    an existing name without it)."""
+    body = {"lora_name": name, "lora_path": str(path)}
+    if load_inplace:
+        body["load_inplace"] = True
+    _request("POST", api_url(base_url) + "/load_lora_adapter", api_key, timeout_s, json=body)
+
+
+def ensure_adapter(base_url: str, adapter_dir: str | Path, server_dir: str | Path | None = None,
+                   api_key: str | None = None) -> str:
+    """Serve the adapter folder under its (content-addressed) folder name and return that
+    name: loaded, or reloaded in place when the name is already served. `server_dir`: the
+    folder as the server sees it. A refusal raises ModelError with the server's message."""
+    name = Path(adapter_dir).name
+    path = server_dir or adapter_dir
+    load_lora_adapter(base_url, name, path, api_key, load_inplace=name in list_models(base_url, api_key))
+    return name
 
 
 def unload_lora_adapter(

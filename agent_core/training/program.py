@@ -189,6 +189,25 @@ def _checkpoint_modules(path: Path) -> set[str]:
     return {n.rsplit(".", 1)[0] for n in names if n.endswith((".weight", ".bias"))}
 
 
+#: the ranks `vllm serve --max-lora-rank` accepts
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+#: module names vLLM serves LoRA on (linear layers; embeddings and lm_head need extra flags)
+VLLM_LORA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj",
+                               "down_proj", "gate_up_proj"})
+
+
+def check_served_lora(lora: LoraSettings, max_lora_rank: int) -> None:
+    """LoRA settings a vLLM server started with `--max-lora-rank max_lora_rank` can load;
+    `ProgramError` naming the limit otherwise."""
+    if lora.rank > max_lora_rank:
+        raise ProgramError(f"lora.rank {lora.rank} exceeds the server's max_lora_rank {max_lora_rank} "
+                           f"(vllm serve --max-lora-rank): use a rank of at most {max_lora_rank}")
+    unsupported = [t for t in lora.target_modules if t.rsplit(".", 1)[-1] not in VLLM_LORA_MODULES]
+    if unsupported:
+        raise ProgramError(f"lora.target_modules {unsupported} cannot be served by vLLM; use among "
+                           f"{sorted(VLLM_LORA_MODULES)}")
+
+
 def check_lora(lora: LoraSettings, base_path: str | Path | None = None,
                module_names: set[str] | None = None) -> None:
     """Check LoRA settings against the base model; `ProgramError` naming what does not fit.

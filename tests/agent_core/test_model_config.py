@@ -81,3 +81,25 @@ def test_episode_threads_share_one_local_model():
     for t in threads:
         t.join()
     assert len(built) == 4 and len({id(m.inner) for m in built}) == 1
+
+
+def test_served_lora_limits_are_checked_when_a_program_is_parsed():
+    from agent_core.training.program import LoraSettings, ProgramError, check_served_lora
+
+    with pytest.raises(ValidationError, match=r"max_lora_rank must be one of vLLM's \[1, 8, 16"):
+        ModelConfig(backend="openai", base_url="http://h/v1", model="m", max_lora_rank=24)
+    lora = LoraSettings(rank=32, alpha=64, target_modules=["q_proj", "v_proj"], learning_rate=1e-4, max_seq_len=512)
+    with pytest.raises(ProgramError, match="lora.rank 32 exceeds the server's max_lora_rank 16"):
+        check_served_lora(lora, 16)
+    check_served_lora(lora, 32)
+    with pytest.raises(ProgramError, match=r"\['lm_head'\] cannot be served by vLLM"):
+        check_served_lora(lora.model_copy(update={"target_modules": ["q_proj", "lm_head"]}), 64)
+
+
+def test_server_paths_map_workspace_folders_to_the_servers_view():
+    models = ModelConfig(backend="openai", base_url="http://h/v1", model="m",
+                         server_paths={"/work/runs": "/mnt/shared/runs", "/work/runs/adapters": "/adapters"})
+    assert models.server_path("/work/runs/adapters/mem-1") == "/adapters/mem-1"  # longest prefix wins
+    assert models.server_path("/work/runs/sft/x") == "/mnt/shared/runs/sft/x"
+    assert models.server_path("/work/runsX/a") == "/work/runsX/a"  # a prefix is a whole folder
+    assert models.server_path("/elsewhere/a") == "/elsewhere/a"

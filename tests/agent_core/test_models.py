@@ -339,3 +339,25 @@ def test_server_with_openai_client_base_and_adapter(
     import httpx2
 
     assert httpx2.get(server_url + "/health").status_code == 200
+
+
+@pytest.mark.slow
+def test_adapters_are_reloaded_in_place_and_seen_at_the_servers_path(
+    local_model: Any, lora_dir: Path, server_url: str, tmp_path: Path
+) -> None:
+    from agent_core.models import list_models, unload_lora_adapter
+    from agent_core.models.config import ModelConfig
+    from agent_core.models.openai_client import ensure_adapter
+
+    # this machine sees the adapter under /work/...; the server sees it where it really is
+    models = ModelConfig(backend="openai", base_url=server_url, model=local_model.model_id,
+                         server_paths={"/work/adapters": str(lora_dir.parent)})
+    here = f"/work/adapters/{lora_dir.name}"
+    try:
+        assert ensure_adapter(server_url, here, models.server_path(here)) == lora_dir.name
+        assert ensure_adapter(server_url, here, models.server_path(here)) == lora_dir.name  # in place: no 400
+        assert list_models(server_url).count(lora_dir.name) == 1
+    finally:
+        unload_lora_adapter(server_url, lora_dir.name)
+    with pytest.raises(ModelError, match=r"answered 400.*no peft adapter at"):  # the server's own message
+        ensure_adapter(server_url, tmp_path / "mem-missing")

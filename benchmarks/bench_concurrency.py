@@ -1,0 +1,116 @@
+"""Episodes per minute at concurrency 1, 2, 4, 8, 16 against an OpenAI-compatible server that
+answers every request after a fixed delay: do our client and flows keep that many requests
+in flight, so that a real server (vLLM) can batch them?
+
+The delay server below is a load-test target, nothing more: it answers `<|DONE|>` to memory
+prompts and an action to action prompts, after `--delay` seconds, from a thread per request.
+Each level plays the tiny game through the flows' episode fan-out (`flows.common.run_episodes`
+in a flow on Prefect's local API: the episode tasks, the openai client), on seeds of its own
+so that nothing comes from the cache; archiving and reports (fixed costs) are left out.
+
+    python benchmarks/bench_concurrency.py [--episodes 16] [--steps 3] [--delay 0.1]
+
+Target: a speed-up of at least 0.8 x N at N = 16 over N = 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+LEVELS = (1, 2, 4, 8, 16)
+
+
+def delay_server(delay: float) -> tuple[ThreadingHTTPServer, str]:
+    """An OpenAI-compatible chat endpoint that answers after `delay` seconds (load-test target)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - /v1/models
+            self._send({"object": "list", "data": [{"id": "delay", "object": "model", "root": "delay"}]})
+
+        def do_POST(self) -> None:  # noqa: N802 - /v1/chat/completions
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            time.sleep(delay)
+            last = body["messages"][-1]["content"]
+            reply = "<|ACTION|>look<|END|>" if "world action" in last or "No action found" in last else "<|DONE|>"
+            self._send({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--episodes", type=int, default=16, help="episodes per level")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--delay", type=float, default=0.1, help="seconds per model request")
+    args = ap.parse_args()
+
+    from agent_core.models.config import ModelConfig
+    from agent_core.workspace import configure_prefect_env
+
+    with tempfile.TemporaryDirectory() as tmp:
+        configure_prefect_env(Path(tmp))
+        from prefect import flow
+
+        from agent_core.episode import EpisodeSpec
+        from agent_core.scaffold import Scaffold
+        from flows.common import run_episodes
+
+        server, url = delay_server(args.delay)
+        models = ModelConfig(backend="openai", base_url=url, model="delay", constrain="off")
+        scaffold = str(Scaffold.builtin("tiny").root)
+
+        def specs(seeds: list[int], steps: int) -> list[EpisodeSpec]:
+            return [EpisodeSpec(game="tiny", task="key-door", seed=s, max_steps=steps, scaffold_dir=scaffold,
+                                models=models, workspace=tmp) for s in seeds]
+
+        @flow(name="bench-concurrency")
+        def level(batch: list[EpisodeSpec], n: int) -> float:
+            started = time.perf_counter()
+            run_episodes(batch, n)
+            return time.perf_counter() - started
+
+        level(specs([10_000], 1), 1)  # Prefect's start-up off the clock
+        rates = {}
+        for i, n in enumerate(LEVELS):
+            seeds = list(range(i * args.episodes, (i + 1) * args.episodes))
+            rates[n] = args.episodes / level(specs(seeds, args.steps), n) * 60
+        server.shutdown()
+    calls = args.steps * 3  # LOG, PLAN, action per step
+    print(f"\ntiny game, {args.episodes} episodes of {args.steps} steps (~{calls} requests each) per level, "
+          f"server delay {args.delay:g} s per request\n")
+    print(f"{'concurrency':>11} {'episodes/min':>13} {'speed-up':>9} {'target (0.8 x N)':>17}")
+    for n in LEVELS:
+        speedup = rates[n] / rates[1]
+        print(f"{n:>11} {rates[n]:>13.1f} {speedup:>9.2f} {0.8 * n:>17.1f}")
+    final = rates[16] / rates[1]
+    print(f"\nat N = 16: {final:.1f}x (target >= {0.8 * 16:.1f}x) -> {'met' if final >= 12.8 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
