@@ -89,7 +89,7 @@ def main() -> None:
             return [EpisodeSpec(game="tiny", task="key-door", seed=s, max_steps=steps, scaffold_dir=scaffold,
                                 models=models, workspace=tmp) for s in seeds]
 
-        @flow(name="bench-concurrency")
+        @flow(name="bench-concurrency", validate_parameters=False)
         def level(batch: list[EpisodeSpec], n: int) -> float:
             started = time.perf_counter()
             run_episodes(batch, n)

@@ -82,7 +82,7 @@ def night_history(root: Path, game: str) -> tuple[str, list[Figure]]:
             con.close()
     table = ["| night | scaffold | episodes | mean progression | growth chars/step | write/search |",
              "|---|---|---|---|---|---|"]
-    table += [f"| {n} | {h} | {k} | {p:.3f} | {g:.1f} | {(w / c if c else float('nan')):.2f} |"
+    table += [f"| {n} | {h} | {k} | {p:.3f} | {g:.1f} | {f'{w / c:.2f}' if c else '- (no look-ups)'} |"
               for n, h, k, p, g, w, c in rows]
     by_night: dict[str, list[float]] = {}
     for night, _, _, p, *_ in rows:
