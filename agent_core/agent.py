@@ -61,9 +61,9 @@ class StepDecision:
 #: the wording is part of every prompt: small models copy it, so changing it changes episodes
 _EXAMPLE_ARGS = {"file": "name.md", "text": "text", "old": "old passage", "new": "new passage", "key": "key",
                  "value": "value", "query": "keyword", "rewrite.text": "whole new text"}
-#: one example per memory op of the op table: its required arguments (and CREATE's text)
+#: one example per memory op of the op table: its required arguments (CREATE shows its text too)
 _COMMAND_HELP = [format_command(name, **{a: _EXAMPLE_ARGS.get(f"{name}.{a}", _EXAMPLE_ARGS[a])
-                                         for a in spec.args[:max(spec.required, 2 if name == "create" else 0)]})
+                                         for a in (spec.args if name == "create" else spec.args[:spec.required])})
                  for name, spec in OPS.items() if spec.memory]
 
 

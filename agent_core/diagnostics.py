@@ -21,6 +21,24 @@ WRITES = frozenset(WRITE_OPS) - {"delete"}
 CONSULTS = frozenset(CONSULT_OPS)
 
 
+def sql_list(ops: frozenset[str] | tuple[str, ...]) -> str:
+    """Op names as an SQL list for queries over the archive's memory_ops, e.g. `'read', 'tail'`."""
+    return ", ".join(f"'{o}'" for o in sorted(ops))
+
+
+def per_step_means(trace_paths: list[str] | list[Path], fields: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    """Per field of `StepRecord`, (step, mean over the episodes) for every step; each trace
+    is read once."""
+    import statistics
+
+    by_step: dict[str, dict[int, list[float]]] = {f: {} for f in fields}
+    for path in trace_paths:
+        for step in read_trace(path).steps:
+            for f in fields:
+                by_step[f].setdefault(step.step, []).append(float(getattr(step, f)))
+    return {f: [(k, statistics.fmean(v)) for k, v in sorted(s.items())] for f, s in by_step.items()}
+
+
 class Diagnostics(BaseModel):
     steps: int
     progression: float

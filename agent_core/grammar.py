@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from agent_core.commands import CONSULT_OPS, OPS, OpSpec
@@ -121,13 +121,9 @@ class Grammar:
         return _compiled(self.text).fullmatch(reply) is not None
 
 
-_CACHE: dict[str, re.Pattern] = {}
-
-
+@lru_cache(maxsize=256)
 def _compiled(text: str) -> re.Pattern:
-    if text not in _CACHE:
-        _CACHE[text] = re.compile(text, re.DOTALL)
-    return _CACHE[text]
+    return re.compile(text, re.DOTALL)
 
 
 def _tag(name: str) -> str:
@@ -139,9 +135,9 @@ def command_pattern(spec: OpSpec, files: list[str] | None = None) -> str:
     With `files`, a file argument names one of them (CREATE's follows the name rule)."""
     named = _choice([re.escape(f) for f in files]) if files and spec.name != "create" else None
     args = [named if a == "file" and named else _ARG_PATTERNS[a] for a in spec.args]
+    if spec.required == 0 and args:
+        raise GrammarError(f"{spec.name}: an op whose arguments are all optional has no pattern yet")
     body = r"\|".join(args[:spec.required]) + "".join(rf"(\|{a})?" for a in args[spec.required:])
-    if spec.required == 0 and len(args) > 0:  # all optional: drop the leading separator
-        body = "(" + r"\|".join(args) + ")?"
     return _tag(spec.name) + body + (_tag("end") if spec.needs_end else "")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,19 +95,26 @@ def write_report(path: Path, markdown: str, figures: list[Figure]) -> str:
     markdown with the PNGs inline, for a Prefect artifact. `markdown` places each figure
     where `{{figure:<name>}}` stands (figures without a place go at the end)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    stem = path.stem
-    on_disk, inline = markdown, markdown
-    trailing_disk, trailing_inline = [], []
+    trailing = []
     for fig in figures:
-        file_name = f"{stem}-{fig.name}"
-        (path.parent / file_name).write_bytes(fig.png)
-        disk = Figure(file_name, fig.title, fig.png).markdown(inline=False)
-        embedded = fig.markdown(inline=True)
+        on_disk = Figure(f"{path.stem}-{fig.name}", fig.title, fig.png)
+        (path.parent / on_disk.name).write_bytes(fig.png)
         token = "{{figure:" + fig.name + "}}"
         if token in markdown:
-            on_disk, inline = on_disk.replace(token, disk), inline.replace(token, embedded)
+            markdown = markdown.replace(token, on_disk.markdown(inline=False))
         else:
-            trailing_disk.append(disk)
-            trailing_inline.append(embedded)
-    path.write_text("\n\n".join([on_disk, *trailing_disk]) + "\n")
-    return "\n\n".join([inline, *trailing_inline]) + "\n"
+            trailing.append(on_disk.markdown(inline=False))
+    markdown = "\n\n".join([markdown, *trailing]) + "\n"
+    path.write_text(markdown)
+    return inline_images(markdown, path.parent)
+
+
+def inline_images(markdown: str, folder: Path) -> str:
+    """`markdown` with every link to a PNG file in `folder` replaced by the PNG itself."""
+    def embed(m: re.Match) -> str:
+        png = folder / m.group(2)
+        if not png.is_file():
+            return m.group(0)
+        return f"![{m.group(1)}](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^()/\s]+\.png)\)", embed, markdown)

@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from agent_core.archive import connect
+from agent_core.diagnostics import CONSULTS, WRITES, sql_list
 from agent_core.evaluation import estimate, per_seed
 from agent_core.plots import bars_with_intervals, lines, write_report
 
@@ -24,8 +25,8 @@ def archive_report(archive_root: Path | str, out: Path | str) -> Path:
             "JOIN episodes e ON e.episode_id = s.episode_id WHERE e.complete GROUP BY ALL ORDER BY ALL").fetchall()
         ops = dict(((g, h, m), (w, c)) for g, h, m, w, c in con.execute(
             "SELECT e.game, e.scaffold_hash, e.memory_model, "
-            "count(*) FILTER (WHERE o.op IN ('create','append','rewrite','replace','upsert','delete')), "
-            "count(*) FILTER (WHERE o.op IN ('read','tail','search')) "
+            f"count(*) FILTER (WHERE o.op IN ({sql_list(WRITES)})), "
+            f"count(*) FILTER (WHERE o.op IN ({sql_list(CONSULTS)})) "
             "FROM memory_ops o JOIN episodes e ON e.episode_id = o.episode_id GROUP BY ALL").fetchall())
     finally:
         con.close()

@@ -65,6 +65,30 @@ class RunParams(BaseModel):
         """The local workspace directory (a remote workspace's mirror)."""
         return workspace_root(self.workspace).resolve()
 
+    def spec(self, game: str, task: str, seed: int, scaffold_dir: str, models: ModelConfig | None = None,
+             max_steps: int | None = None) -> EpisodeSpec:
+        """One episode of this run, in its workspace."""
+        return EpisodeSpec(game=game, task=task, seed=seed, max_steps=max_steps or self.max_steps,
+                           scaffold_dir=scaffold_dir, models=models or self.models, workspace=str(self.root()),
+                           remote=workspace_url(self.workspace))
+
+
+class GamesParams(RunParams):
+    """Several games (`game` or `game/task`) on the same seeds, plus `RunParams`."""
+
+    games: list[str] = Field(["tiny"], min_length=1, description="Games as `game` or `game/task`, e.g. crafter, minihack/Quest-Easy.")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds (non-negative, distinct); every game plays every seed.")
+
+    @field_validator("games")
+    @classmethod
+    def _known_games(cls, games: list[str]) -> list[str]:
+        return [canonical_game(g) for g in games]
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        return check_seeds(seeds)
+
 
 class GameParams(RunParams):
     """What the outer loops share: one game, plus `RunParams`."""
@@ -82,9 +106,7 @@ class GameParams(RunParams):
 
     def specs(self, scaffold_dir: str, seeds: list[int], models: ModelConfig | None = None) -> list[EpisodeSpec]:
         game, task = self.game.split("/", 1)
-        return [EpisodeSpec(game=game, task=task, seed=s, max_steps=self.max_steps, scaffold_dir=scaffold_dir,
-                            models=models or self.models, workspace=str(self.root()),
-                            remote=workspace_url(self.workspace)) for s in seeds]
+        return [self.spec(game, task, s, scaffold_dir, models) for s in seeds]
 
     def incumbent(self) -> Scaffold:
         """The scaffold to start from (explicit, else the registry's, else v0), copied into

@@ -14,18 +14,16 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent_core.diagnostics import Diagnostics
+from agent_core.diagnostics import Diagnostics, per_step_means
 from agent_core.evaluation import PUBLISHED, PUBLISHED_DIAGNOSTICS, compare, estimate, per_seed
 from agent_core.gate import GateConfig
 from agent_core.plots import bars_with_intervals, lines, write_report
 from agent_core.records import EpisodeSummary
 from agent_core.registry import incumbent_path
 from agent_core.scaffold import BUILTIN_DIR, Scaffold, ScaffoldError
-from agent_core.trace import read_trace
-from agent_core.workspace import workspace_url
-from flows.common import RunParams, canonical_game, check_seeds, run_episodes, sync
+from flows.common import GamesParams, run_episodes, sync
 from tasks.archive import archive_traces, diagnose_traces
 
 
@@ -57,24 +55,13 @@ class Arm(BaseModel):
         return self.scaffold
 
 
-class EvaluateParams(RunParams):
-    """Arms x games x seeds. Validated before any episode starts."""
+class EvaluateParams(GamesParams):
+    """Arms x games x seeds (several MiniHack tasks are averaged per seed, as BALROG does).
+    Validated before any episode starts."""
 
     arms: list[Arm] = Field(min_length=1, description="The agents to compare.")
-    games: list[str] = Field(["tiny"], min_length=1, description="`game` or `game/task`; several "
-                             "MiniHack tasks are averaged per seed, as BALROG does.")
     seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1, description="Every arm plays every seed.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The paired test between arms.")
-
-    @field_validator("games")
-    @classmethod
-    def _games(cls, games: list[str]) -> list[str]:
-        return [canonical_game(g) for g in games]
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, seeds: list[int]) -> list[int]:
-        return check_seeds(seeds)
 
     @model_validator(mode="after")
     def _arms(self) -> "EvaluateParams":
@@ -96,15 +83,6 @@ class EvaluateParams(RunParams):
         return self
 
 
-def mean_series(summaries: list[EpisodeSummary], field: str) -> list[tuple[float, float]]:
-    """Mean over episodes of a per-step field, per step."""
-    by_step: dict[int, list[float]] = defaultdict(list)
-    for s in summaries:
-        for step in read_trace(s.trace_path).steps:
-            by_step[step.step].append(float(getattr(step, field)))
-    return [(k, statistics.fmean(v)) for k, v in sorted(by_step.items())]
-
-
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or x != x else f"{x:.{digits}f}"
 
@@ -122,7 +100,7 @@ def evaluate(params: EvaluateParams) -> dict:
             game, task = entry.split("/", 1)
             scaffold = arm.scaffold_dir(game, root)
             for seed in params.seeds:
-                specs.append(params_spec(params, game, task, seed, budget, scaffold, models))
+                specs.append(params.spec(game, task, seed, scaffold, models, budget))
                 owners.append((arm.label, game, task, seed))
     logger.info("evaluate: %d arms x %d games x %d seeds = %d episodes", len(params.arms), len(params.games),
                 len(params.seeds), len(specs))
@@ -158,12 +136,12 @@ def evaluate(params: EvaluateParams) -> dict:
                                         "better": verdict.promote})
         rows = [(r["arm"], r["mean"], r["ci_low"], r["ci_high"]) for r in table if r["game"] == game]
         figures.append(bars_with_intervals(f"progression-{game}.png", f"{game}: progression (95% CI)", rows))
+        series = {label: per_step_means([s.trace_path for s, _ in episodes[(label, game)]],
+                                        ("memory_chars", "progression")) for label in labels}
         figures.append(lines(f"memory-{game}.png", f"{game}: memory size over the episode",
-                             {label: mean_series([s for s, _ in episodes[(label, game)]], "memory_chars")
-                              for label in labels}, "step", "memory characters"))
+                             {label: s["memory_chars"] for label, s in series.items()}, "step", "memory characters"))
         figures.append(lines(f"curve-{game}.png", f"{game}: progression over the episode",
-                             {label: mean_series([s for s, _ in episodes[(label, game)]], "progression")
-                              for label in labels}, "step", "progression"))
+                             {label: s["progression"] for label, s in series.items()}, "step", "progression"))
     markdown = _markdown(params, budget, games, table, comparisons)
     from prefect.runtime import flow_run
 
@@ -174,13 +152,6 @@ def evaluate(params: EvaluateParams) -> dict:
     logger.info("evaluation report: %s", report)
     return {"report": str(report), "table": table, "comparisons": comparisons,
             "episodes": [s.episode_id for s in summaries]}
-
-
-def params_spec(params: EvaluateParams, game: str, task: str, seed: int, budget: int, scaffold: str, models):
-    from agent_core.episode import EpisodeSpec
-
-    return EpisodeSpec(game=game, task=task, seed=seed, max_steps=budget, scaffold_dir=scaffold, models=models,
-                       workspace=str(params.root()), remote=workspace_url(params.workspace))
 
 
 def _markdown(params: EvaluateParams, budget: int, games: list[str], table: list[dict], comparisons: list[dict]) -> str:

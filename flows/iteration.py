@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import base64
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field, field_validator, model_validator
@@ -65,6 +63,7 @@ def night_history(root: Path, game: str) -> tuple[str, list[Figure]]:
     loop's seeds, their mean progression, memory growth per step and write-to-search ratio
     (the paper's two diagnostics), from the workspace's Parquet archive."""
     from agent_core.archive import connect
+    from agent_core.diagnostics import CONSULTS, WRITES, sql_list
 
     rows: list[tuple] = []
     if (root / "archive" / "episodes").is_dir():
@@ -72,8 +71,8 @@ def night_history(root: Path, game: str) -> tuple[str, list[Figure]]:
         try:
             rows = con.execute(
                 "WITH ops AS (SELECT episode_id, "
-                "  count(*) FILTER (WHERE op IN ('create','append','rewrite','replace','upsert','delete')) AS w, "
-                "  count(*) FILTER (WHERE op IN ('read','tail','search')) AS c FROM memory_ops GROUP BY ALL) "
+                f"  count(*) FILTER (WHERE op IN ({sql_list(WRITES)})) AS w, "
+                f"  count(*) FILTER (WHERE op IN ({sql_list(CONSULTS)})) AS c FROM memory_ops GROUP BY ALL) "
                 "SELECT substr(e.started_at, 1, 10) AS night, e.scaffold_hash, count(*), avg(e.progression), "
                 "  avg(e.memory_chars / greatest(e.steps, 1)), sum(coalesce(o.w, 0)), sum(coalesce(o.c, 0)) "
                 "FROM episodes e LEFT JOIN ops o ON o.episode_id = e.episode_id WHERE e.game = ? "
@@ -114,10 +113,7 @@ def iteration(params: IterationParams = IterationParams()) -> dict:
     from prefect.runtime import flow_run
 
     report = params.root() / "reports" / f"iteration-{flow_run.get_name() or 'local'}.md"
-    inline = write_report(report, "\n".join(lines), figures)
-    # the training report's plots, inline for the UI (the file links them beside it)
-    for png in Path(training["report"]).parent.glob(f"{Path(training['report']).stem}-*.png"):
-        inline = inline.replace(f"]({png.name})", f"](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})")
+    inline = write_report(report, "\n".join(lines), figures)  # the training report's plots inline too
     create_markdown_artifact(inline, key="nightly-report", description=f"nightly iteration: {params.game}")
     sync(params.workspace, report, *report.parent.glob(f"{report.stem}-*.png"))
     logger.info("nightly report: %s", report)

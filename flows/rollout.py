@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from pydantic import Field, field_validator
 
 from agent_core.episode import EpisodeSpec
 from agent_core.scaffold import Scaffold
-from agent_core.workspace import workspace_url
-from flows.common import RunParams, canonical_game, check_seeds, publish_rollout_report, run_episodes, sync
+from flows.common import GamesParams, publish_rollout_report, run_episodes, sync
 from tasks.archive import archive_traces, diagnose_traces
 
 
-class RolloutParams(RunParams):
+class RolloutParams(GamesParams):
     """What to play. Validated before any episode starts."""
-
-    games: list[str] = Field(["tiny"], min_length=1, description="Games as `game` or `game/task`, e.g. crafter, minihack/Quest-Easy.")
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds (non-negative, distinct); every game plays every seed.")
-
-    @field_validator("games")
-    @classmethod
-    def _known_games(cls, games: list[str]) -> list[str]:
-        return [canonical_game(g) for g in games]
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, seeds: list[int]) -> list[int]:
-        return check_seeds(seeds)
 
     def episode_specs(self) -> list[EpisodeSpec]:
         specs = []
         for entry in self.games:
             game, task = entry.split("/", 1)
             scaffold = self.scaffold or str(Scaffold.builtin(game).root)
-            specs += [EpisodeSpec(game=game, task=task, seed=seed, max_steps=self.max_steps,
-                                  scaffold_dir=scaffold, models=self.models, workspace=str(self.root()),
-                                  remote=workspace_url(self.workspace))
-                      for seed in self.seeds]
+            specs += [self.spec(game, task, seed, scaffold) for seed in self.seeds]
         return specs
 
 

@@ -142,11 +142,9 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
             logger.info("trial %d: no training data: %s", n, dataset)
             continue
         result = train_adapter(dataset, program, str(root / "adapters"), params.train_base)
-        trial = trial.model_copy(update=dict(
-            dataset=str(dataset.path), examples=dataset.examples, adapter=str(result.adapter_dir),
-            final_loss=result.final_loss, eval_loss=result.eval_loss, eval_examples=result.eval_examples,
-            loss_curve=result.loss_curve))
-        trials[-1] = trial
+        trial.dataset, trial.examples, trial.adapter = str(dataset.path), dataset.examples, str(result.adapter_dir)
+        trial.final_loss, trial.eval_loss, trial.eval_examples = result.final_loss, result.eval_loss, result.eval_examples
+        trial.loss_curve = result.loss_curve
         specialist = str(result.adapter_dir)
         if params.models.backend == "openai":
             try:
@@ -207,11 +205,14 @@ def _figures(trials: list[TrialRecord], incumbent: str, base_runs: list[EpisodeS
              spec_runs: dict[int, list[EpisodeSummary]]) -> list:
     """LoRA loss per trial, and memory size over the episode: incumbent vs each specialist."""
     from agent_core.plots import bars_with_intervals, lines
-    from flows.evaluate import mean_series
+    from agent_core.diagnostics import per_step_means
+
+    def memory_series(runs: list[EpisodeSummary]) -> list[tuple[int, float]]:
+        return per_step_means([s.trace_path for s in runs], ("memory_chars",))["memory_chars"]
 
     loss = {f"trial {t.trial}": list(enumerate(t.loss_curve, 1)) for t in trials if t.loss_curve}
-    memory = {incumbent: mean_series(base_runs, "memory_chars")}
-    memory.update({f"trial {n} specialist": mean_series(runs, "memory_chars") for n, runs in spec_runs.items()})
+    memory = {incumbent: memory_series(base_runs)}
+    memory.update({f"trial {n} specialist": memory_series(runs) for n, runs in spec_runs.items()})
     diag = [(incumbent, t.comparison["growth_chars_per_step"]["base"], t.comparison["write_search_ratio"]["base"])
             for t in trials[:1] if t.comparison]
     diag += [(f"trial {t.trial}", t.comparison["growth_chars_per_step"]["specialist"],

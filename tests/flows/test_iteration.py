@@ -19,7 +19,11 @@ def no_meta_endpoint(monkeypatch):
 
 
 @pytest.mark.slow
-def test_nightly_iteration_promotes_a_scaffold_trains_a_specialist_and_reports_with_plots(tmp_path):
+def test_nightly_iteration_promotes_a_scaffold_trains_an_adapter_and_reports_with_plots(tmp_path):
+    """Plumbing of the nightly run. The agent is the rule-based explorer (scripted backend),
+    so the adapter is really trained but its evaluation is the same policy under the
+    adapter's name; the trained adapter playing on the local model is
+    tests/flows/test_training_loop.py."""
     ws = tmp_path / "ws"
     params = IterationParams(
         game="tiny", eval_seeds=[0, 1, 2, 3], confirm_seeds=[10, 11, 12, 13], pool_seeds=[100], max_steps=20,
