@@ -17,7 +17,7 @@ import hashlib
 from pathlib import Path
 
 PROTOCOL_VERSION = 2
-SOURCES_DIGEST = "7adc5656ba9718f8"
+SOURCES_DIGEST = "1c2b3b6b5789bb9a"
 
 _ROOT = Path(__file__).resolve().parents[1]
 #: sources (relative to the repository) that decide what happens in an episode
@@ -30,6 +30,7 @@ SOURCES = (
     "agent_core/memory.py",
     "agent_core/scaffold.py",
     "agent_core/models/config.py",
+    "agent_core/models/devices.py",
     "agent_core/models/local.py",
     "agent_core/models/openai_client.py",
     "agent_core/models/policies.py",

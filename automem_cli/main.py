@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -15,9 +15,19 @@ CONSTRAIN_HELP = ("on: decode every reply under the command grammar (vLLM struct
                   "off: free text, parsed forgivingly.")
 
 # Before torch can be imported: offline, and OpenMP threads that sleep when idle.
+from agent_core.models.devices import DEVICE_HELP  # noqa: E402
 from agent_core.models.weights import set_runtime_env  # noqa: E402
 
 set_runtime_env()
+
+# The model options every command that plays episodes takes, declared once.
+BaseUrl = Annotated[Optional[str], typer.Option(help="OpenAI-compatible model server, e.g. vLLM's "
+                                                "http://host:8000/v1 (default: the local model).")]
+ServedModel = Annotated[Optional[str], typer.Option("--model", help="Served model name (with --base-url).")]
+MaxTokens = Annotated[Optional[int], typer.Option(min=1, help=MAX_TOKENS_HELP)]
+Constrain = Annotated[str, typer.Option(help=CONSTRAIN_HELP)]
+Device = Annotated[str, typer.Option(help=f"Local model's device: {DEVICE_HELP}.")]
+Workspace = Annotated[Optional[Path], typer.Option(help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs).")]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AutoMem: LLM agents that learn to manage their memory.")
 env_app = typer.Typer(no_args_is_help=True, help="Look at a game by hand.")
@@ -81,12 +91,13 @@ def play(
     seed: int = typer.Option(0, min=0),
     steps: int = typer.Option(30, min=1, help="Step budget."),
     scaffold: Optional[Path] = typer.Option(None, help="Scaffold directory (default: the game's v0)."),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. vLLM."),
-    model: Optional[str] = typer.Option(None, help="Served model name (with --base-url)."),
     specialist: Optional[str] = typer.Option(None, help="Memory-specialist adapter name (served) or path (local)."),
-    max_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
-    constrain: str = typer.Option("on", help=CONSTRAIN_HELP),
-    workspace: Optional[Path] = typer.Option(None, help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs)."),
+    base_url: BaseUrl = None,
+    model: ServedModel = None,
+    max_tokens: MaxTokens = None,
+    constrain: Constrain = "on",
+    device: Device = "auto",
+    workspace: Workspace = None,
 ) -> None:
     """Play one episode and print where the trace is and its diagnostics."""
     from rich.progress import Progress
@@ -94,7 +105,6 @@ def play(
     from agent_core.diagnostics import diagnose
     from agent_core.episode import episode_key, run_episode
     from agent_core.models.base import ModelError
-    from agent_core.models.config import ModelConfig
     from agent_core.scaffold import Scaffold, ScaffoldError
     from agent_core.trace import read_trace
     from agent_core.workspace import episode_dir, workspace_root
@@ -105,8 +115,7 @@ def play(
     except ScaffoldError as exc:
         _fail(str(exc))
     try:
-        models = ModelConfig(backend="openai" if base_url else "local", base_url=base_url,
-                             model=model, specialist=specialist, max_tokens=max_tokens, constrain=constrain)
+        models = _models(base_url, model, max_tokens, constrain, device, specialist)
         models.check()
         roles = models.build()
     except (ValueError, ModelError, OSError) as exc:
@@ -194,6 +203,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     adapter: list[str] = typer.Option([], help="NAME=PATH of a peft adapter to serve (repeatable)."),
+    device: Device = "auto",
 ) -> None:
     """A local OpenAI-compatible server (vLLM's surface) over the local model."""
     from agent_core.models.server import serve as run_server
@@ -204,7 +214,13 @@ def serve(
         if not sep or not name or not p:
             _fail(f"--adapter takes NAME=PATH, got {item!r}")
         adapters[name] = Path(p)
-    run_server(host=host, port=port, adapters=adapters)
+    try:
+        from agent_core.models.devices import resolve_device
+
+        resolve_device(device)
+    except ValueError as exc:
+        _fail(str(exc))
+    run_server(host=host, port=port, adapters=adapters, device=device)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -221,12 +237,13 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _models(base_url: Optional[str], model: Optional[str], max_tokens: Optional[int] = None,
-            constrain: str = "on"):
+def _models(base_url: Optional[str], model: Optional[str], max_tokens: Optional[int], constrain: str,
+            device: str, specialist: Optional[str] = None):
+    """The `ModelConfig` the model options describe (ValueError when they do not fit)."""
     from agent_core.models.config import ModelConfig
 
     return ModelConfig(backend="openai" if base_url else "local", base_url=base_url, model=model,
-                       max_tokens=max_tokens, constrain=constrain)
+                       specialist=specialist, max_tokens=max_tokens, constrain=constrain, device=device)
 
 
 @app.command("optimize-scaffold")
@@ -237,11 +254,12 @@ def optimize_scaffold(
     patience: int = typer.Option(2, min=1, help="Stop after this many iterations without promotion (M)."),
     steps: int = typer.Option(10, min=1, help="Step budget per episode."),
     concurrency: int = typer.Option(4, min=1),
-    base_url: Optional[str] = typer.Option(None, help="Agent model server (default: the local model)."),
-    model: Optional[str] = typer.Option(None, help="Served agent model name."),
-    max_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
-    constrain: str = typer.Option("on", help=CONSTRAIN_HELP),
-    workspace: Optional[Path] = typer.Option(None),
+    base_url: BaseUrl = None,
+    model: ServedModel = None,
+    max_tokens: MaxTokens = None,
+    constrain: Constrain = "on",
+    device: Device = "auto",
+    workspace: Workspace = None,
 ) -> None:
     """Outer loop 1: review, revise and gate the memory scaffold (meta-LLM from
     AUTOMEM_META_BASE_URL / AUTOMEM_META_MODEL, else the rule-based reviewer)."""
@@ -252,7 +270,7 @@ def optimize_scaffold(
 
     try:
         params = ScaffoldLoopParams(game=env, seeds=parse_seeds(seeds), iterations=iterations, patience=patience,
-                                    max_steps=steps, concurrency=concurrency, models=_models(base_url, model, max_tokens, constrain),
+                                    max_steps=steps, concurrency=concurrency, models=_models(base_url, model, max_tokens, constrain, device),
                                     workspace=str(workspace) if workspace else None)
     except ValueError as exc:
         _fail(str(exc))
@@ -268,11 +286,12 @@ def rollout(
     seeds: str = typer.Option("0-1", help="Seeds, e.g. 0-3 or 0,2,5."),
     steps: int = typer.Option(10, min=1, help="Step budget per episode."),
     concurrency: int = typer.Option(4, min=1),
-    base_url: Optional[str] = typer.Option(None, help="Model server (default: the local model)."),
-    model: Optional[str] = typer.Option(None, help="Served model name."),
-    max_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
-    constrain: str = typer.Option("on", help=CONSTRAIN_HELP),
-    workspace: Optional[Path] = typer.Option(None),
+    base_url: BaseUrl = None,
+    model: ServedModel = None,
+    max_tokens: MaxTokens = None,
+    constrain: Constrain = "on",
+    device: Device = "auto",
+    workspace: Workspace = None,
 ) -> None:
     """Run the rollout flow (episodes -> Parquet archive -> report)."""
     from agent_core.workspace import configure_prefect_env
@@ -282,7 +301,7 @@ def rollout(
 
     try:
         params = RolloutParams(games=env, seeds=parse_seeds(seeds), max_steps=steps, concurrency=concurrency,
-                               models=_models(base_url, model, max_tokens, constrain),
+                               models=_models(base_url, model, max_tokens, constrain, device),
                                workspace=str(workspace) if workspace else None)
     except ValueError as exc:
         _fail(str(exc))
@@ -299,11 +318,12 @@ def evaluate(
     seeds: str = typer.Option("0-4", help="Seeds every arm plays, e.g. 0-4."),
     steps: int = typer.Option(20, min=1, help="Step budget per episode (the same for every arm)."),
     concurrency: int = typer.Option(4, min=1),
-    base_url: Optional[str] = typer.Option(None, help="Model server (default: the local model)."),
-    model: Optional[str] = typer.Option(None, help="Served model name."),
-    max_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_TOKENS_HELP),
-    constrain: str = typer.Option("on", help=CONSTRAIN_HELP),
-    workspace: Optional[Path] = typer.Option(None),
+    base_url: BaseUrl = None,
+    model: ServedModel = None,
+    max_tokens: MaxTokens = None,
+    constrain: Constrain = "on",
+    device: Device = "auto",
+    workspace: Workspace = None,
 ) -> None:
     """Several agents on the same seeds: progression with 95% intervals, paired tests, plots."""
     from agent_core.workspace import configure_prefect_env
@@ -314,7 +334,7 @@ def evaluate(
     try:
         arms = [Arm(scaffold=a.split("+", 1)[0], adapter=a.split("+", 1)[1] if "+" in a else None) for a in arm]
         params = EvaluateParams(arms=arms, games=env, seeds=parse_seeds(seeds), max_steps=steps,
-                                concurrency=concurrency, models=_models(base_url, model, max_tokens, constrain),
+                                concurrency=concurrency, models=_models(base_url, model, max_tokens, constrain, device),
                                 workspace=str(workspace) if workspace else None)
     except ValueError as exc:
         _fail(str(exc))
@@ -350,7 +370,7 @@ PRESETS = Path(__file__).resolve().parents[1] / "deployments" / "presets"
 @app.command()
 def iterate(
     preset: Path = typer.Option(PRESETS / "nightly-local.yaml", help="YAML file with the flow's `params`."),
-    workspace: Optional[Path] = typer.Option(None),
+    workspace: Workspace = None,
 ) -> None:
     """The nightly iteration (scaffold loop, then training loop) with a preset's parameters."""
     import yaml

@@ -79,7 +79,7 @@ def main() -> None:
 
         from agent_core.episode import EpisodeSpec
         from agent_core.scaffold import Scaffold
-        from flows.common import run_episodes
+        from flows.common import RunParams, run_episodes
 
         server, url = delay_server(args.delay)
         models = ModelConfig(backend="openai", base_url=url, model="delay", constrain="off")
@@ -92,7 +92,7 @@ def main() -> None:
         @flow(name="bench-concurrency", validate_parameters=False)
         def level(batch: list[EpisodeSpec], n: int) -> float:
             started = time.perf_counter()
-            run_episodes(batch, n)
+            run_episodes(batch, RunParams(concurrency=n))
             return time.perf_counter() - started
 
         level(specs([10_000], 1), 1)  # Prefect's start-up off the clock

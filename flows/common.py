@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -20,6 +21,7 @@ from agent_core.review.candidate import materialise
 from agent_core.scaffold import Scaffold
 from agent_core.workspace import push, workspace_root, workspace_url
 from environments.registry import resolve
+from flows.runners import RunnerConfig, episode_submitter
 from tasks.episodes import find_finished_episodes, run_episode
 
 
@@ -59,6 +61,8 @@ class RunParams(BaseModel):
                                  "(outer loops) or the game's built-in v0.")
     models: ModelConfig = Field(default_factory=ModelConfig, description="The agent's models.")
     concurrency: int = Field(4, ge=1, le=512, description="Episodes in flight at once.")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="Where the episodes run: this "
+                                 "process's threads, or an existing Dask cluster (`flows.runners`).")
     workspace: str | None = Field(None, description="Workspace: a directory or an fsspec URL (default $AUTOMEM_WORKSPACE or ./automem-runs).")
 
     def root(self) -> Path:
@@ -122,10 +126,10 @@ class EpisodesFailed(RuntimeError):
     """Some episodes failed after their retries; the others' results are kept."""
 
 
-def run_episodes(specs: list[EpisodeSpec], concurrency: int, label: str = "episodes") -> list[EpisodeSummary]:
-    """Run episodes concurrently (at most `concurrency` at a time, so a model server can batch
-    their requests), with a progress artifact. Raises `EpisodesFailed` after all others
-    finished if any episode failed for good."""
+def run_episodes(specs: list[EpisodeSpec], params: RunParams, label: str = "episodes") -> list[EpisodeSummary]:
+    """Run episodes concurrently on the run's task runner (at most `params.concurrency` at a
+    time, so a model server can batch their requests), with a progress artifact. Raises
+    `EpisodesFailed` after all others finished if any episode failed for good."""
     logger = get_run_logger()
     # One lookup instead of a cached task run per episode: Prefect's per-task-run overhead
     # (~90 ms) would otherwise dominate a re-run whose episodes are all finished.
@@ -137,23 +141,24 @@ def run_episodes(specs: list[EpisodeSpec], concurrency: int, label: str = "episo
     pending = [(i, s) for i, s in enumerate(specs) if i not in results]
     in_flight: list = []
     failures: list[str] = []
-    while pending or in_flight:
-        while pending and len(in_flight) < concurrency:
-            index, spec = pending.pop(0)
-            in_flight.append((run_episode.submit(spec), index))
-        finished = next(as_completed([f for f, _ in in_flight]))
-        index = next(i for f, i in in_flight if f is finished)
-        in_flight = [(f, i) for f, i in in_flight if f is not finished]
-        finished.wait()  # sets the future's final state locally (no API round trip)
-        state, spec = finished.state, specs[index]
-        if state.is_completed():
-            results[index] = finished.result()
-        else:
-            error = finished.result(raise_on_failure=False)
-            reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message
-            failures.append(f"{spec.game}/{spec.task} seed {spec.seed}: {reason}")
-            logger.error("episode failed for good: %s", failures[-1])
-        update_progress_artifact(progress, 100.0 * (len(results) + len(failures)) / len(specs))
+    with episode_submitter(params.runner, run_episode) if pending else nullcontext() as submit:
+        while pending or in_flight:
+            while pending and len(in_flight) < params.concurrency:
+                index, spec = pending.pop(0)
+                in_flight.append((submit(spec), index))
+            finished = next(as_completed([f for f, _ in in_flight]))
+            index = next(i for f, i in in_flight if f is finished)
+            in_flight = [(f, i) for f, i in in_flight if f is not finished]
+            finished.wait()  # sets the future's final state locally (no API round trip)
+            state, spec = finished.state, specs[index]
+            if state.is_completed():
+                results[index] = finished.result()
+            else:
+                error = finished.result(raise_on_failure=False)
+                reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message
+                failures.append(f"{spec.game}/{spec.task} seed {spec.seed}: {reason}")
+                logger.error("episode failed for good: %s", failures[-1])
+            update_progress_artifact(progress, 100.0 * (len(results) + len(failures)) / len(specs))
     if failures:
         raise EpisodesFailed(f"{len(failures)} of {len(specs)} episodes failed (the others are "
                              "kept and a re-run reuses them):\n" + "\n".join(failures))

@@ -104,7 +104,7 @@ def evaluate(params: EvaluateParams) -> dict:
                 owners.append((arm.label, game, task, seed))
     logger.info("evaluate: %d arms x %d games x %d seeds = %d episodes", len(params.arms), len(params.games),
                 len(params.seeds), len(specs))
-    summaries = run_episodes(specs, params.concurrency, label="evaluate")
+    summaries = run_episodes(specs, params, label="evaluate")
     traces = [s.trace_path for s in summaries]
     archived = archive_traces(traces, str(root / "archive"))
     diagnostics = diagnose_traces(traces)

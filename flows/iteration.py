@@ -29,8 +29,8 @@ class IterationParams(GameParams):
     trials: int = Field(2, ge=1, le=50, description="Training-loop trials.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test of both loops.")
     train_base: str | None = Field(None, description="Base weights to train on (default: the local model).")
-    train_budget: TrainingBudget = Field(default_factory=TrainingBudget, description="Caps on each training "
-                                         "trial for this machine, over the curator's LoRA settings.")
+    train_budget: TrainingBudget = Field(default_factory=TrainingBudget, description="The training device, "
+                                         "and caps on each trial over the curator's LoRA settings.")
 
     @field_validator("eval_seeds", "pool_seeds", "confirm_seeds")
     @classmethod
@@ -45,7 +45,7 @@ class IterationParams(GameParams):
 
     def _shared(self) -> dict:
         return dict(game=self.game, max_steps=self.max_steps, scaffold=self.scaffold, models=self.models,
-                    concurrency=self.concurrency, workspace=self.workspace, gate=self.gate,
+                    concurrency=self.concurrency, runner=self.runner, workspace=self.workspace, gate=self.gate,
                     confirm_seeds=self.confirm_seeds)
 
     def scaffold_loop(self) -> ScaffoldLoopParams:
@@ -101,6 +101,7 @@ def night_history(root: Path, game: str) -> tuple[str, list[Figure]]:
 @flow(name="iteration")
 def iteration(params: IterationParams = IterationParams()) -> dict:
     logger = get_run_logger()
+    params.training().preflight()  # a wrong server, base or device fails now, not after the scaffold loop
     scaffolds = scaffold_loop(params.scaffold_loop())
     training = training_loop(params.training(scaffolds["incumbent"]))
     lines = [f"# Nightly iteration: {params.game}", "", "## Scaffold loop", ""]

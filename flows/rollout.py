@@ -29,7 +29,7 @@ def rollout(params: RolloutParams = RolloutParams()) -> dict:
     params.models.check()  # an unreachable model server fails here, before any episode
     specs = params.episode_specs()
     logger.info("rollout: %d episodes, concurrency %d", len(specs), params.concurrency)
-    summaries = run_episodes(specs, params.concurrency, label="rollout")
+    summaries = run_episodes(specs, params, label="rollout")
     traces = [s.trace_path for s in summaries]
     archived = archive_traces(traces, str(params.root() / "archive"))
     diagnostics = diagnose_traces(traces)

@@ -71,7 +71,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
     feedback: list[str] = []  # what became of earlier candidates for the current incumbent
     misses = 0
     for iteration in range(params.iterations):
-        runs = run_episodes(params.specs(str(incumbent.root), params.seeds), params.concurrency, label="incumbent")
+        runs = run_episodes(params.specs(str(incumbent.root), params.seeds), params, label="incumbent")
         traces = [s.trace_path for s in runs]
         sync(params.workspace, *archive_traces(traces, str(root / "archive")))
         proposal = review_scaffold(str(incumbent.root), traces, params.reviewer, str(root),
@@ -84,7 +84,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
             history.append(IterationRecord(**entry, verdict="no valid candidate", reason=reasons))
         else:
             candidate = Scaffold.load(proposal.candidate_dir)
-            cand_runs = run_episodes(params.specs(str(candidate.root), params.seeds), params.concurrency,
+            cand_runs = run_episodes(params.specs(str(candidate.root), params.seeds), params,
                                      label="candidate")
             sync(params.workspace, candidate.root, *archive_traces([s.trace_path for s in cand_runs], str(root / "archive")))
             verdict_path = str(root / "verdicts" / f"{incumbent.hash}-vs-{candidate.hash}.json")
@@ -93,9 +93,9 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
             seen_reason = verdict.reason  # what the reviewer may learn: the evaluation seeds only
             if verdict.promote:  # a winner plays the held-out seeds before it is believed
                 inc_confirm = run_episodes(params.specs(str(incumbent.root), params.confirm_seeds),
-                                           params.concurrency, label="incumbent, confirmation seeds")
+                                           params, label="incumbent, confirmation seeds")
                 cand_confirm = run_episodes(params.specs(str(candidate.root), params.confirm_seeds),
-                                            params.concurrency, label="candidate, confirmation seeds")
+                                            params, label="candidate, confirmation seeds")
                 verdict = confirm_candidate(verdict, params.confirm_seeds, [s.progression for s in inc_confirm],
                                             [s.progression for s in cand_confirm], params.gate, verdict_path)
             _publish(params, iteration, incumbent, candidate, proposal, verdict)

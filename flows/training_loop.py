@@ -41,8 +41,8 @@ class TrainingLoopParams(GameParams):
     meta: MetaLLMConfig = Field(default_factory=MetaLLMConfig, description="Who writes the curation programs.")
     trials: int = Field(2, ge=1, le=50, description="Curation/training trials.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test.")
-    train_budget: TrainingBudget = Field(default_factory=TrainingBudget, description="Caps on each trial's "
-                                         "LoRA training for this machine, over the curator's settings.")
+    train_budget: TrainingBudget = Field(default_factory=TrainingBudget, description="The training device, "
+                                         "and caps on each trial's LoRA training over the curator's settings.")
     train_base: str | None = Field(None, description="Base weights to train on (transformers folder); "
                                    "default: the local model. With a served model, the same base vLLM serves.")
 
@@ -61,6 +61,17 @@ class TrainingLoopParams(GameParams):
         self.gate.check_seeds(len(self.eval_seeds), "evaluation seeds", tests=self.trials)
         self.gate.check_seeds(len(self.confirm_seeds), "confirmation seeds")
         return self
+
+    def preflight(self) -> None:
+        """What only this machine and the servers can tell, checked before any episode: the
+        models answer, the served base is the training base, the training device exists."""
+        from agent_core.models.devices import resolve_device
+
+        self.models.check()
+        self.meta.check()
+        if self.models.backend == "openai":
+            check_served_base(self.models.base_url, self.models.model, self.train_base)  # type: ignore[arg-type]
+        resolve_device(self.train_budget.device)
 
 
 def check_served_base(base_url: str, model: str, train_base: str) -> None:
@@ -101,14 +112,11 @@ def side_by_side(base: list[Diagnostics], spec: list[Diagnostics], base_runs: li
 @flow(name="training_loop")
 def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     logger = get_run_logger()
-    params.models.check()
-    params.meta.check()
-    if params.models.backend == "openai":
-        check_served_base(params.models.base_url, params.models.model, params.train_base)
+    params.preflight()
     root, game = params.root(), params.game_name
     scaffold = params.incumbent()
 
-    pool = run_episodes(params.specs(str(scaffold.root), params.pool_seeds), params.concurrency, label="pool")
+    pool = run_episodes(params.specs(str(scaffold.root), params.pool_seeds), params, label="pool")
     pool_archive = root / "pools" / pool_key(params, scaffold.hash) / "archive"
     sync(params.workspace, *archive_traces([s.trace_path for s in pool], str(pool_archive)))
     digest = digest_pool(str(pool_archive))
@@ -122,7 +130,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
         incumbent_models = params.models.model_copy(update={"specialist": served})
     incumbent_label = f"specialist {Path(incumbent_adapter).name}" if incumbent_adapter else "base"
     base_runs = run_episodes(params.specs(str(scaffold.root), params.eval_seeds, incumbent_models),
-                             params.concurrency, label=incumbent_label)
+                             params, label=incumbent_label)
     base_diag = diagnose_traces([s.trace_path for s in base_runs])
     trials: list[TrialRecord] = []
     spec_runs_by_trial: dict[int, list[EpisodeSummary]] = {}
@@ -141,7 +149,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
             trial.error = dataset
             logger.info("trial %d: no training data: %s", n, dataset)
             continue
-        result = train_adapter(dataset, program, str(root / "adapters"), params.train_base)
+        result = train_adapter(dataset, program, str(root / "adapters"), params.train_base, params.train_budget)
         trial.dataset, trial.examples, trial.adapter = str(dataset.path), dataset.examples, str(result.adapter_dir)
         trial.final_loss, trial.eval_loss, trial.eval_examples = result.final_loss, result.eval_loss, result.eval_examples
         trial.loss_curve = result.loss_curve
@@ -156,7 +164,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
         spec_models = params.models.model_copy(update={"specialist": specialist})
         trial.specialist = specialist
         spec_runs = run_episodes(params.specs(str(scaffold.root), params.eval_seeds, spec_models),
-                                 params.concurrency, label=f"specialist trial {n}")
+                                 params, label=f"specialist trial {n}")
         spec_runs_by_trial[n] = spec_runs
         spec_diag = diagnose_traces([s.trace_path for s in spec_runs])
         trial.verdict = gate_candidate(params.eval_seeds, [s.progression for s in base_runs],
@@ -175,10 +183,10 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     best = max(passing, key=lambda t: t.verdict.mean_candidate, default=None)
     if best:  # the winner plays held-out seeds against the incumbent before it is believed
         inc_confirm = run_episodes(params.specs(str(scaffold.root), params.confirm_seeds, incumbent_models),
-                                   params.concurrency, label=f"{incumbent_label}, confirmation seeds")
+                                   params, label=f"{incumbent_label}, confirmation seeds")
         spec_confirm = run_episodes(params.specs(str(scaffold.root), params.confirm_seeds,
                                                  params.models.model_copy(update={"specialist": best.specialist})),
-                                    params.concurrency, label="best trial, confirmation seeds")
+                                    params, label="best trial, confirmation seeds")
         best.verdict = confirm_candidate(best.verdict, params.confirm_seeds,
                                          [s.progression for s in inc_confirm], [s.progression for s in spec_confirm],
                                          params.gate, str(root / "verdicts" / f"{scaffold.hash}-{_name(incumbent_adapter)}"

@@ -16,7 +16,8 @@ from agent_core.training.curator import make_curator
 from agent_core.training.dataset import DatasetInfo, build_dataset
 from agent_core.training.lora import StepLog, TrainResult, train_lora
 from agent_core.models.config import ModelConfig
-from agent_core.training.program import CurationProgram, ProgramError, check_served_lora, pool_digest
+from agent_core.training.program import (CurationProgram, ProgramError, TrainingBudget, check_served_lora,
+                                         pool_digest)
 from tasks.episodes import retry_on_transient_error
 
 
@@ -50,26 +51,31 @@ def build_sft_dataset(archive_root: str, program: CurationProgram, out_root: str
         return exc.reason
 
 
-def adapter_name(dataset: DatasetInfo, program: CurationProgram, base: Path) -> str:
-    """Content-addressed: the same data, settings and base weights give the same adapter, so
-    a trial whose program and data are unchanged is not retrained, and a served name never
-    points at different weights (the base is named by a digest of its weights, not its
-    folder name)."""
+def adapter_name(dataset: DatasetInfo, program: CurationProgram, base: Path, device: str = "cpu") -> str:
+    """Content-addressed: the same data, settings, base weights and kind of device (whose
+    dtype and kernels decide the numbers) give the same adapter, so a trial whose program
+    and data are unchanged is not retrained, and a served name never points at different
+    weights (the base is named by a digest of its weights, not its folder name)."""
+    from agent_core.models.devices import kind, training_dtype
     from agent_core.models.weights import weights_digest
 
-    blob = json.dumps([dataset.digest, program.lora.model_dump(mode="json"), base.name, weights_digest(base)],
-                      sort_keys=True)
+    blob = json.dumps([dataset.digest, program.lora.model_dump(mode="json"), base.name, weights_digest(base),
+                       kind(device), training_dtype(device)], sort_keys=True)
     return "mem-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 @task(name="train_adapter")
 def train_adapter(dataset: DatasetInfo, program: CurationProgram, adapters_root: str,
-                  base_path: str | None) -> TrainResult:
+                  base_path: str | None, budget: TrainingBudget | None = None) -> TrainResult:
+    """Train (or reuse) the trial's adapter on the budget's device."""
     logger = get_run_logger()
+    from agent_core.models.devices import resolve_device
     from agent_core.models.weights import local_model_path
 
+    budget = budget or TrainingBudget()
+    device = resolve_device(budget.device)
     base = Path(base_path) if base_path else local_model_path()
-    out = Path(adapters_root) / adapter_name(dataset, program, base)
+    out = Path(adapters_root) / adapter_name(dataset, program, base, device)
     result_file = out / "train_result.json"
     if result_file.is_file():
         logger.info("adapter %s already trained: reused", out.name)
@@ -83,9 +89,11 @@ def train_adapter(dataset: DatasetInfo, program: CurationProgram, adapters_root:
                     s.epoch, s.loss, s.lr, s.elapsed_s)
         update_progress_artifact(progress, 100.0 * s.step / max(s.total_steps, 1))
 
-    result = train_lora(dataset.path, program.lora, out, base_path=base, progress=report)
+    result = train_lora(dataset.path, program.lora, out, base_path=base, progress=report, device=device,
+                        gradient_checkpointing=budget.gradient_checkpointing)
     result_file.write_text(result.model_dump_json(indent=2))
-    logger.info("adapter %s: %d steps, final loss %.4f", out.name, result.steps, result.final_loss)
+    logger.info("adapter %s: %d steps on %s (%s), final loss %.4f", out.name, result.steps, result.device,
+                result.dtype, result.final_loss)
     return result
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_core.agent import Roles
 from agent_core.grammar import Grammar
+from agent_core.models.devices import DeviceSetting, INFERENCE_DTYPE, kind, resolve_device, short_dtype
 from agent_core.models.base import ChatModel
 from agent_core.records import Completion, Message, SamplingParams
 
@@ -74,6 +75,10 @@ class ModelConfig(BaseModel):
         default_factory=dict, description="Path prefixes as this machine sees them -> as the model server "
         "sees them (e.g. a shared workspace mounted elsewhere), applied to adapter folders sent to it.")
     script: RoutineScript = Field(default_factory=RoutineScript, description="Scripted backend replies.")
+    device: DeviceSetting = Field(
+        "auto", description="Local backend: the torch device, auto (CUDA when "
+        "torch sees a GPU, else CPU), cpu, cuda or cuda:N. Its kind and the dtype are part of the "
+        "model id (e.g. @cuda-bf16).")
     policy: Literal["routine-script", "tiny-explorer"] = Field(
         "routine-script", description="Scripted backend: replay `script` by routine, or a rule-based "
         "agent whose play depends on its memory (`agent_core.models.policies`).")
@@ -112,9 +117,11 @@ class ModelConfig(BaseModel):
             return (self.specialist or self.model, self.model)  # type: ignore[return-value]
         from agent_core.models.local import DEFAULT_MODEL_ID
 
+        where = self.identity()
+        base = f"{DEFAULT_MODEL_ID}@{where['device']}-{short_dtype(where['dtype'])}"
         if self.specialist:
-            return (f"{DEFAULT_MODEL_ID}+{_dir_digest(Path(self.specialist))}", DEFAULT_MODEL_ID)
-        return (DEFAULT_MODEL_ID, DEFAULT_MODEL_ID)
+            return (f"{base}+{_dir_digest(Path(self.specialist))}", base)
+        return (base, base)
 
     def _policy_model(self, model_id: str) -> ChatModel:
         from agent_core.models.policies import tiny_explorer
@@ -132,6 +139,7 @@ class ModelConfig(BaseModel):
             from agent_core.models.weights import local_model_path
 
             local_model_path()
+            resolve_device(self.device)
             if self.specialist and not (Path(self.specialist) / "adapter_config.json").is_file():
                 raise ValueError(f"specialist {self.specialist!r} is not a peft adapter directory")
 
@@ -147,16 +155,15 @@ class ModelConfig(BaseModel):
                      constrain=constrain, identity=identity)
 
     def identity(self) -> dict[str, str]:
-        """Where and how the models run, beyond their ids: the server for the openai backend,
-        the weights' dtype for the local one. Part of every episode key."""
+        """Where and how the models run: the server for the openai backend, the device kind
+        and the weights' dtype for the local one (also in its model ids). Part of every
+        episode key. ValueError when the local device is not on this machine."""
         if self.backend == "openai":
             from agent_core.models.openai_client import api_url
 
             return {"endpoint": api_url(self.base_url)}  # type: ignore[arg-type]
         if self.backend == "local":
-            from agent_core.models.weights import LOCAL_DTYPE
-
-            return {"dtype": LOCAL_DTYPE}
+            return {"device": kind(resolve_device(self.device)), "dtype": INFERENCE_DTYPE}
         return {}
 
     def _build(self) -> Roles:
@@ -176,7 +183,7 @@ class ModelConfig(BaseModel):
                 return Roles(memory=base)
             return Roles(memory=OpenAIChatModel(base_url=self.base_url, model=self.specialist, api_key=key),
                          action=base)
-        local = shared_local_model()
+        local = shared_local_model(self.device)
         if not self.specialist:
             return Roles(memory=local)
         name = self._base_ids()[0]
@@ -203,20 +210,19 @@ class CappedModel:
 _LOCAL_LOCK = threading.Lock()
 
 
-@lru_cache(maxsize=1)
-def _local_model():
+@lru_cache(maxsize=2)
+def _local_model(device: str):
     from agent_core.models.local import LocalModel
-    from agent_core.models.weights import LOCAL_DTYPE
 
-    return LocalModel(dtype=LOCAL_DTYPE)
+    return LocalModel(dtype=INFERENCE_DTYPE, device=device)
 
 
-def shared_local_model():
-    """One in-process model per process: episodes running in threads share its weights.
-    The lock makes the first load happen once: concurrent first calls would each load a
-    model, racing in transformers' lazy imports and torch's default dtype."""
+def shared_local_model(device: str = "auto"):
+    """One in-process model per process and device: episodes running in threads share its
+    weights. The lock makes the first load happen once: concurrent first calls would each
+    load a model, racing in transformers' lazy imports and torch's default dtype."""
     with _LOCAL_LOCK:
-        return _local_model()
+        return _local_model(resolve_device(device))
 
 
 def _dir_digest(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""A `ChatModel` over a local transformers checkpoint on CPU, with LoRA handles and prefix KV reuse.
+"""A `ChatModel` over a local transformers checkpoint (CPU or CUDA), with LoRA handles and prefix KV reuse.
 
 One `LocalModel` holds one copy of the weights. LoRA adapters (peft format) are loaded next
 to them under names; `handle(name)` gives a `ChatModel` that answers with that adapter, or
@@ -24,6 +24,7 @@ from typing import Any
 
 from agent_core.grammar import Grammar
 from agent_core.models.base import ChatModel, ModelError
+from agent_core.models.devices import INFERENCE_DTYPE, resolve_device
 from agent_core.models.weights import LOCAL_MODEL_NAME, local_model_path, set_runtime_env
 from agent_core.records import Completion, Message, SamplingParams
 
@@ -79,12 +80,14 @@ class LocalHandle:
 
 
 class LocalModel:
-    """transformers causal LM on CPU implementing `ChatModel` (as its base handle).
+    """transformers causal LM implementing `ChatModel` (as its base handle).
 
     Args:
         path: checkpoint folder; default: the prepared SmolLM2 (`weights.local_model_path()`).
         adapters: LoRA adapters to load at start, name -> peft adapter folder.
-        dtype: "bfloat16" (faster on CPU) or "float32" (bit-stable across prefill splits).
+        dtype: "bfloat16" (faster on CPU, native on GPU) or "float32" (bit-stable across
+            prefill splits).
+        device: "auto" (CUDA when torch sees a GPU, else CPU), "cpu", "cuda" or "cuda:N".
         model_id: the base model's name in traces and on the server.
         prefix_reuse: reuse the KV cache of a previous call's common token prefix.
         cache_slots: prefix caches kept per handle (several episodes may share a handle).
@@ -95,7 +98,8 @@ class LocalModel:
         self,
         path: str | Path | None = None,
         adapters: dict[str, Path] | dict[str, str] | None = None,
-        dtype: str = "bfloat16",
+        dtype: str = INFERENCE_DTYPE,
+        device: str = "auto",
         model_id: str = DEFAULT_MODEL_ID,
         prefix_reuse: bool = True,
         cache_slots: int = 4,
@@ -107,6 +111,7 @@ class LocalModel:
 
         self.path = Path(path) if path is not None else local_model_path()
         self.model_id = model_id
+        self.device = resolve_device(device)
         self.prefix_reuse = prefix_reuse
         self.jump_forward = jump_forward
         self.cache_slots = max(1, cache_slots)
@@ -117,7 +122,7 @@ class LocalModel:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             self._model = AutoModelForCausalLM.from_pretrained(
                 self.path, dtype=torch_dtype, local_files_only=True
-            ).eval()
+            ).to(self.device).eval()
         except OSError as exc:
             raise ModelError(f"cannot load local model from {self.path}: {exc}") from exc
         self._torch = torch
@@ -311,11 +316,11 @@ class LocalModel:
                 finish = "length"
                 while len(out_ids) < budget:
                     logits = self._model(
-                        input_ids=torch.tensor([feed]),
+                        input_ids=torch.tensor([feed], device=self.device),
                         cache=entry.cache,
                         use_cache=True,
                         logits_to_keep=1,  # the vocab projection of every prompt token is waste
-                    ).logits[0, -1]
+                    ).logits[0, -1].cpu()  # masking and sampling on the CPU (no-op there)
                     passes += 1
                     entry.tokens.extend(feed)
                     if matcher is not None:

@@ -178,12 +178,14 @@ def serve(
     model_path: str | Path | None = None,
     adapters: dict[str, Path] | None = None,
     dtype: str = "bfloat16",
+    device: str = "auto",
     log_level: str = "info",
 ) -> None:
-    """Load the local model (default: the prepared SmolLM2) and serve it until interrupted."""
+    """Load the local model (default: the prepared SmolLM2) on `device` and serve it until
+    interrupted."""
     import uvicorn
 
     from agent_core.models.local import LocalModel
 
-    model = LocalModel(path=model_path, adapters=adapters, dtype=dtype)
+    model = LocalModel(path=model_path, adapters=adapters, dtype=dtype, device=device)
     uvicorn.run(create_app(model), host=host, port=port, log_level=log_level)

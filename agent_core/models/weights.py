@@ -30,10 +30,6 @@ _STALE_TMP_S = 3600.0
 _REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-#: the dtype the shared in-process model runs in (part of local episode keys)
-LOCAL_DTYPE = "bfloat16"
-
-
 def set_runtime_env() -> None:
     """Environment defaults for loading models; call before importing torch/transformers.
 

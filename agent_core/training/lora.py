@@ -7,6 +7,10 @@ too long for `max_seq_len` is cut in the middle of its history: the system promp
 demonstrations (which inference never cuts) and the latest turns stay; the completion is
 always kept whole.
 
+Training runs on `device` ("auto": CUDA when torch sees a GPU, else CPU): fp32 base weights
+on a CPU, bf16 on a GPU (the LoRA weights stay fp32 either way), optionally with gradient
+checkpointing; device and dtype are recorded in `training_config.json`.
+
 The adapter is written in peft format (`adapter_config.json`, `adapter_model.safetensors`,
 loadable by peft and vLLM) with `training_config.json`, `loss_curve.json` and
 `train_log.csv` beside it, into a temp folder renamed into place at the very end: a run
@@ -32,6 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agent_core.models.devices import kind, resolve_device, training_dtype
 from agent_core.models.weights import force_offline, local_model_path
 from agent_core.training.dataset import load_examples, remove_stale
 from agent_core.training.program import LoraSettings, ProgramError, check_lora
@@ -73,6 +78,8 @@ class TrainResult(BaseModel):
     tokens: int = Field(description="Non-padding tokens processed over all steps.")
     wall_s: float = Field(description="Seconds spent in the training loop.")
     base_model: str = Field(description="Name of the base model folder.")
+    device: str = Field("cpu", description="Kind of device trained on (cpu, cuda).")
+    dtype: str = Field("float32", description="Dtype of the base weights during training.")
 
 
 def split_held_out(examples: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
@@ -147,8 +154,8 @@ def _head_length(tokenizer: Any, head: list[dict[str, str]], prompt: list[int]) 
     return len(ids)
 
 
-def collate(batch: list[Encoded], pad_id: int, torch: Any) -> dict[str, Any]:
-    """Right-padded tensors: input_ids, attention_mask, labels."""
+def collate(batch: list[Encoded], pad_id: int, torch: Any, device: Any = "cpu") -> dict[str, Any]:
+    """Right-padded tensors on `device`: input_ids, attention_mask, labels."""
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -158,7 +165,7 @@ def collate(batch: list[Encoded], pad_id: int, torch: Any) -> dict[str, Any]:
         ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
 def _loss_sum(model: Any, batch: dict[str, Any], torch: Any) -> tuple[Any, int]:
@@ -196,7 +203,8 @@ def batch_loss(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_s
     model.eval()
     try:
         with torch.no_grad():
-            total, n = _loss_sum(model, collate(encoded, _pad_id(tokenizer), torch), torch)
+            device = next(model.parameters()).device
+            total, n = _loss_sum(model, collate(encoded, _pad_id(tokenizer), torch, device), torch)
     finally:
         model.train(was_training)
     return float(total) / n
@@ -225,15 +233,21 @@ def _versions() -> dict[str, str]:
 
 def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
                base_path: str | Path | None = None,
-               progress: Callable[[StepLog], None] | None = None) -> TrainResult:
+               progress: Callable[[StepLog], None] | None = None,
+               device: str = "auto", gradient_checkpointing: bool = False) -> TrainResult:
     """Train a LoRA adapter on `dataset_dir/train.jsonl` and save it at `out_dir`.
 
-    `base_path`: the base checkpoint (default: the prepared local model). `progress` is
+    `base_path`: the base checkpoint (default: the prepared local model). `device`: auto,
+    cpu, cuda or cuda:N (ValueError when this machine lacks it). `gradient_checkpointing`
+    recomputes activations in the backward pass (less memory for long contexts, about a
+    third more compute; the loss is the same). `progress` is
     called after every optimizer step; an exception from it stops training (and, like any
     failure, leaves no adapter at `out_dir`). Raises `ProgramError` when the settings do not
     fit the base model or no example fits `max_seq_len`; `FileExistsError` when `out_dir`
     already exists."""
     force_offline()
+    device = resolve_device(device)  # fails fast on a device this machine lacks
+    dtype = training_dtype(device)
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     base = Path(base_path) if base_path is not None else local_model_path()
     if out_dir.exists():
@@ -264,8 +278,13 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
                     dropped, len(examples), lora.max_seq_len)
 
     torch.manual_seed(lora.seed)  # LoRA A matrices and dropout draw from the global generator
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), local_files_only=True).to(device)
     model.config.use_cache = False
+    if gradient_checkpointing:  # non-reentrant: needs no gradient on the frozen embeddings
+        if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     check_lora(lora, base, module_names={n for n, _ in model.named_modules()})
     try:
         model = get_peft_model(model, LoraConfig(
@@ -302,7 +321,7 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
             for g in range(0, len(micro), lora.grad_accum):
                 if step >= total:
                     break
-                group = [collate([encoded[i] for i in idx], pad_id, torch)
+                group = [collate([encoded[i] for i in idx], pad_id, torch, device)
                          for idx in micro[g:g + lora.grad_accum]]
                 # normalise by the group's target tokens: every token weighs the same,
                 # however the tokens fall into micro-batches
@@ -350,7 +369,8 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
             "examples": len(encoded), "held_out": len(held), "dropped_too_long": dropped, "steps": step,
             "scheduler": _scheduler_name(lora), "optimizer": "AdamW", "grad_clip": 1.0,
             "tokens": tokens_seen, "final_loss": curve[-1] if curve else None, "eval_loss": eval_loss,
-            "wall_s": round(wall, 3), "versions": _versions()}, indent=2))
+            "wall_s": round(wall, 3), "device": kind(device), "dtype": dtype,
+            "gradient_checkpointing": gradient_checkpointing, "versions": _versions()}, indent=2))
         tmp.rename(out_dir)
     finally:
         if tmp.exists():
@@ -358,4 +378,5 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
     return TrainResult(adapter_dir=out_dir, steps=step, examples=len(encoded),
                        final_loss=curve[-1] if curve else float("nan"), eval_loss=eval_loss,
                        eval_examples=len(held),
-                       loss_curve=curve, tokens=tokens_seen, wall_s=round(wall, 3), base_model=base.name)
+                       loss_curve=curve, tokens=tokens_seen, wall_s=round(wall, 3), base_model=base.name,
+                       device=kind(device), dtype=dtype)

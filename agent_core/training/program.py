@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent_core.commands import CONSULT_OPS
+from agent_core.models.devices import DeviceSetting
 from agent_core.scaffold import WRITE_OPS
 
 
@@ -71,12 +72,17 @@ class Composition(_Strict):
 
 
 class TrainingBudget(_Strict):
-    """What one machine can afford per trial (e.g. a 2-core CPU), applied over whatever LoRA
-    settings the curator chose. The capped settings are the ones recorded and hashed."""
+    """What the training machine uses and can afford per trial (e.g. a 2-core CPU, a GPU):
+    its device, and caps applied over whatever LoRA settings the curator chose. The capped
+    settings are the ones recorded and hashed."""
 
     max_steps: int | None = Field(None, ge=1, description="Most optimizer steps per trial.")
     max_batch_size: int | None = Field(None, ge=1, description="Largest micro-batch.")
     max_seq_len: int | None = Field(None, ge=64, description="Longest example in tokens.")
+    device: DeviceSetting = Field("auto", description="Training device: auto (CUDA when "
+                        "torch sees a GPU, else CPU), cpu, cuda or cuda:N; bf16 weights on a GPU.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward "
+                                         "pass: less GPU memory for long contexts, same loss.")
 
     def apply(self, lora: "LoraSettings") -> "LoraSettings":
         caps = {"max_steps": self.max_steps, "batch_size": self.max_batch_size, "max_seq_len": self.max_seq_len}

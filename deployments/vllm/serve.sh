@@ -5,7 +5,9 @@
 # transformers versions that differ from ours.
 #   usage: deployments/vllm/serve.sh BASE [PORT]      e.g. Qwen/Qwen2.5-32B-Instruct 8000
 # Environment: MAX_LORA_RANK (16; one of 1 8 16 32 64 128 256 320 512, at least the adapters'
-# rank), MAX_LORAS (4), VLLM (the vllm executable), EXTRA_ARGS (e.g. "--tensor-parallel-size 2").
+# rank), MAX_LORAS (4), GPU_MEMORY_UTILIZATION (vLLM's 0.9; lower it, e.g. 0.5, when the
+# LoRA training shares the GPU), VLLM (the vllm executable), EXTRA_ARGS (e.g.
+# "--tensor-parallel-size 2").
 # Adapter folders must be visible to the server at the paths the flows send (a shared
 # filesystem); the training loop's `train_base` must be this BASE's weights folder.
 set -euo pipefail
@@ -16,7 +18,8 @@ case " 1 8 16 32 64 128 256 320 512 " in *" $RANK "*) ;; *)
   echo "MAX_LORA_RANK must be one of 1 8 16 32 64 128 256 320 512 (vLLM), got $RANK" >&2; exit 2;; esac
 export VLLM_ALLOW_RUNTIME_LORA_UPDATING=1  # /v1/load_lora_adapter and /v1/unload_lora_adapter
 "${VLLM:-vllm}" serve "$BASE" --port "$PORT" --enable-lora --max-lora-rank "$RANK" \
-  --max-loras "${MAX_LORAS:-4}" --enable-prefix-caching ${EXTRA_ARGS:-} &
+  --max-loras "${MAX_LORAS:-4}" --enable-prefix-caching \
+  --gpu-memory-utilization "${GPU_MEMORY_UTILIZATION:-0.9}" ${EXTRA_ARGS:-} &
 server=$!
 trap 'kill $server 2>/dev/null || true' INT TERM
 for _ in $(seq 1 600); do  # large models take minutes to load

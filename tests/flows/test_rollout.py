@@ -11,7 +11,7 @@ from agent_core.episode import EpisodeSpec
 from agent_core.models.config import ModelConfig
 from agent_core.scaffold import Scaffold
 from agent_core.trace import read_trace
-from flows.common import EpisodesFailed, run_episodes
+from flows.common import EpisodesFailed, RunParams, run_episodes
 from flows.rollout import RolloutParams, rollout
 
 SCRIPTED = ModelConfig(backend="scripted")
@@ -77,7 +77,7 @@ def test_rollout_artifacts_and_core_logs_in_the_run(tmp_path):
     assert ("table", "rollout-episodes") in kinds and ("markdown", "rollout-summary") in kinds
     assert any(t == "progress" for t, _ in kinds)
     # agent_core's own log lines (no Prefect in the core) reach the flow run's logs
-    assert any(log.name == "agent_core.episode" and "progression" in log.message for log in logs)
+    assert any(log.name == "agent_core.episode" and "progression" in log.message for log in logs), sorted({(l.name) for l in logs})
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -113,7 +113,7 @@ def test_a_failing_episode_keeps_the_others(tmp_path):
 
     @flow
     def batch():
-        return run_episodes(specs, concurrency=3)
+        return run_episodes(specs, RunParams(concurrency=3))
 
     with pytest.raises(EpisodesFailed, match="1 of 3 episodes failed"):
         batch()

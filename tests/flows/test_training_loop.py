@@ -59,7 +59,7 @@ def test_the_trained_adapter_plays_on_the_local_model_and_becomes_the_next_incum
     assert len(spec_traces) == 3 and all(t.header.action_model == action_id for t in spec_traces)
     roles = {(c.role, c.model) for t in spec_traces for s in t.steps for c in s.calls}
     assert roles == {("memory", memory_id), ("action", action_id)}
-    assert memory_id.split("@")[0] in shared_local_model().adapters  # real LoRA weights played
+    assert memory_id.removesuffix("@grammar") in shared_local_model().adapters  # real LoRA weights played
     assert all(c.grammar for t in spec_traces for s in t.steps for c in s.calls)
     assert trial["verdict"]["seeds"] == [0, 1, 2] and trial["verdict"]["adjusted_p"] == trial["verdict"]["p_value"]
     assert set(trial["comparison"]) >= {"progression", "write_search_ratio", "growth_chars_per_step"}
@@ -123,3 +123,20 @@ def test_train_base_is_checked_against_what_the_server_serves(tmp_path, local_mo
     other = tmp_path / "gemma-3-270m"
     with pytest.raises(ValueError, match=r"train_base '.*gemma-3-270m' is not the base the server serves.*reports root"):
         check_served_base(server_url, local_model.model_id, str(other))
+
+
+@pytest.mark.slow
+def test_an_adapter_the_server_cannot_load_fails_its_trial_with_the_servers_message(tmp_path, local_model, server_url):
+    """Served path end to end on `automem serve`: the base checked, episodes on the server,
+    a real adapter trained, then loaded at a path the server cannot see (a wrong
+    `server_paths` mapping): the trial fails with the server's 400 message, the run goes on."""
+    ws = tmp_path / "ws"
+    served = ModelConfig(backend="openai", base_url=server_url, model=local_model.model_id,
+                         server_paths={str(ws.resolve() / "adapters"): "/not-mounted/adapters"})
+    result = training_loop(params(ws, models=served, train_base=str(local_model.path), eval_seeds=[0, 1],
+                                  max_steps=2))
+    [trial] = result["trials"]
+    assert trial["examples"] > 0 and Path(trial["adapter"]).is_dir()  # trained, then refused by the server
+    assert trial["error"].startswith("adapter could not be served") and "/not-mounted/adapters/mem-" in trial["error"]
+    assert "verdict" not in trial and result["promoted"] is None  # never played, never gated
+    assert "/not-mounted/adapters/mem-" in Path(result["report"]).read_text()

@@ -69,6 +69,21 @@ def test_training_writes_a_peft_adapter_and_logs(trained):
     training = json.loads((out / "training_config.json").read_text())
     assert training["lora"] == LORA.model_dump(mode="json") and training["steps"] == 3
     assert training["held_out"] == 1 and training["eval_loss"] == result.eval_loss
+    import torch
+
+    here = "cuda" if torch.cuda.is_available() else "cpu"  # device "auto"
+    assert (training["device"], training["dtype"]) == (here, {"cpu": "float32", "cuda": "bfloat16"}[here])
+    assert (result.device, result.dtype) == (training["device"], training["dtype"])
+    assert training["gradient_checkpointing"] is False
+
+
+def test_gradient_checkpointing_gives_the_same_losses(trained, dataset, base_path, tmp_path):
+    result, _, _ = trained
+    again = train_lora(dataset, LORA.model_copy(update={"max_steps": 2}), tmp_path / "gc", base_path,
+                       gradient_checkpointing=True)
+    # same seed and data; step 2's loss depends on step 1's gradients, recomputed here
+    assert again.loss_curve == pytest.approx(result.loss_curve[:2], abs=1e-4)
+    assert json.loads((again.adapter_dir / "training_config.json").read_text())["gradient_checkpointing"] is True
 
 
 def test_adapter_weights_change_and_base_weights_do_not(trained, base_path):
