@@ -5,7 +5,8 @@ What it measures, in one run so both devices share the machine:
 1. `train_lora` (the project's trainer, unchanged) on synthetic examples shaped like the
    memory specialist's (a long fixed system prompt, a few turns, a short command reply):
    optimizer steps/s and tokens/s, steady state (after the first step) and overall; on
-   CUDA also with gradient checkpointing, with the peak GPU memory of each.
+   CUDA after an untimed 3-step warm-up, and also with gradient checkpointing, with the
+   peak GPU memory of each.
 2. `LocalModel.generate` (the project's inference path): a ~1,000-token conversation, a
    free 64-token reply (tokens/s) and a reply under the LOG grammar with jump-forward
    (seconds per reply, forward passes); the prefix cache is warm after the first call.
@@ -115,7 +116,7 @@ def bench_training(base: Path, dataset: Path, device: str, steps: int, args: arg
     marks: list[float] = []
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    out = work / f"adapter-{device.replace(':', '')}-{'gc' if gradient_checkpointing else 'plain'}"
+    out = work / f"adapter-{device.replace(':', '')}-{'gc' if gradient_checkpointing else 'plain'}-{steps}"
     result = train_lora(dataset, lora, out, base, progress=lambda s: marks.append(s.elapsed_s), device=device,
                         gradient_checkpointing=gradient_checkpointing)
     steady = (len(marks) - 1) / (marks[-1] - marks[0]) if len(marks) > 1 and marks[-1] > marks[0] else None
@@ -207,6 +208,8 @@ def main() -> None:
         print(f"base: {what}; devices: {devices}", flush=True)
         dataset = synthetic_dataset(work, args.examples, context_words=900)
         for d in devices:
+            if d.startswith("cuda"):  # kernels, autotuning and the allocator warm up off the clock
+                bench_training(base, dataset, d, 3, args, work / "warm-up")
             steps = args.steps if d == device else args.baseline_steps
             report["training"].append(bench_training(base, dataset, d, steps, args, work))
             print("train:", json.dumps(report["training"][-1]), flush=True)
