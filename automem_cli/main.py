@@ -28,6 +28,8 @@ MaxTokens = Annotated[Optional[int], typer.Option(min=1, help=MAX_TOKENS_HELP)]
 Constrain = Annotated[str, typer.Option(help=CONSTRAIN_HELP)]
 Device = Annotated[str, typer.Option(help=f"Local model's device: {DEVICE_HELP}.")]
 Workspace = Annotated[Optional[Path], typer.Option(help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs).")]
+Dask = Annotated[Optional[str], typer.Option("--dask", help="Play the episodes on an existing Dask cluster: its "
+                                             "scheduler, e.g. tcp://host:8786 (needs a Prefect server in PREFECT_API_URL).")]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AutoMem: LLM agents that learn to manage their memory.")
 env_app = typer.Typer(no_args_is_help=True, help="Look at a game by hand.")
@@ -246,6 +248,18 @@ def _models(base_url: Optional[str], model: Optional[str], max_tokens: Optional[
                        specialist=specialist, max_tokens=max_tokens, constrain=constrain, device=device)
 
 
+def _run_options(concurrency: int, base_url: Optional[str], model: Optional[str], max_tokens: Optional[int],
+                 constrain: str, device: str, dask: Optional[str], workspace: Optional[Path]) -> dict:
+    """The parameters every flow that plays episodes shares, from the shared options; a Dask
+    cluster is checked now (reachable, a Prefect server set), before the flow starts."""
+    from flows.runners import RunnerConfig
+
+    runner = RunnerConfig(kind="dask", address=dask) if dask else RunnerConfig()
+    runner.check()
+    return dict(concurrency=concurrency, runner=runner, models=_models(base_url, model, max_tokens, constrain, device),
+                workspace=str(workspace) if workspace else None)
+
+
 @app.command("optimize-scaffold")
 def optimize_scaffold(
     env: str = typer.Option("crafter", "--env", help="`game` or `game/task`."),
@@ -260,6 +274,7 @@ def optimize_scaffold(
     constrain: Constrain = "on",
     device: Device = "auto",
     workspace: Workspace = None,
+    dask: Dask = None,
 ) -> None:
     """Outer loop 1: review, revise and gate the memory scaffold (meta-LLM from
     AUTOMEM_META_BASE_URL / AUTOMEM_META_MODEL, else the rule-based reviewer)."""
@@ -270,9 +285,9 @@ def optimize_scaffold(
 
     try:
         params = ScaffoldLoopParams(game=env, seeds=parse_seeds(seeds), iterations=iterations, patience=patience,
-                                    max_steps=steps, concurrency=concurrency, models=_models(base_url, model, max_tokens, constrain, device),
-                                    workspace=str(workspace) if workspace else None)
-    except ValueError as exc:
+                                    max_steps=steps, **_run_options(concurrency, base_url, model, max_tokens,
+                                                                    constrain, device, dask, workspace))
+    except (ValueError, RuntimeError, ConnectionError) as exc:
         _fail(str(exc))
     result = scaffold_loop(params)
     for h in result["history"]:
@@ -292,6 +307,7 @@ def rollout(
     constrain: Constrain = "on",
     device: Device = "auto",
     workspace: Workspace = None,
+    dask: Dask = None,
 ) -> None:
     """Run the rollout flow (episodes -> Parquet archive -> report)."""
     from agent_core.workspace import configure_prefect_env
@@ -300,10 +316,10 @@ def rollout(
     from flows.rollout import RolloutParams, rollout as rollout_flow
 
     try:
-        params = RolloutParams(games=env, seeds=parse_seeds(seeds), max_steps=steps, concurrency=concurrency,
-                               models=_models(base_url, model, max_tokens, constrain, device),
-                               workspace=str(workspace) if workspace else None)
-    except ValueError as exc:
+        params = RolloutParams(games=env, seeds=parse_seeds(seeds), max_steps=steps,
+                               **_run_options(concurrency, base_url, model, max_tokens, constrain, device, dask,
+                                              workspace))
+    except (ValueError, RuntimeError, ConnectionError) as exc:
         _fail(str(exc))
     result = rollout_flow(params)
     console.print(f"report: {result['report']}")
@@ -324,6 +340,7 @@ def evaluate(
     constrain: Constrain = "on",
     device: Device = "auto",
     workspace: Workspace = None,
+    dask: Dask = None,
 ) -> None:
     """Several agents on the same seeds: progression with 95% intervals, paired tests, plots."""
     from agent_core.workspace import configure_prefect_env
@@ -334,9 +351,9 @@ def evaluate(
     try:
         arms = [Arm(scaffold=a.split("+", 1)[0], adapter=a.split("+", 1)[1] if "+" in a else None) for a in arm]
         params = EvaluateParams(arms=arms, games=env, seeds=parse_seeds(seeds), max_steps=steps,
-                                concurrency=concurrency, models=_models(base_url, model, max_tokens, constrain, device),
-                                workspace=str(workspace) if workspace else None)
-    except ValueError as exc:
+                                **_run_options(concurrency, base_url, model, max_tokens, constrain, device, dask,
+                                               workspace))
+    except (ValueError, RuntimeError, ConnectionError) as exc:
         _fail(str(exc))
     result = evaluate_flow(params)
     table = Table("arm", "game", "seeds", "progression", "95% CI")

@@ -134,3 +134,19 @@ def test_a_rollout_on_a_dask_cluster_equals_the_thread_runner(prefect_server, tm
     assert [e["trace_path"] for e in dask["episodes"]] != [e["trace_path"] for e in threads["episodes"]]
     assert all(str(tmp_path / "dask") in e["trace_path"] for e in dask["episodes"])
     assert len({tuple(row[7]) for row in played(threads)}) > 1  # the seeds play differently: a real comparison
+
+
+def test_the_cli_checks_the_cluster_before_the_flow_starts(tmp_path):
+    from typer.testing import CliRunner
+
+    from automem_cli.main import app
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    args = ["rollout", "--env", "tiny", "--dask", address, "--workspace", str(tmp_path)]
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:1/api"}):
+        out = CliRunner().invoke(app, args)
+    assert out.exit_code == 2 and f"Dask scheduler at {address} is unreachable" in out.output
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        out = CliRunner().invoke(app, args)
+    assert out.exit_code == 2 and "PREFECT_API_URL" in out.output
+    assert not (tmp_path / "episodes").exists()
