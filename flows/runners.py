@@ -42,10 +42,20 @@ class RunnerConfig(BaseModel):
         if self.kind == "dask":
             if not self.address:
                 raise ValueError("the dask runner needs the address of an existing scheduler, e.g. tcp://host:8786")
-            parts = urlsplit(self.address if "://" in self.address else f"tcp://{self.address}")
-            if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.port is None:
-                raise ValueError(f"Dask scheduler address must look like tcp://host:port, got {self.address!r}")
+            self.endpoint()
         return self
+
+    def endpoint(self) -> tuple[str, int]:
+        """(host, port) of the Dask scheduler; ValueError when the address is not tcp://host:port."""
+        text = self.address or ""
+        parts = urlsplit(text if "://" in text else f"tcp://{text}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None:
+            raise ValueError(f"Dask scheduler address must look like tcp://host:port, got {self.address!r}")
+        return parts.hostname, port
 
     def check(self) -> None:
         """Fail before any episode when the runner cannot work: prefect-dask missing, no Prefect
@@ -62,9 +72,8 @@ class RunnerConfig(BaseModel):
             raise RuntimeError("the dask runner needs a Prefect server its workers can reach (set PREFECT_API_URL, "
                                "e.g. http://host:4200/api): with the ephemeral API each worker would start its "
                                "own server and the run would hang")
-        parts = urlsplit(self.address if "://" in self.address else f"tcp://{self.address}")  # type: ignore[operator]
         try:
-            socket.create_connection((parts.hostname, parts.port), timeout=CONNECT_TIMEOUT_S).close()
+            socket.create_connection(self.endpoint(), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as exc:
             raise ConnectionError(f"Dask scheduler at {self.address} is unreachable: {exc}") from None
 

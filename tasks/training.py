@@ -51,7 +51,7 @@ def build_sft_dataset(archive_root: str, program: CurationProgram, out_root: str
         return exc.reason
 
 
-def adapter_name(dataset: DatasetInfo, program: CurationProgram, base: Path, device: str = "cpu") -> str:
+def adapter_name(dataset: DatasetInfo, program: CurationProgram, base: Path, device: str) -> str:
     """Content-addressed: the same data, settings, base weights and kind of device (whose
     dtype and kernels decide the numbers) give the same adapter, so a trial whose program
     and data are unchanged is not retrained, and a served name never points at different
@@ -66,13 +66,12 @@ def adapter_name(dataset: DatasetInfo, program: CurationProgram, base: Path, dev
 
 @task(name="train_adapter")
 def train_adapter(dataset: DatasetInfo, program: CurationProgram, adapters_root: str,
-                  base_path: str | None, budget: TrainingBudget | None = None) -> TrainResult:
+                  base_path: str | None, budget: TrainingBudget) -> TrainResult:
     """Train (or reuse) the trial's adapter on the budget's device."""
     logger = get_run_logger()
     from agent_core.models.devices import resolve_device
     from agent_core.models.weights import local_model_path
 
-    budget = budget or TrainingBudget()
     device = resolve_device(budget.device)
     base = Path(base_path) if base_path else local_model_path()
     out = Path(adapters_root) / adapter_name(dataset, program, base, device)

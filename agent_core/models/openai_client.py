@@ -153,8 +153,8 @@ def unload_lora_adapter(
 def _shared_client(base_url: str, api_key: str, timeout_s: float, max_retries: int) -> openai.OpenAI:
     """One client, so one pool of kept-alive connections, per server and settings for the
     whole process: episodes build their models afresh, and a client per episode cost an SSL
-    context and new connections each time (a third of the client's time at 16 episodes in
-    flight). The client is thread-safe; its pool holds up to 1,000 connections."""
+    context (4% of the flow process's samples at 16 episodes in flight) and new connections
+    each time. The client is thread-safe; its pool holds up to 1,000 connections."""
     return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=max_retries)
 
 

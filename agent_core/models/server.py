@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent_core.grammar import Grammar
 from agent_core.models.base import ModelError
+from agent_core.models.devices import INFERENCE_DTYPE
 from agent_core.records import Message, SamplingParams
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ def serve(
     port: int = 8000,
     model_path: str | Path | None = None,
     adapters: dict[str, Path] | None = None,
-    dtype: str = "bfloat16",
+    dtype: str = INFERENCE_DTYPE,
     device: str = "auto",
     log_level: str = "info",
 ) -> None:

@@ -370,7 +370,9 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
             "scheduler": _scheduler_name(lora), "optimizer": "AdamW", "grad_clip": 1.0,
             "tokens": tokens_seen, "final_loss": curve[-1] if curve else None, "eval_loss": eval_loss,
             "wall_s": round(wall, 3), "device": kind(device), "dtype": dtype,
-            "gradient_checkpointing": gradient_checkpointing, "versions": _versions()}, indent=2))
+            # as the model's layers were set, not as asked
+            "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) for m in model.modules()),
+            "versions": _versions()}, indent=2))
         tmp.rename(out_dir)
     finally:
         if tmp.exists():

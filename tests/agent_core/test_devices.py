@@ -85,3 +85,13 @@ def test_cli_device_option_is_checked():
     assert out.exit_code == 2 and "device must be auto" in out.output and "cuda:N; got 'gpu'" in out.output
     served = runner.invoke(app, ["serve", "--device", MISSING])
     assert served.exit_code == 2 and "not available" in served.output
+
+
+@pytest.mark.slow
+def test_the_local_model_loads_on_the_device_it_resolves(local_model):
+    from agent_core.models.local import LocalModel
+
+    assert local_model.device == HERE  # the session's model, built with device "auto"
+    assert {p.device.type for p in local_model._model.parameters()} == {HERE}
+    with pytest.raises(ValueError, match=f"device '{MISSING}' is not available"):
+        LocalModel(local_model.path, device=MISSING)  # refused before any weight is read
