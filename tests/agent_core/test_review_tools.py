@@ -1,0 +1,189 @@
+"""The meta-LLM's tools over the trace store: real archive (pyarrow + DuckDB) built from
+tiny-game episodes played by the scripted model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent_core.agent import Roles
+from agent_core.archive import archive_trace
+from agent_core.episode import run_episode
+from agent_core.models.config import RoutineScript
+from agent_core.models.scripted import ScriptedModel
+from agent_core.review.tools import CuratorToolbox, ReviewerToolbox, Toolbox
+from agent_core.scaffold import Scaffold
+from agent_core.trace import read_trace
+from environments import make_env
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Two 6-step tiny episodes, archived."""
+    root = tmp_path_factory.mktemp("store")
+    scaffold = Scaffold.builtin("tiny")
+    traces = []
+    for seed in (0, 1):
+        s = run_episode(make_env("tiny"), scaffold, Roles(memory=ScriptedModel(RoutineScript().reply)), seed, 6,
+                        root / "eps" / str(seed))
+        archive_trace(s.trace_path, root / "archive")
+        traces.append(read_trace(s.trace_path))
+    return root, scaffold, traces
+
+
+@pytest.fixture()
+def box(store):
+    root, scaffold, _ = store
+    tools = ReviewerToolbox(root / "archive", scaffold, root / "scaffolds")
+    yield tools
+    tools.close()
+
+
+def test_specs_are_openai_function_tools_with_plain_schemas(box):
+    specs = box.specs()
+    names = [s["function"]["name"] for s in specs]
+    assert names == ["sql", "trace", "grep", "memory_at", "memory_diff", "read_file", "submit_revision"]
+    for s in specs:
+        assert s["type"] == "function"
+        params = s["function"]["parameters"]
+        assert params["type"] == "object" and params["additionalProperties"] is False
+        assert "$ref" not in json.dumps(params) and "$defs" not in params
+
+
+def test_sql_caps_rows_and_reads_tables(box, store):
+    box.caps.max_rows = 3
+    r = box.call("sql", {"query": "select episode_id, step from steps order by episode_id, step"})
+    assert r.ok
+    lines = r.content.splitlines()
+    assert lines[0] == "episode_id\tstep" and len(lines) == 1 + 3 + 1
+    assert "[3 of 12 rows shown" in lines[-1]
+
+
+@pytest.mark.parametrize("query", [
+    "select * from read_csv('/etc/passwd')",
+    "select * from read_text('/etc/passwd')",
+    "INSERT INTO steps VALUES (1)",
+    "ATTACH '/tmp/x.db' AS x",
+    "COPY (select 1) TO '/tmp/automem-copy.csv'",
+    "SET enable_external_access = true",
+    "select 1; drop view steps",
+])
+def test_sql_refuses_files_writes_and_attach(box, query):
+    r = box.call("sql", {"query": query})
+    assert not r.ok and r.content.startswith("error:")
+    # the archive still answers afterwards
+    assert box.call("sql", {"query": "select count(*) as n from steps"}).content.splitlines()[1] == "12"
+
+
+def test_trace_shows_full_calls_and_ops_and_pages(box, store):
+    _, _, traces = store
+    t = traces[0]
+    r = box.call("trace", {"episode": t.header.episode_id[:10], "from_step": 1, "to_step": 2})
+    assert r.ok
+    step1 = t.steps[1]
+    assert f"=== step 1:" in r.content and "=== step 2:" in r.content and "=== step 3" not in r.content
+    assert step1.observation in r.content
+    assert all(c.reply in r.content for c in step1.calls)
+    assert all(m.content in r.content for c in step1.calls for m in c.new_messages)
+    assert all(o.result in r.content for o in step1.memory_ops)
+    box.caps.max_chars = 500
+    page = box.call("trace", {"episode": t.header.episode_id, "from_step": 0, "to_step": 5})
+    assert page.ok and "continue with offset=500" in page.content
+    nxt = box.call("trace", {"episode": t.header.episode_id, "from_step": 0, "to_step": 5, "offset": 500})
+    assert nxt.ok and "characters 500-1000" in nxt.content
+
+
+def test_grep_finds_hits_with_episode_and_step(box, store):
+    import re
+
+    _, _, traces = store
+    t = traces[0]
+    needle = next(o for s in t.steps for o in s.memory_ops if o.op == "append").args["text"]
+    expected = [(s.step, o.args["text"]) for s in t.steps for o in s.memory_ops if needle in json.dumps(o.args)]
+    r = box.call("grep", {"pattern": re.escape(needle), "fields": ["op_args"], "episode": t.header.episode_id,
+                          "max_hits": 2})
+    assert r.ok and f"[2 of {len(expected)} hits shown]" in r.content
+    first = r.content.splitlines()[0]
+    assert first.startswith(f"{t.header.episode_id[:12]} step {expected[0][0]} op_args:") and needle in first
+    assert "no hits" in box.call("grep", {"pattern": "zzqqxx-never"}).content
+    assert not box.call("grep", {"pattern": "("}).ok
+
+
+def test_memory_at_replays_to_the_final_memory_and_diffs(box, store):
+    _, _, traces = store
+    t = traces[0]
+    last = len(t.steps) - 1
+    final = {p.name: p.read_text() for p in t.memory_dir.iterdir()}
+    box.caps.max_chars = 200_000
+    for name, text in final.items():
+        r = box.call("memory_at", {"episode": t.header.episode_id, "step": last, "file": name})
+        assert r.ok and r.content == text, name
+    diff = box.call("memory_diff", {"episode": t.header.episode_id, "step_a": -1, "step_b": last})
+    added = [o.args["text"] for s in t.steps for o in s.memory_ops if o.op == "append" and o.ok]
+    assert diff.ok and all(f"+{a}" in diff.content for a in added)
+    # going back in time replays again from the start
+    early = box.call("memory_at", {"episode": t.header.episode_id, "step": 0, "file": "action_log.md"})
+    assert early.ok and early.content != final["action_log.md"]
+    assert "note:" not in box.call("memory_at", {"episode": t.header.episode_id, "step": 2}).content
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../../etc/passwd", "agent_core/../../etc/passwd",
+                                  "tests/conftest.py", ".venv/pyvenv.cfg", "pyproject.toml"])
+def test_read_file_refuses_outside_scaffold_and_code(box, path):
+    r = box.call("read_file", {"path": path})
+    assert not r.ok and ("outside what you may read" in r.content or "no readable file" in r.content)
+
+
+def test_read_file_shows_scaffold_and_code(box, store):
+    _, scaffold, _ = store
+    r = box.call("read_file", {"path": "scaffold.yaml"})
+    assert r.ok and r.content.startswith(scaffold.files["scaffold.yaml"].decode()[:100])
+    code = box.call("read_file", {"path": "agent_core/memory.py", "offset": 6000})
+    assert code.ok and "characters 6000-12000 of" in code.content
+    listing = box.call("read_file", {"path": "agent_core/review"})
+    assert listing.ok and "agent_core/review/tools.py" in listing.content
+
+
+@pytest.mark.parametrize("name,arguments,expect", [
+    ("nope", "{}", "unknown tool 'nope'"),
+    ("sql", "{not json", "not valid JSON"),
+    ("sql", "[1, 2]", "must be a JSON object"),
+    ("sql", {"q": "select 1"}, "bad arguments for sql"),
+    ("trace", {"episode": "zzz"}, "no episode 'zzz'"),
+    ("trace", {"episode": "", "from_step": -3}, "bad arguments for trace"),
+    ("memory_at", {"episode": "", "step": 99}, ""),
+])
+def test_bad_calls_are_error_results(box, name, arguments, expect):
+    r = box.call(name, arguments)
+    assert not r.ok and r.content.startswith("error:") and expect in r.content
+
+
+def test_submit_revision_validates_and_feeds_back(box, store):
+    _, scaffold, traces = store
+    h = {"failure": "action_log grows without bound", "episode": traces[0].header.episode_id[:8], "step": 3,
+         "why": "a keyed table holds one line per key"}
+    bad = box.call("submit_revision", {"hypothesis": h, "analysis": "x", "changes": ["reword"],
+                                       "files": {"prompts/log.jinja": "Log it."}})
+    assert not bad.ok and "rejected: no structural change" in bad.content and bad.accepted is None
+    yaml_text = scaffold.files["scaffold.yaml"].decode().replace("history_window: 2", "history_window: 3")
+    good = box.call("submit_revision", {"hypothesis": h, "analysis": "longer history", "changes": ["history 3"],
+                                        "files": {"scaffold.yaml": yaml_text}})
+    assert good.ok and good.accepted["candidate"].config.history_window == 3
+    assert "step 3" in good.accepted["revision"].analysis
+    assert [s["verdict"] for s in box.submissions] == ["rejected", "valid"]
+
+
+def test_submit_program_checks_the_selection(store):
+    from agent_core.training.curator import OK_TURNS_SQL
+    from agent_core.training.program import rule_based_program
+
+    root, scaffold, _ = store
+    box = CuratorToolbox(root / "archive", scaffold)
+    program = rule_based_program({}).model_dump(mode="json")
+    empty = box.call("submit_program", {"program": {**program, "selection_sql": "select 'x' as call_id where false"}})
+    assert not empty.ok and "no calls" in empty.content
+    ok = box.call("submit_program", {"program": {**program, "selection_sql": OK_TURNS_SQL}})
+    assert ok.ok and ok.accepted["program"].selection_sql == OK_TURNS_SQL
+    assert not box.call("submit_program", {"program": {"lora": 1}}).ok
+    assert isinstance(box, Toolbox)
