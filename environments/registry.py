@@ -30,6 +30,8 @@ class GameSpec:
     tasks: tuple[str, ...]
     #: the pip package the game needs beyond the project's core (None: pure Python)
     package: str | None = None
+    #: (task, class name) for tasks played by another class of the module than `cls`
+    task_classes: tuple[tuple[str, str], ...] = ()
 
     @property
     def default_task(self) -> str:
@@ -37,7 +39,8 @@ class GameSpec:
 
 
 GAMES: dict[str, GameSpec] = {
-    "tiny": GameSpec("environments.tiny", "TinyEnv", ("key-door",)),
+    "tiny": GameSpec("environments.tiny", "TinyEnv", ("key-door", "recall"),
+                     task_classes=(("recall", "RecallEnv"),)),
     "crafter": GameSpec("environments.crafter_env", "CrafterEnv", ("default",), "crafter"),
     "nethack": GameSpec("environments.nethack_env", "NetHackEnv", ("challenge",), "nle"),
     "minihack": GameSpec("environments.minihack_env", "MiniHackEnv", MINIHACK_TASKS, "minihack"),
@@ -82,7 +85,7 @@ def make_env(game: str, task: str | None = None, **kwargs: object) -> Environmen
     name, task = resolve(game, task)
     spec = GAMES[name]
     try:
-        cls = getattr(importlib.import_module(spec.module), spec.cls)
+        cls = getattr(importlib.import_module(spec.module), dict(spec.task_classes).get(task, spec.cls))
         return cls(task=task, **kwargs)
     except ModuleNotFoundError as exc:
         root = (exc.name or "").split(".")[0]

@@ -1,8 +1,15 @@
-"""A tiny deterministic key-and-door text game, for fast tests of agents and pipelines.
+"""Tiny deterministic text games, for fast tests of agents and pipelines.
 
-Five rooms on a grid: four ordinary rooms joined as a tree, plus a vault behind a locked
-door. A key lies in one ordinary room. Take the key, open the door, enter the vault.
-The layout, the key's room and the door's room all come from `random.Random(seed)`.
+`key-door` (`TinyEnv`): five rooms on a grid: four ordinary rooms joined as a tree, plus a
+vault behind a locked door. A key lies in one ordinary room. Take the key, open the door,
+enter the vault. The layout, the key's room and the door's room all come from
+`random.Random(seed)`.
+
+`recall` (`RecallEnv`): a game that needs memory. Which of four coloured doors leads out is
+said once, in the first observation; a corridor of 6 to 9 steps follows (longer than the
+scaffolds' history window, and nothing in it repeats the fact); at its end a wrong door ends
+the game. An agent that wrote the fact down and looks it up finishes; one that cannot see it
+any more guesses (1 in 4).
 """
 
 from __future__ import annotations
@@ -30,10 +37,7 @@ class TinyEnv(TextEnv):
     )
 
     def __init__(self, task: str = "key-door", max_steps: int = 50) -> None:
-        if task != "key-door":
-            raise EnvError(f"unknown task {task!r} for game 'tiny'; valid tasks: key-door")
-        if max_steps < 1:
-            raise EnvError(f"max_steps must be positive, got {max_steps}")
+        _check_args("key-door", task, max_steps)
         self.task = task
         self.max_steps = max_steps
         self._milestones = 0
@@ -170,5 +174,119 @@ class TinyEnv(TextEnv):
         raise RuntimeError("rooms are not connected")  # the generator builds a tree
 
 
+def _check_args(own: str, task: str, max_steps: int) -> None:
+    """EnvError unless `task` is the class's own task and `max_steps` is positive."""
+    if task != own:
+        from .registry import GAMES  # the one list of tiny's tasks (registry imports no game)
+
+        hint = f" (task {task!r} is built by make_env('tiny', {task!r}))" if task in GAMES["tiny"].tasks else ""
+        raise EnvError(f"unknown task {task!r} for this tiny game class; valid tasks: "
+                       f"{', '.join(GAMES['tiny'].tasks)}{hint}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise EnvError(f"max_steps must be a positive integer, got {max_steps!r}")
+
+
 def _opposite(d: str) -> str:
     return {"north": "south", "south": "north", "east": "west", "west": "east"}[d]
+
+
+COLOURS = ("red", "green", "blue", "yellow")
+#: corridor length range (steps between the fact and the choice): every scaffold's history
+#: window is shorter than the shortest corridor except the context-window baseline's
+CORRIDOR_STEPS = (6, 9)
+RECALL_MILESTONES = ("reached the doors", "opened the way out")
+#: what the corridor shows, one line a step, drawn per seed; none names a colour
+_SIGHTS = ("Dust lies thick on the floor.", "A cold draught blows past.", "Your steps echo.",
+           "Water drips from the ceiling.", "A torch flickers on the wall.", "The floor creaks.",
+           "Cobwebs hang from the beams.", "It smells of damp stone.", "An old rug covers the floor.")
+
+
+class RecallEnv(TextEnv):
+    """The `recall` task: remember which door leads out. Progression (BALROG style, in
+    [0, 1]): 0.5 on reaching the doors, 1.0 on opening the right one; a wrong door ends the
+    episode where it stands (0.5)."""
+
+    game = "tiny"
+    actions = ["go forward", *[f"open {c} door" for c in COLOURS], "look", "wait"]
+    instructions = (
+        "You stand at the entrance of a long corridor. At its far end are four doors, "
+        f"{', '.join(COLOURS[:-1])} and {COLOURS[-1]}: one leads out, and opening a wrong one ends the game. "
+        "Which door leads out is told to you once, at the entrance. Walk with go forward, then open "
+        "the door that leads out. Actions: " + ", ".join(actions) + "."
+    )
+
+    def __init__(self, task: str = "recall", max_steps: int = 50) -> None:
+        _check_args("recall", task, max_steps)
+        self.task = task
+        self.max_steps = max_steps
+        self._milestones = 0
+        super().__init__()
+
+    def reset(self, seed: int) -> Observation:
+        first = super().reset(seed)
+        # an invalid first action re-shows the last observation: without the fact, said once
+        self._last = self._observe("You arrive at the entrance.")
+        return first
+
+    def _reset(self, seed: int) -> Observation:
+        rng = random.Random(seed)
+        self._exit = rng.choice(COLOURS)
+        self._length = rng.randint(*CORRIDOR_STEPS)
+        self._order = rng.sample(COLOURS, len(COLOURS))  # how the doors are listed: unrelated to the exit
+        self._sights = [rng.choice(_SIGHTS) for _ in range(self._length)]
+        self._pos, self._milestones, self._over = 0, 0, False
+        fact = (f"An old guard at the entrance tells you: \"The way out is the {self._exit} door.\" "
+                "Then he walks away.")
+        return self._observe("You arrive at the entrance.", fact)
+
+    def _observe(self, message: str, fact: str = "") -> Observation:
+        if self._pos < self._length:
+            where = ("You are at the entrance of the corridor." if self._pos == 0 else
+                     f"You are in the corridor. {self._sights[self._pos]}")
+            left = self._length - self._pos
+            lines = [where, f"The corridor goes on ahead: {left} step{'s' if left > 1 else ''} to its end."]
+        else:
+            doors = ", ".join(self._order[:-1]) + f" and {self._order[-1]}"
+            lines = [f"You are at the end of the corridor. Four doors stand before you: {doors}."]
+        if fact:
+            lines.append(fact)
+        return Observation("\n".join(lines), f"Last: {message}")
+
+    def _step(self, index: int) -> tuple[Observation, float, bool, dict[str, Any]]:
+        before = self._milestones
+        action = self.actions[index]
+        if action == "go forward":
+            if self._pos < self._length:
+                self._pos += 1
+                msg = "You walk forward."
+                if self._pos == self._length:
+                    self._milestones = 1
+                    msg = "You walk forward and reach the doors."
+            else:
+                msg = "The corridor ends here; the doors are in front of you."
+        elif action.startswith("open "):
+            colour = action.split()[1]
+            if self._pos < self._length:
+                msg = "There is no door here; the doors are at the end of the corridor."
+            elif colour == self._exit:
+                self._milestones, self._over = 2, True
+                msg = f"The {colour} door opens onto daylight. You are out. You win!"
+            else:
+                self._over = True
+                msg = f"The {colour} door opens onto a dead end and locks behind you. The game is over."
+        elif action == "look":
+            msg = "You look around."
+        else:
+            msg = "You wait."
+        done = self._over or self.steps + 1 >= self.max_steps
+        reward = (self._milestones - before) / len(RECALL_MILESTONES)
+        info = {"milestones": list(RECALL_MILESTONES[: self._milestones]), "won": self._milestones == 2}
+        return self._observe(msg), reward, done, info
+
+    @property
+    def progression(self) -> float:
+        return self._milestones / len(RECALL_MILESTONES)
+
+    def solution(self) -> list[str]:
+        """The shortest winning action sequence from the current state (for tests)."""
+        return ["go forward"] * (self._length - self._pos) + [f"open {self._exit} door"]

@@ -1,15 +1,17 @@
-"""TinyEnv: the fast deterministic key-door game."""
+"""The tiny games: TinyEnv (key-door) and RecallEnv (recall, a game that needs memory)."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from environments import EnvError, Environment, make_env
-from environments.tiny import TinyEnv
+from environments import EnvError, Environment, Observation, make_env
+from agent_core.scaffold import Scaffold
+from environments.tiny import COLOURS, CORRIDOR_STEPS, RecallEnv, TinyEnv
 from replay import play
 
 
@@ -120,3 +122,123 @@ def test_any_action_sequence_keeps_invariants(seed: int, actions: list[str]) -> 
         assert 0.0 <= env.progression <= 1.0 and env.progression >= last
         last = env.progression
     assert env.invalid_actions == invalid
+
+
+# -- tiny/recall: a fact shown once, a corridor longer than the history window, a final choice --
+
+FACT = re.compile(r"The way out is the (\w+) door")
+
+
+def walk(env: RecallEnv, seed: int, actions: list[str]) -> list[Observation]:
+    seen = [env.reset(seed)]
+    for a in actions:
+        seen.append(env.step(a).observation)
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_recall_fact_is_shown_once_then_a_corridor_longer_than_the_history_window(seed: int) -> None:
+    env = make_env("tiny", "recall")
+    assert isinstance(env, RecallEnv) and isinstance(env, Environment) and env.task == "recall"
+    env.reset(seed)
+    plan = env.solution()
+    seen = walk(env, seed, ["dance"] + plan[:-1] + ["look", "wait", "go forward", "open purple door"])
+    texts = [o.text for o in seen]
+    [colour] = FACT.findall(texts[0])
+    assert plan[-1] == f"open {colour} door" and colour in COLOURS
+    assert not any(FACT.search(t) for t in texts[1:])  # never repeated, whatever is played
+    corridor = [o.long_term for o in seen[1:len(plan)]]  # an invalid action, then the corridor
+    assert len(corridor) == len(plan) - 1 and not any(c in t for t in corridor for c in COLOURS)
+    gap = len(plan) - 1  # steps from the fact to the choice
+    assert gap >= CORRIDOR_STEPS[0] >= 6
+    assert gap > Scaffold.builtin("tiny").config.history_window  # out of the v0 scaffold's window
+    assert all(c in texts[len(plan)] for c in COLOURS)  # at the doors, all four named
+
+
+def test_recall_progression_partial_at_the_doors_full_on_the_right_one_final_on_a_wrong_one() -> None:
+    env = RecallEnv()
+    env.reset(5)
+    plan = env.solution()
+    seen = []
+    for a in plan[:-1]:
+        r = env.step(a)
+        seen.append(env.progression)
+    assert seen[:-1] == [0.0] * (len(plan) - 2) and seen[-1] == 0.5 and r.reward == 0.5 and not r.done
+    assert r.info == {"milestones": ["reached the doors"], "won": False}
+    r = env.step(plan[-1])
+    assert env.progression == 1.0 and r.done and r.reward == 0.5 and r.info["won"]
+
+    wrong = next(c for c in COLOURS if f"open {c} door" != plan[-1])
+    env.reset(5)
+    for a in plan[:-1]:
+        env.step(a)
+    r = env.step(f"open {wrong} door")
+    assert r.done and env.progression == 0.5 and r.reward == 0.0 and "game is over" in r.observation.text
+    with pytest.raises(RuntimeError):
+        env.step(plan[-1])  # a wrong door is final
+
+
+def test_recall_doors_before_the_end_and_walking_past_it() -> None:
+    env = RecallEnv()
+    env.reset(2)
+    r = env.step("open red door")
+    assert "no door here" in r.observation.short_term and not r.done and env.progression == 0.0
+    for _ in range(env.solution().count("go forward")):
+        env.step("go forward")
+    r = env.step("go forward")
+    assert "corridor ends here" in r.observation.short_term and env.progression == 0.5
+
+
+def test_recall_is_deterministic_and_seeds_vary() -> None:
+    actions = ["go forward"] * 5 + ["look", "open blue door", "go forward", "wait", "go forward",
+                                    "go forward", "go forward", "open red door"]
+    assert play(RecallEnv(), 4, actions) == play(RecallEnv(), 4, actions) == play(make_env("tiny", "recall"), 4, actions)
+    envs = [RecallEnv() for _ in range(40)]
+    games = {(FACT.search(e.reset(s).text)[1], len(e.solution())) for s, e in enumerate(envs)}
+    assert {c for c, _ in games} == set(COLOURS)  # every door is the way out on some seed
+    assert {n - 1 for _, n in games} == set(range(CORRIDOR_STEPS[0], CORRIDOR_STEPS[1] + 1))
+
+
+def test_recall_guessing_the_first_listed_door_wins_about_one_in_four() -> None:
+    """The doors' order says nothing about the way out: a guesser wins by chance only."""
+    wins = 0
+    for seed in range(200):
+        env = RecallEnv()
+        env.reset(seed)
+        doors = walk(env, seed, env.solution()[:-1])[-1].text
+        first = re.search(r"stand before you: (\w+)", doors)[1]
+        env.step(f"open {first} door")
+        wins += env.progression == 1.0
+    assert 25 <= wins <= 75  # 1 in 4 of 200 is 50
+
+
+def test_recall_bad_task_names_list_the_valid_ones() -> None:
+    with pytest.raises(EnvError, match=r"unknown task 'remember' for game 'tiny'; valid tasks: key-door, recall"):
+        make_env("tiny", "remember")
+    with pytest.raises(EnvError, match=r"valid tasks: key-door, recall.*make_env\('tiny', 'key-door'\)"):
+        RecallEnv(task="key-door")
+    with pytest.raises(EnvError, match="valid tasks: key-door, recall"):
+        TinyEnv(task="recall")
+    with pytest.raises(EnvError, match="max_steps must be a positive integer"):
+        RecallEnv(max_steps=0)
+    env = make_env("tiny", "Recall", max_steps=3)
+    env.reset(0)
+    assert [env.step("wait").done for _ in range(3)] == [False, False, True]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(min_value=0, max_value=2**40),
+    actions=st.lists(st.one_of(st.sampled_from(RecallEnv.actions), st.text(max_size=12)), max_size=30),
+)
+def test_recall_any_action_sequence_keeps_invariants(seed: int, actions: list[str]) -> None:
+    env = RecallEnv()
+    env.reset(seed)
+    last = 0.0
+    for a in actions:
+        if env._done:
+            break
+        r = env.step(a)
+        assert env.progression in (0.0, 0.5, 1.0) and env.progression >= last
+        assert not FACT.search(r.observation.text)
+        last = env.progression
