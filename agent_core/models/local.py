@@ -32,6 +32,10 @@ from agent_core.records import Completion, Message, SamplingParams
 DEFAULT_MODEL_ID = LOCAL_MODEL_NAME
 #: tokens that end an assistant turn in ChatML besides the configured EOS
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+#: what closes a constrained reply that is about to run out of tokens, tried in this order
+#: (each only where the grammar allows it): end the open command and the reply there (a
+#: look-up group ends a reply), end it and the routine, or end the routine
+CLOSINGS = ("<|END|>", "<|END|><|DONE|>", "<|DONE|>")
 
 
 @dataclass
@@ -142,6 +146,10 @@ class LocalModel:
         self._vocab_size = int(self._model.get_output_embeddings().weight.shape[0])
         self._eos_id = vocab.get("<|im_end|>", self.tokenizer.eos_token_id)
         self._llg_tokenizer: Any = None  # llguidance's view of the tokenizer, built on first use
+        self._closings = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in CLOSINGS]
+        self._bar_id = vocab.get("|", -1)  # the argument separator as one token
+        #: tokens kept back to close a constrained reply: the longest closing and end-of-turn
+        self.close_reserve = max(len(c) for c in self._closings) + 1
         #: totals over this model's life (benchmarks read them)
         self.forward_passes = 0
         self.generated_tokens = 0
@@ -315,6 +323,12 @@ class LocalModel:
                 out_ids: list[int] = []
                 finish = "length"
                 while len(out_ids) < budget:
+                    if matcher is not None and budget - len(out_ids) <= self.close_reserve:
+                        closing = self._closing(matcher, budget - len(out_ids), late=True)
+                        if closing:
+                            out_ids.extend(closing)
+                            finish = "stop"
+                            break
                     logits = self._model(
                         input_ids=torch.tensor([feed], device=self.device),
                         cache=entry.cache,
@@ -346,6 +360,11 @@ class LocalModel:
                             if matcher.is_stopped():
                                 finish = "stop"
                                 break
+                if finish == "length" and matcher is not None:
+                    finish, kept = self._close_by_rollback(matcher, out_ids, budget)
+                    if len(entry.tokens) > len(prompt) + kept:  # forget the keys of tokens taken back
+                        entry.cache.crop(len(prompt) + kept - len(entry.tokens))
+                        del entry.tokens[len(prompt) + kept:]
             if self.prefix_reuse:
                 entry.last_used = time.monotonic()
                 self._keep_prefix(name, entry)
@@ -380,6 +399,79 @@ class LocalModel:
         if matcher.is_error():
             raise ModelError(f"grammar does not compile: {matcher.get_error()}")
         return matcher
+
+    def _closing(self, matcher: Any, room: int, late: bool = False) -> list[int]:
+        """The first of `CLOSINGS` the grammar allows now that ends the reply within `room`
+        tokens (with end-of-turn unless the grammar is then complete), consumed by `matcher`;
+        [] if none. `late`: only when closing later might not fit any more (the model keeps
+        the budget until then)."""
+        if matcher.is_accepting() and room >= 1 and not (late and room > 2):
+            return [self._eos_id]  # complete already: end the turn
+        for tokens in self._closings:
+            if len(tokens) > room or matcher.validate_tokens(tokens) != len(tokens):
+                continue
+            matcher.consume_tokens(tokens)
+            if matcher.is_stopped():
+                closed = list(tokens)
+            elif matcher.is_accepting() and len(tokens) < room:
+                closed = [*tokens, self._eos_id]
+            else:
+                matcher.rollback(len(tokens))
+                continue
+            if late and room - len(closed) > 1:  # one more token still leaves room to close
+                matcher.rollback(len(tokens))
+                return []
+            return closed
+        return []
+
+    def _close_by_rollback(self, matcher: Any, out_ids: list[int], budget: int) -> tuple[str, int]:
+        """A constrained reply ran out of tokens where nothing closes it (inside a file name,
+        before a command's last argument): take back tokens until a closing fits, in place.
+        ("stop", tokens kept before the closing), or ("length", all) when no point of the
+        reply allows a closing."""
+        kept = list(out_ids)
+        while out_ids:
+            matcher.rollback(1)
+            out_ids.pop()
+            closing = self._closing(matcher, budget - len(out_ids)) or \
+                self._fill_and_close(matcher, budget - len(out_ids))
+            if closing:
+                n = len(out_ids)
+                out_ids.extend(closing)
+                return "stop", n
+        matcher.consume_tokens(kept)  # nothing closes it: the reply stays cut off
+        out_ids.extend(kept)
+        return "length", len(kept)
+
+    def _fill_and_close(self, matcher: Any, room: int, max_fill: int = 3) -> list[int]:
+        """Where no closing fits (a non-final argument, a file name begun), complete the
+        open part with at most `max_fill` tokens - a separator '|' where allowed, else the
+        grammar's forced tokens or its first allowed token - then close; consumed by
+        `matcher`, or [] (matcher unchanged) if that does not end the reply within `room`."""
+        import numpy as np
+
+        path: list[int] = []
+        while len(path) < max_fill and len(path) < room:
+            forced = matcher.compute_ff_tokens()
+            if forced:
+                step = forced
+            else:
+                bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8),
+                                     bitorder="little")
+                allowed = [int(i) for i in np.flatnonzero(bits[: self._vocab_size])[:64]
+                           if int(i) not in self._stop_ids]
+                if not allowed:
+                    break
+                step = [self._bar_id] if self._bar_id in allowed else allowed[:1]
+            step = step[: room - len(path)]
+            matcher.consume_tokens(step)
+            path.extend(step)
+            closing = self._closing(matcher, room - len(path))
+            if closing:
+                return path + closing
+        if path:
+            matcher.rollback(len(path))
+        return []
 
     def _mask(self, matcher: Any, logits: Any) -> Any:
         """`logits` with every token the grammar forbids at -inf (applied here: llguidance's
