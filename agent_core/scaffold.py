@@ -5,7 +5,7 @@ A scaffold is a directory, content-addressed by a hash of its files:
     scaffold.yaml        ScaffoldConfig (validated here)
     prompts/*.jinja      system, log, plan, act (rendered with StrictUndefined)
     hooks.py             optional code-level revisions (observation post-processing,
-                         write validation)
+                         write validation), run confined (agent_core.hooks)
 
 Nothing rewrites a scaffold in place: a revision is a new directory with a new hash.
 """
@@ -13,11 +13,8 @@ Nothing rewrites a scaffold in place: a revision is a new directory with a new h
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 from functools import cached_property
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Literal
 
 import jinja2
@@ -26,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent_core.commands import OPS
 from agent_core.grammar import GrammarError, log_grammar, plan_grammar
+from agent_core.hooks import HookCodeError, HookRunner
 from agent_core.memory import MemoryLimits
 from agent_core.records import SamplingParams
 
@@ -228,20 +226,28 @@ class Scaffold:
             raise ScaffoldError(f"prompt {prompt!r} uses an undefined variable: {exc}") from exc
 
     @cached_property
-    def hooks(self) -> ModuleType | None:
-        """The scaffold's `hooks.py`, imported in-process (validated beforehand by the outer loop)."""
+    def hooks(self) -> HookRunner | None:
+        """The scaffold's `hooks.py`, run confined in a worker process started on the first
+        call (None without hooks.py); `ScaffoldError` when the code is refused."""
         if "hooks.py" not in self.files:
             return None
-        name = f"automem_hooks_{self.hash}"
-        spec = importlib.util.spec_from_file_location(name, self.root / "hooks.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
+        try:
+            source = self.files["hooks.py"].decode()
+            return HookRunner(source, filename=f"hooks.py of scaffold {self.hash}")
+        except (HookCodeError, UnicodeDecodeError) as exc:
+            raise ScaffoldError(f"hooks.py is refused: {exc}") from exc
 
     def hook(self, name: str) -> Callable[..., Any] | None:
-        return getattr(self.hooks, name, None) if self.hooks else None
+        """Hook `name` as a function with its documented signature
+        (`postprocess_observation(observation) -> str`, `validate_write(op, args, files) ->
+        str | None`) that raises `agent_core.hooks.HookError` when the hook fails; None when
+        the scaffold does not define it."""
+        return self.hooks.function(name) if self.hooks else None
+
+    def close_hooks(self) -> None:
+        """Stop the hook worker, if one runs (a later hook call starts a fresh one)."""
+        if "hooks" in self.__dict__ and self.hooks is not None:
+            self.hooks.close()
 
     def write_copy(self, dest: Path) -> Path:
         """Copy this scaffold's files to `dest` (a new directory)."""

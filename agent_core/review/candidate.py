@@ -14,30 +14,21 @@ Reply format (the reviewer's prompt shows it; anything else is rejected, never r
 
 from __future__ import annotations
 
-import ast
-import importlib
-import json
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import textwrap
 from pathlib import Path
-from types import ModuleType
 
 import yaml
 from pydantic import BaseModel
 
+from agent_core.hooks import (HOOK_IMPORTS, HOOK_NAMES, HookCodeError, HookError, HookLimits, HookRunner,
+                              HookTimeout, check_source)
 from agent_core.scaffold import (REQUIRED_PROMPTS, Scaffold, ScaffoldConfig, ScaffoldError, hash_files,
                                  write_scaffold_files)
 
-#: hooks a scaffold may define
-HOOK_NAMES = ("postprocess_observation", "validate_write")
-#: modules hook code may import: pure computation, nothing that reaches files or processes
-HOOK_IMPORTS = frozenset({"re", "json", "math", "string", "collections", "itertools", "functools", "typing", "textwrap"})
-_FORBIDDEN_CALLS = frozenset({"open", "exec", "eval", "compile", "__import__", "globals", "locals", "vars",
-                              "getattr", "setattr", "delattr", "input", "breakpoint", "memoryview"})
+__all__ = ["HOOK_IMPORTS", "HOOK_NAMES", "CandidateError", "Revision", "check_constraints", "check_hook_source",
+           "format_revision", "materialise", "parse_revision", "run_hooks_sandboxed", "validate_candidate"]
 _PATH = re.compile(r"^(scaffold\.yaml|hooks\.py|prompts/[a-z][a-z0-9_]{0,31}\.jinja)$")
 _FILE = re.compile(r'<file path="([^"\n]*)">\n?(.*?)</file>', re.S)
 _BLOCK = re.compile(r"<(analysis|changes)>(.*?)</\1>", re.S)
@@ -101,7 +92,7 @@ def _structure(config: dict) -> dict:
 
 def check_constraints(incumbent: Scaffold, files: dict[str, str]) -> None:
     """The rules every revision keeps: world-action behaviour untouched, same game and
-    sampling, at least one structural change, hook code limited to pure computation."""
+    sampling, at least one structural change, hook code that compiles confined."""
     try:
         new = yaml.safe_load(files["scaffold.yaml"]) or {}
     except yaml.YAMLError as exc:
@@ -138,89 +129,13 @@ def _same_model(a: object, b: dict) -> bool:
 
 
 def check_hook_source(source: str) -> None:
-    """Static rules for hook code: top-level functions named in HOOK_NAMES (plus private
-    helpers and constants), imports from HOOK_IMPORTS only, no file/process/introspection
-    escapes. The dynamic check (`run_hooks_sandboxed`) catches loops and allocations."""
+    """Hook code must compile under RestrictedPython with the confinement rules of
+    `agent_core.hooks.check_source`; `CandidateError` with the reason otherwise."""
     try:
-        tree = ast.parse(source)
-    except SyntaxError as exc:
-        raise CandidateError(f"hooks.py has a syntax error: {exc}") from exc
-    modules: dict[str, ModuleType] = {}  # names bound to allowed modules -> the module
-    explicit: set[str] = set()  # submodules imported by name (`import collections.abc`)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            bad = [n for n in names if n.split(".")[0] not in HOOK_IMPORTS]
-            if bad:
-                raise CandidateError(f"hooks.py may import only {sorted(HOOK_IMPORTS)}; got {bad}")
-            if isinstance(node, ast.Import):
-                for a in node.names:
-                    explicit.add(a.name)
-                    modules[a.asname or a.name.split(".")[0]] = importlib.import_module(
-                        a.name if a.asname else a.name.split(".")[0])
-            else:
-                source_module = importlib.import_module(node.module or "")
-                for a in node.names:  # `from typing import sys` reaches a module that is not allowed
-                    _check_module_attribute(source_module, a.name, explicit)
-        elif isinstance(node, ast.Name) and node.id in _FORBIDDEN_CALLS | {"__builtins__", "os", "sys"}:
-            raise CandidateError(f"hooks.py may not use {node.id!r}")
-        elif isinstance(node, ast.Attribute) and node.attr.startswith("__"):
-            raise CandidateError(f"hooks.py may not touch dunder attributes ({node.attr!r})")
-    for node in ast.walk(tree):  # `typing.sys.modules["os"]`: attribute chains through modules
-        root, attrs = _attribute_chain(node)
-        obj = modules.get(root) if root else None
-        for attr in attrs:
-            if obj is None:
-                break
-            _check_module_attribute(obj, attr, explicit)
-            obj = getattr(obj, attr, None)
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
-            if node.name not in HOOK_NAMES and not node.name.startswith("_"):
-                raise CandidateError(f"hooks.py defines {node.name!r}; hooks are {list(HOOK_NAMES)} (helpers start with _)")
-        elif not isinstance(node, ast.Import | ast.ImportFrom | ast.Assign | ast.AnnAssign | ast.Expr):
-            raise CandidateError(f"hooks.py may hold only imports, constants and functions (line {node.lineno})")
+        check_source(source)
+    except HookCodeError as exc:
+        raise CandidateError(str(exc)) from exc
 
-
-def _attribute_chain(node: ast.AST) -> tuple[str | None, list[str]]:
-    """`a.b.c` -> ("a", ["b", "c"]); (None, []) for anything else."""
-    attrs: list[str] = []
-    while isinstance(node, ast.Attribute):
-        attrs.append(node.attr)
-        node = node.value
-    return (node.id, attrs[::-1]) if isinstance(node, ast.Name) and attrs else (None, [])
-
-
-def _check_module_attribute(owner: object, name: str, explicit: set[str]) -> None:
-    """Only public functions, classes and constants of the allowed modules: never another
-    module reached through them (`typing.sys`, then `.modules["os"]`) or a private name."""
-    value = getattr(owner, name, None)
-    where = f"{getattr(owner, '__name__', type(owner).__name__)}.{name}"
-    if name.startswith("_") or (isinstance(value, ModuleType) and value.__name__ not in explicit):
-        raise CandidateError(f"hooks.py may not reach {where}: only the public functions, classes "
-                             "and constants of the allowed modules")
-
-
-_HOOK_RUNNER = textwrap.dedent("""
-    import json, resource, sys
-    limit = int(sys.argv[2]) * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file may be written
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("hooks", sys.argv[1])
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    samples = json.loads(sys.stdin.read())
-    out = {}
-    if hasattr(mod, "postprocess_observation"):
-        out["postprocess_observation"] = [str(mod.postprocess_observation(o))[:200] for o in samples["observations"]]
-    if hasattr(mod, "validate_write"):
-        out["validate_write"] = [mod.validate_write(op, args, files) for op, args, files in samples["writes"]]
-        bad = [r for r in out["validate_write"] if r is not None and not isinstance(r, str)]
-        if bad:
-            raise TypeError("validate_write must return None or a refusal string")
-    print(json.dumps(out))
-""")
 
 SAMPLE_INPUTS = {
     "observations": ["You see: tree 2 steps to your north-west.\nInventory: wood 1", "", "x" * 5000],
@@ -233,23 +148,30 @@ SAMPLE_INPUTS = {
 
 
 def run_hooks_sandboxed(hooks_path: Path, timeout_s: float = 5.0, memory_mb: int = 512) -> dict:
-    """Import `hooks.py` and run its hooks on sample inputs in a separate process with time,
-    memory and file-size limits, in an empty working directory."""
-    with tempfile.TemporaryDirectory(prefix="hooks-check-") as cwd:
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-I", "-c", _HOOK_RUNNER, str(hooks_path), str(memory_mb)],
-                input=json.dumps(SAMPLE_INPUTS), capture_output=True, text=True, timeout=timeout_s, cwd=cwd)
-        except subprocess.TimeoutExpired:
-            raise CandidateError(f"hooks.py did not finish on sample inputs within {timeout_s:g} s") from None
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            if "MemoryError" in proc.stderr:
-                last = f"exceeded the {memory_mb} MB memory limit ({last})"
-            raise CandidateError(f"hooks.py failed on sample inputs: {last[:300]}")
-        if any(Path(cwd).iterdir()):
-            raise CandidateError("hooks.py wrote files; hooks may not write anything")
-        return json.loads(proc.stdout)
+    """Run `hooks.py` on sample inputs in its confined worker (`agent_core.hooks.HookRunner`)
+    with a time limit per call and a memory limit; the results by hook, or `CandidateError`."""
+    source = Path(hooks_path).read_text()
+    check_hook_source(source)
+    limits = HookLimits(call_timeout_s=timeout_s, cpu_s=max(1, int(timeout_s)), memory_mb=memory_mb)
+    out: dict[str, list] = {}
+    with HookRunner(source, limits) as runner:
+        calls = [("postprocess_observation", [o]) for o in SAMPLE_INPUTS["observations"]]
+        calls += [("validate_write", w) for w in SAMPLE_INPUTS["writes"]]
+        for name, args in calls:
+            if name not in runner.hooks:
+                continue
+            try:
+                value = runner.call(name, *args)
+            except HookTimeout:
+                raise CandidateError(f"hooks.py did not finish on sample inputs within {timeout_s:g} s") from None
+            except HookError as exc:
+                reason = str(exc)
+                if "MemoryError" in reason:
+                    reason = f"exceeded the {memory_mb} MB memory limit ({reason})"
+                raise CandidateError(f"hooks.py failed on sample inputs: {reason[:300]}") from None
+            out.setdefault(name, []).append(value[:200] if isinstance(value, str) and name ==
+                                            "postprocess_observation" else value)
+    return out
 
 
 def materialise(files: dict[str, str], scaffolds_root: Path) -> Path:
@@ -272,7 +194,7 @@ def materialise(files: dict[str, str], scaffolds_root: Path) -> Path:
 
 def validate_candidate(revision: Revision, incumbent: Scaffold, scaffolds_root: Path) -> Scaffold:
     """Everything before evaluation: constraints, schema, templates with the real variables,
-    hooks in a sandbox, and a short smoke episode on the tiny game. Returns the stored
+    hooks on sample inputs in their confined worker, and a short smoke episode on the tiny game. Returns the stored
     candidate scaffold; `CandidateError` with the reason otherwise (nothing is stored)."""
     check_constraints(incumbent, revision.files)
     staging = Path(tempfile.mkdtemp(prefix="candidate-check-"))
@@ -284,7 +206,10 @@ def validate_candidate(revision: Revision, incumbent: Scaffold, scaffolds_root: 
             raise CandidateError(str(exc)) from exc
         if "hooks.py" in revision.files:
             run_hooks_sandboxed(staging / "hooks.py")
-        smoke_episode(candidate, staging / "smoke")
+        try:
+            smoke_episode(candidate, staging / "smoke")
+        finally:
+            candidate.close_hooks()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     Path(scaffolds_root).mkdir(parents=True, exist_ok=True)

@@ -274,9 +274,10 @@ def test_a_failing_hook_is_recorded_as_a_hook_error_and_never_ends_the_episode(t
     summary, trace = play(tmp_path, Roles(memory=ScriptedModel(by_routine())), steps=2, scaffold=Scaffold(src))
     assert summary.steps == 2 and trace.complete
     for step in trace.steps:
-        assert step.hook_errors == ["postprocess_observation: ZeroDivisionError: division by zero"]
+        # hooks run confined (agent_core.hooks): the hook's own error arrives inside a HookError
+        assert step.hook_errors == ["postprocess_observation: HookError: ZeroDivisionError: division by zero"]
         [write] = [op for op in step.memory_ops if op.op == "append"]
-        assert write.ok and write.hook_error == "validate_write: KeyError: 'missing'"  # not a refusal
+        assert write.ok and write.hook_error == "validate_write: HookError: KeyError: 'missing'"  # not a refusal
     from agent_core.archive import archive_trace, connect
 
     archive_trace(summary.trace_path, tmp_path / "archive")

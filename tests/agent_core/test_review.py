@@ -132,17 +132,18 @@ def test_act_prompt_is_world_action_behaviour(tmp_path):
     ("def postprocess_observation(text):\n    x = []\n    while True:\n        x.append('y' * 10**6)\n", "memory|within"),
     ("def validate_write(op, args, files):\n    open('/tmp/evil', 'w').write('x')\n", "may not use 'open'"),
     ("import os\ndef validate_write(op, args, files):\n    os.remove('x')\n", "may import only"),
-    ("def validate_write(op, args, files):\n    return ().__class__.__base__\n", "dunder"),
-    ("def write_memory(files):\n    return files\n", "hooks are"),
+    ("def validate_write(op, args, files):\n    return ().__class__.__base__\n", 'starts with "_"'),
+    ("def write_memory(files):\n    return files\n", "none of the hooks"),
     ("def validate_write(op, args, files):\n    return 42\n", "None or a refusal"),
     ("def postprocess_observation(text)\n    return text\n", "syntax"),
     # modules reached through an allowed module
     ("import typing\ndef validate_write(op, args, files):\n    typing.sys.modules['os'].remove('x')\n",
-     "may not reach typing.sys"),
-    ("import typing as t\ndef postprocess_observation(text):\n    return t.sys.modules\n", "may not reach typing.sys"),
-    ("from typing import sys\ndef postprocess_observation(text):\n    return sys\n", "may not reach typing.sys"),
-    ("import collections\ndef postprocess_observation(text):\n    return collections.abc.sys\n", "may not reach collections.abc"),
-    ("import re\ndef postprocess_observation(text):\n    return re._compile\n", "may not reach re._compile"),
+     "may not use typing.sys"),
+    ("import typing as t\ndef postprocess_observation(text):\n    return t.sys.modules\n", "may not use typing.sys"),
+    ("from typing import sys\ndef postprocess_observation(text):\n    return sys\n", "may not import typing.sys"),
+    ("import collections\ndef postprocess_observation(text):\n    return collections.abc.sys\n",
+     "may not use collections.abc.sys"),
+    ("import re\ndef postprocess_observation(text):\n    return re._compile\n", 'starts with "_"'),
 ])
 def test_bad_hook_code_is_rejected(tmp_path, hooks, reason):
     inc = Scaffold.builtin("tiny")
@@ -170,6 +171,7 @@ def test_valid_hooks_pass_and_run(tmp_path):
                              "        return 'duplicate: already in the file'\n    return None\n")
     cand = validate_candidate(rev, inc, tmp_path / "store")
     assert cand.hook("validate_write")("append", {"file": "a", "text": "x"}, {"a": "x"}).startswith("duplicate")
+    cand.close_hooks()
 
 
 def test_rejections_are_fed_back_and_attempts_kept(tmp_path, incumbent_traces):
