@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from agent_core.commands import CONSULT_OPS, OPS, Command, format_command, parse_reply
+from agent_core.commands import CONSULT_OPS, OPS, READ_ONLY_OPS, Command, format_command, parse_reply
 from agent_core.conversation import Conversation
 from agent_core.grammar import Grammar, act_grammar, log_grammar, plan_grammar
 from agent_core.memory import MemoryDir
 from agent_core.models.base import ChatModel
-from agent_core.records import MemoryOp, ModelCall, Routine
+from agent_core.records import MemoryOp, ModelCall, Routine, SamplingParams, override_sampling
 from environments.base import normalise_action
 from agent_core.scaffold import WRITE_OPS, RoutineConfig, Scaffold
 
@@ -32,6 +32,9 @@ class Roles:
     constrain: bool = False
     #: where and how the models run (endpoint, dtype): part of the episode key
     identity: dict = field(default_factory=dict)
+    #: sampling settings of the deployment over the scaffold's (temperature, top_p): part of
+    #: the episode key through `sampling()`
+    sampling: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.action = self.action or self.memory
@@ -40,6 +43,10 @@ class Roles:
     def shared(self) -> bool:
         """One model plays both roles: it may commit the action while consulting memory."""
         return self.action is self.memory
+
+    def sampling_for(self, scaffold_params: SamplingParams) -> SamplingParams:
+        """The sampling an episode uses: the scaffold's, with this deployment's overrides."""
+        return override_sampling(scaffold_params, self.sampling)
 
 
 @dataclass
@@ -55,6 +62,8 @@ class StepDecision:
     grammars: dict[str, str] = field(default_factory=dict)
     #: scaffold hooks that raised in this step (the step went on without them)
     hook_errors: list[str] = field(default_factory=list)
+    #: commands written after a look-up group in one reply: not run (the group ends a reply)
+    ops_not_run: int = 0
 
 
 #: placeholder values of the help lines, by argument name (and by op where it reads better);
@@ -71,8 +80,9 @@ class MemoryAgent:
     """Runs the LOG and PLAN routines of one episode. Holds no game state."""
 
     def __init__(self, scaffold: Scaffold, roles: Roles, memory: MemoryDir, env_actions: list[str],
-                 instructions: str, game: str, episode_id: str = ""):
+                 instructions: str, game: str, episode_id: str = "", seed: int = 0):
         self.scaffold, self.cfg, self.roles, self.memory = scaffold, scaffold.config, roles, memory
+        self.sampling = roles.sampling_for(self.cfg.model)
         self.actions = env_actions
         self.default_action = self._default_action(env_actions)
         allowed = set(self.cfg.log.allowed_ops) | set(self.cfg.plan.allowed_ops)
@@ -91,28 +101,29 @@ class MemoryAgent:
         self.conv = Conversation(scaffold.render("system", **self._vars), self.cfg.history_window,
                                  call_prefix=f"{episode_id}:",
                                  demonstrations=[(d.user, d.assistant) for d in self.cfg.demonstrations],
-                                 max_reply_chars=self.cfg.max_reply_chars)
+                                 max_reply_chars=self.cfg.max_reply_chars, seed=seed)
         self._kinds = {f.name: f.kind for f in self.cfg.memory_files}
         self._validate_write = scaffold.hook("validate_write")
         self._postprocess = scaffold.hook("postprocess_observation")
-        self._grammars: dict[tuple[str, int, tuple[str, ...], bool], Grammar] = {}
+        self._grammars: dict[tuple[str, int, tuple[str, ...], bool, bool], Grammar] = {}
         self._grammars_recorded: set[str] = set()
 
-    def _grammar(self, routine: str, ops_left: int, decision: StepDecision) -> Grammar | None:
+    def _grammar(self, routine: str, ops_left: int, decision: StepDecision,
+                 last_turn: bool = False) -> Grammar | None:
         """The grammar of the next call of `routine` ("log", "plan" or "act") with `ops_left`
         operations left, over the memory's current files (None when replies are not
-        constrained)."""
+        constrained). On the routine's `last_turn` no look-up group may end the reply."""
         if not self.roles.constrain:
             return None
         files = tuple(self.memory.names())
         consult_first = routine == "log" and self.cfg.log.consult_before_write and not self._consulted
-        key = (routine, ops_left, files, consult_first)
+        key = (routine, ops_left, files, consult_first, last_turn)
         if key not in self._grammars:
             if routine == "log":
-                g = log_grammar(self.cfg.log.allowed_ops, ops_left, list(files), consult_first)
+                g = log_grammar(self.cfg.log.allowed_ops, ops_left, list(files), consult_first, last_turn)
             elif routine == "plan":
                 g = plan_grammar(self.cfg.plan.allowed_ops, ops_left,
-                                 self.actions if self.roles.shared else None, list(files))
+                                 self.actions if self.roles.shared else None, list(files), last_turn)
             else:
                 g = act_grammar(self.actions)
             self._grammars[key] = g
@@ -140,7 +151,7 @@ class MemoryAgent:
             except Exception as exc:  # a hook bug must not end the episode: the raw observation
                 decision.hook_errors.append(f"postprocess_observation: {type(exc).__name__}: {exc}"[:500])
         self._consulted = False  # searched or read memory during this step
-        self.conv.begin_step()
+        self.conv.begin_step(step)
         self.conv.add_user(self.scaffold.render(
             "log", step=step, observation=observation, last_action=last_action, reward=reward,
             memory_listing=self.memory.list().text, **self._vars))
@@ -162,20 +173,27 @@ class MemoryAgent:
 
     # ------------------------------------------------------------------
     def _routine(self, routine: Routine, cfg: RoutineConfig, decision: StepDecision) -> str | None:
-        """Memory-role turns until DONE or the turn limit. Returns an action when the shared
-        model committed one during PLAN."""
+        """Memory-role turns until DONE, the action (PLAN, shared model) or the turn limit.
+
+        Each turn is one reply: writes, then an ending. A group of look-ups ends the reply:
+        its results go into the conversation and the routine goes on with a new turn, so the
+        model sees what it looked up before it writes or acts. Commands after the group are
+        not run (the grammar never allows them; a free-text reply is told so). Returns an
+        action when the shared model committed one during PLAN."""
         ops_left = cfg.max_ops
         for turn in range(cfg.max_turns):
-            if turn and ops_left <= 0:  # nothing left to do in this routine
-                break
-            grammar = self._grammar(routine, ops_left, decision)
-            call = self.conv.call(self.roles.memory, self.cfg.model, routine, "memory", grammar)
+            last_turn = turn == cfg.max_turns - 1
+            grammar = self._grammar(routine, ops_left, decision, last_turn)
+            call = self.conv.call(self.roles.memory, self.sampling, routine, "memory", grammar)
             decision.calls.append(call)
             parsed = parse_reply(call.reply, truncated=call.finish_reason == "length")
             feedback = list(parsed.errors)
             decision.invalid_ops += parsed.error_count
-            finished, action, over_cap = False, None, 0
-            for cmd in parsed.commands:
+            finished, action, over_cap, looked_up, not_run = False, None, 0, False, 0
+            for i, cmd in enumerate(parsed.commands):
+                if looked_up and cmd.op not in READ_ONLY_OPS:  # the look-up group ended the reply
+                    not_run = len(parsed.commands) - i
+                    break
                 if cmd.op == "done":
                     finished = True
                     break
@@ -186,6 +204,7 @@ class MemoryAgent:
                     decision.invalid_ops += 1
                     feedback.append(f"ACTION is not allowed in {routine.upper()}; end it with DONE.")
                     continue
+                looked_up |= cmd.op in READ_ONLY_OPS
                 if ops_left <= 0:
                     over_cap += 1
                     continue
@@ -197,11 +216,31 @@ class MemoryAgent:
             if over_cap:  # invalid, with one line of feedback however many there were
                 decision.invalid_ops += over_cap
                 feedback.append(f"{over_cap} operation(s) not run: at most {cfg.max_ops} per {routine.upper()}.")
+            if not_run:
+                decision.ops_not_run += not_run
+                feedback.append(f"{not_run} command(s) after the look-up(s) not run: a look-up ends the "
+                                "reply, and its results are above.")
+            if finished:
+                if feedback:
+                    self.conv.add_user("\n".join(feedback))
+                return action
+            if turn + 1 < cfg.max_turns:  # the routine goes on: say what the next turn may do
+                feedback.append(self._continue_line(routine, ops_left, last=turn + 2 == cfg.max_turns))
             if feedback:
                 self.conv.add_user("\n".join(feedback))
-            if finished:
-                return action
         return None
+
+    def _continue_line(self, routine: Routine, ops_left: int, last: bool) -> str:
+        """The cue of a routine's next turn: what it may still do (the grammar's options)."""
+        done = self._vars["done"]
+        end = (f"commit your action ({self._vars['action_example']}) or {done}"
+               if routine == "plan" and self.roles.shared else done)
+        if routine == "plan":
+            return f"{routine.upper()} continues: {end}." if last or ops_left <= 0 else \
+                f"{routine.upper()} continues: look up more, or {end}."
+        if last or ops_left <= 0:
+            return f"{routine.upper()} continues: write what is new, then {end}."
+        return f"{routine.upper()} continues: write what is new, look up more, or {end}."
 
     def _apply(self, routine: Routine, cfg: RoutineConfig, cmd: Command, call_id: str) -> MemoryOp:
         hook_error = None
@@ -238,7 +277,7 @@ class MemoryAgent:
         self.conv.add_user(self.scaffold.render("act", **self._vars))
         for attempt in range(self.cfg.action_attempts):
             grammar = self._grammar("act", 1, decision)
-            call = self.conv.call(self.roles.action, self.cfg.model, "plan", "action", grammar)
+            call = self.conv.call(self.roles.action, self.sampling, "plan", "action", grammar)
             decision.calls.append(call)
             parsed = parse_reply(call.reply, truncated=call.finish_reason == "length")
             actions = [c for c in parsed.commands if c.op == "action"]

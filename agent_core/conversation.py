@@ -6,10 +6,14 @@ steps) and records only the messages added since the previous call's reply, and 
 reply, so the trace holds every context exactly, and every text once. A reply longer than
 `max_reply_chars` is cut, with a marker saying how much, both in the log and in the trace
 (and counts as cut off, like one that hit the token limit).
+
+Sampling is seeded per call from the episode's seed, the step and the call's number in the
+step (`call_seed`), so an episode replays the same in any process and differs across seeds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 
@@ -20,7 +24,8 @@ from agent_core.records import AgentRole, Message, ModelCall, Routine, SamplingP
 
 class Conversation:
     def __init__(self, system: str, history_window: int, call_prefix: str = "",
-                 demonstrations: list[tuple[str, str]] = (), max_reply_chars: int = 16_000):
+                 demonstrations: list[tuple[str, str]] = (), max_reply_chars: int = 16_000,
+                 seed: int = 0):
         self.log: list[Message] = [Message(role="system", content=system)]
         for user, assistant in demonstrations:  # few-shot turns: small models copy their form
             self.log += [Message(role="user", content=user), Message(role="assistant", content=assistant)]
@@ -31,9 +36,14 @@ class Conversation:
         self._ids = itertools.count()
         self._call_prefix = call_prefix
         self.max_reply_chars = max_reply_chars
+        self.seed = seed
+        self._step = 0
+        self._calls_in_step = 0
 
-    def begin_step(self) -> None:
+    def begin_step(self, step: int | None = None) -> None:
         self._step_starts.append(len(self.log))
+        self._step = len(self._step_starts) - 1 if step is None else step
+        self._calls_in_step = 0
 
     def add_user(self, content: str) -> None:
         # Consecutive user texts of one step merge into one message: small chat models follow
@@ -59,6 +69,9 @@ class Conversation:
         """Send the current context to `model`, append its reply, return the call record."""
         ws, end = self.window_start(), len(self.log)
         context = [*self.log[:self.fixed], *self.log[ws:end]]
+        params = params.model_copy(update={"seed": call_seed(self.seed, self._step, self._calls_in_step,
+                                                             params.seed)})
+        self._calls_in_step += 1
         started = time.perf_counter()
         completion = model.complete(context, params, constraint)
         latency = completion.latency_s or (time.perf_counter() - started)
@@ -86,6 +99,14 @@ class Conversation:
         self.log.append(Message(role="assistant", content=reply))
         self._recorded = len(self.log)  # the reply is in the record as `reply`, not again
         return record
+
+
+def call_seed(episode_seed: int, step: int, call: int, scaffold_seed: int | None = None) -> int:
+    """The sampling seed of one model call: a digest of the episode's seed, the step, the
+    call's number in the step (and the scaffold's own seed, if it sets one), as a 31-bit
+    integer every backend accepts (vLLM, OpenAI, torch)."""
+    blob = f"{episode_seed}:{step}:{call}:{'' if scaffold_seed is None else scaffold_seed}".encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") >> 1
 
 
 def rebuild_contexts(calls: list[ModelCall]) -> list[list[Message]]:

@@ -59,16 +59,17 @@ def run_episode(
     cfg = scaffold.config
     memory = MemoryDir(out_dir / MEMORY_DIRNAME, cfg.limits)
     memory.seed_files({f.name: f.initial for f in cfg.memory_files})
+    sampling = roles.sampling_for(cfg.model)
     episode_id = episode_key(scaffold.hash, roles.memory.model_id, roles.action.model_id, env.game,
-                             env.task, seed, max_steps, cfg.model.model_dump(), roles.identity,
+                             env.task, seed, max_steps, sampling.model_dump(), roles.identity,
                              getattr(env, "options", {}))
     header = EpisodeHeader(
         episode_id=episode_id, game=env.game, task=env.task, seed=seed, scaffold_hash=scaffold.hash,
         memory_model=roles.memory.model_id, action_model=roles.action.model_id, max_steps=max_steps,
-        sampling=cfg.model, started_at=datetime.now(timezone.utc).isoformat())
+        sampling=sampling, started_at=datetime.now(timezone.utc).isoformat())
     started = time.perf_counter()
     observation = env.reset(seed)
-    agent = MemoryAgent(scaffold, roles, memory, env.actions, env.instructions, env.game, episode_id)
+    agent = MemoryAgent(scaffold, roles, memory, env.actions, env.instructions, env.game, episode_id, seed)
     last_action, reward, total_reward = None, 0.0, 0.0
     steps, invalid_ops, default_actions, ptok, ctok = 0, 0, 0, 0, 0
     end_reason = "max_steps"
@@ -93,7 +94,7 @@ def run_episode(
                     progression=env.progression, calls=decision.calls,
                     memory_ops=decision.memory_ops, grammars=decision.grammars,
                     hook_errors=decision.hook_errors,
-                    invalid_ops=decision.invalid_ops,
+                    invalid_ops=decision.invalid_ops, ops_not_run=decision.ops_not_run,
                     memory_chars=memory.total_chars, memory_lines=memory.total_lines,
                     elapsed_s=time.perf_counter() - t0)
                 trace.write(record)
@@ -155,8 +156,9 @@ class EpisodeSpec(BaseModel):
     def key(self) -> str:
         scaffold = Scaffold.load(self.scaffold_dir)
         memory_id, action_id = self.models.ids()
+        sampling = self.models.sampling_for(scaffold.config.model)
         return episode_key(scaffold.hash, memory_id, action_id, self.game, self.task, self.seed,
-                           self.max_steps, scaffold.config.model.model_dump(), self.models.identity(),
+                           self.max_steps, sampling.model_dump(), self.models.identity(),
                            env_options(self.game, self.task))
 
     def out_dir(self) -> Path:

@@ -7,19 +7,29 @@ xgrammar in vLLM, llguidance in `LocalModel` and `automem serve`) and that Pytho
 can check a reply against.
 
 - ACT: exactly `<|ACTION|>name<|END|>`, `name` one of the game's actions, spelled exactly.
-- LOG: one to `max_ops` commands from the routine's allowed ops, then `<|DONE|>`.
-- PLAN: up to `max_ops` read-only commands, then `<|DONE|>`, or, when one model plays
-  both roles, the world action instead of `<|DONE|>`.
+- A memory-role turn (LOG, or the consultation part of PLAN): writes (zero or more; PLAN
+  allows none), then one ending:
+  - a group of look-ups (READ, TAIL, SEARCH, LIST): the reply ends there; the agent runs
+    them, their results go into the conversation and the routine continues with a new turn,
+    so a look-up always reaches the decision it was made for;
+  - `<|DONE|>`;
+  - in PLAN, when one model plays both roles, the world action instead of `<|DONE|>`.
+  At most `ops_left` operations in all. On the routine's last turn, or with no operations
+  left, only the endings remain (a look-up there could reach nothing), so a routine always
+  ends cleanly.
 
-With `consult_before_write`, LOG starts with a look-up (READ, TAIL or SEARCH), as the
-agent would refuse a write before one.
+With `consult_before_write` and no successful look-up yet in the step, a LOG turn is
+look-ups only, as the agent would refuse a write before one.
 
 Arguments: a file name is one of the memory's files (CREATE's follows MemoryDir's name
 rule); line ranges and counts are digits; every text is one line (memory files hold lines;
-small models otherwise fill replies with blank lines). No argument contains '<' or '|' (so
-none holds a tag), a required one starts with a visible character, and each is at most
-`TEXT_MAX_CHARS` long. Only short bounds appear as regex repeats: a reply's total length is
-capped by `max_tokens` (engines compile long bounded repeats slowly).
+small models otherwise fill replies with blank lines). Texts may hold '<' and '|' wherever
+the parser can tell them from tags and separators, so NetHack's map rows (`|..<..|`) can be
+written down: never the pair '<|' (a tag starts so), and a text followed by another
+argument holds no '|' and does not end in '<'. A required text starts with a visible
+character and is at most `TEXT_MAX_CHARS` long ('<' and the character after it count as
+one). Only short bounds appear as regex repeats: a reply's total length is capped by
+`max_tokens` (engines compile long bounded repeats slowly).
 """
 
 from __future__ import annotations
@@ -41,11 +51,19 @@ _RANGE = r"[0-9]{1,6}(-[0-9]{1,6})?"
 _COUNT = r"[0-9]{1,4}"
 
 
-def _text(extra: str = "") -> str:
+def _text(extra: str = "", last: bool = True) -> str:
+    """A one-line text argument. `last`: the command's final argument, which may hold '|'
+    (the parser splits a body at most (arguments - 1) times) and may end in '<' (what
+    follows is a tag). '<' is always followed by something other than '<' or '|', so no
+    text ever holds '<|'."""
     # spelled-out whitespace (commands.WHITESPACE) rather than \s: every regex dialect reads
     # it the same, and it is exactly what the parser strips
-    body = r"<|\n\r" + extra
-    return rf"[^{body} \t\f\v][^{body}]{{0,{TEXT_MAX_CHARS - 1}}}"
+    bar = "" if last else r"\|"
+    plain = rf"[^<{bar}\n\r{extra}]"
+    visible = rf"[^<{bar}\n\r{extra} \t\f\v]"
+    lt = rf"<[^<|\n\r{extra}]"
+    tail = "<?" if last else ""
+    return rf"({visible}|{lt})({plain}|{lt}){{0,{TEXT_MAX_CHARS - 1}}}{tail}"
 
 
 #: the pattern of each argument, by argument name (commands.OPS names every argument)
@@ -54,8 +72,8 @@ _ARG_PATTERNS = {
     "lines": _RANGE,
     "n": _COUNT,
     "query": _text(),
-    "key": _text(":"),  # MemoryDir: a key has no ':'
-    "old": _text(),
+    "key": _text(":", last=False),  # MemoryDir: a key has no ':'
+    "old": _text(last=False),
     "new": _text(),
     "text": _text(),
     "value": _text(),
@@ -159,36 +177,58 @@ def _ops(ops: list[str], routine: str, files: list[str] | None) -> str:
     return _choice([command_pattern(OPS[o], files) for o in ops])
 
 
-def log_grammar(allowed_ops: list[str], max_ops: int, files: list[str] | None = None,
-                consult_first: bool = False) -> Grammar:
-    """LOG: one to `max_ops` of the allowed commands, then `<|DONE|>`. With `files` (the
-    memory's file names), commands other than CREATE name one of them. With
-    `consult_first` (the routine's `consult_before_write`, no look-up yet in this step) the
-    first command is a look-up."""
-    if not allowed_ops or max_ops < 1:
-        raise GrammarError("LOG must allow at least one operation (log.allowed_ops non-empty and "
-                           f"log.max_ops >= 1; got {allowed_ops} and max_ops={max_ops})")
-    every = _ops(allowed_ops, "log", files)
+def _turn(writes: list[str], lookups: list[str], endings: str, ops_left: int, files: list[str] | None,
+          routine: str, may_look_up: bool) -> Grammar:
+    """Writes (up to `ops_left`), then an ending; or, when `may_look_up`, writes then a group of
+    look-ups, the whole at most `ops_left` operations (the reply ends after the group)."""
+    if ops_left < 1:
+        return Grammar(endings)
+    w = _ops(writes, routine, files) if writes else None
+    options = [(f"{w}{{0,{ops_left}}}" if w else "") + endings]
+    if may_look_up and lookups:
+        look = _ops(lookups, routine, files)
+        for k in range(ops_left if w else 1):  # k writes, then 1 to ops_left - k look-ups
+            options.append((f"{w}{{{k}}}" if k else "") + f"{look}{{1,{ops_left - k}}}")
+    return Grammar(options[0] if len(options) == 1 else _choice(options))
+
+
+def log_grammar(allowed_ops: list[str], ops_left: int, files: list[str] | None = None,
+                consult_first: bool = False, last_turn: bool = False) -> Grammar:
+    """One LOG turn: writes, then `<|DONE|>` or a group of look-ups that ends the reply (not on
+    the `last_turn`), at most `ops_left` operations. With `files` (the memory's file names),
+    commands other than CREATE name one of them. With `consult_first` (the routine's
+    `consult_before_write`, no successful look-up yet in this step) the turn is look-ups
+    only, or, on the last turn, `<|DONE|>` (no write could run)."""
+    if not allowed_ops:
+        raise GrammarError(f"LOG must allow at least one operation (log.allowed_ops is empty)")
+    unknown = [o for o in allowed_ops if o not in OPS or not OPS[o].memory]
+    if unknown:
+        raise GrammarError(f"LOG allows unknown operations {unknown}")
+    writes = [o for o in allowed_ops if not OPS[o].read_only]
+    lookups = [o for o in allowed_ops if OPS[o].read_only]
     if not consult_first:
-        return Grammar(every + f"{{1,{max_ops}}}" + _tag("done"))
-    lookups = [o for o in allowed_ops if o in CONSULT_OPS]
-    if not lookups:
+        return _turn(writes, lookups, _tag("done"), ops_left, files, "log", not last_turn)
+    consults = [o for o in lookups if o in CONSULT_OPS]
+    if not consults:
         raise GrammarError("LOG has consult_before_write but allows no look-up "
                            f"({', '.join(o.upper() for o in CONSULT_OPS)}): no write could ever run")
-    return Grammar(_ops(lookups, "log", files) + every + f"{{0,{max_ops - 1}}}" + _tag("done"))
+    if last_turn or ops_left < 1:
+        return Grammar(_tag("done"))
+    return Grammar(_ops(lookups, "log", files) + f"{{1,{ops_left}}}")
 
 
-def plan_grammar(allowed_ops: list[str], max_ops: int, actions: list[str] | None = None,
-                 files: list[str] | None = None) -> Grammar:
-    """PLAN: up to `max_ops` read-only commands, then `<|DONE|>`; with `actions` (one model
-    plays both roles) the world action may take the place of `<|DONE|>`."""
+def plan_grammar(allowed_ops: list[str], ops_left: int, actions: list[str] | None = None,
+                 files: list[str] | None = None, last_turn: bool = False) -> Grammar:
+    """One PLAN turn of the memory role: a group of look-ups (at most `ops_left`; not on the
+    `last_turn`) that ends the reply, or `<|DONE|>`; with `actions` (one model plays both
+    roles) the world action may take the place of `<|DONE|>`."""
     writes = [o for o in allowed_ops if o in OPS and not OPS[o].read_only]
     if writes:
         raise GrammarError(f"PLAN may only read memory; it allows {writes}")
     ending = _tag("done") if actions is None else _choice([_tag("done"), action_pattern(actions)])
-    if not allowed_ops or max_ops < 1:
-        return Grammar(ending)
-    return Grammar(_ops(allowed_ops, "plan", files) + f"{{0,{max_ops}}}" + ending)
+    if allowed_ops:
+        _ops(allowed_ops, "plan", files)  # unknown ops fail here
+    return _turn([], list(allowed_ops), ending, ops_left, files, "plan", not last_turn)
 
 
 def act_grammar(actions: list[str]) -> Grammar:

@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 Role = Literal["system", "user", "assistant"]
 Routine = Literal["log", "plan"]
@@ -23,12 +23,44 @@ class Message(BaseModel):
 
 
 class SamplingParams(BaseModel):
-    """Model parameters from the scaffold; part of every episode's cache key."""
+    """Model parameters from the scaffold (a deployment may override temperature and top_p);
+    part of every episode's cache key. Each call is sent with its own seed, derived from the
+    episode's seed, step and call (`conversation.call_seed`)."""
 
     max_tokens: int = Field(256, ge=1, le=32768, description="Maximum tokens per reply.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, description="Sampling seed where the backend supports one.")
+    temperature: float = Field(0.0, description="0 means greedy decoding; at most 2.")
+    top_p: float = Field(1.0, description="Nucleus sampling mass, in (0, 1].")
+    seed: int | None = Field(None, description="Mixed into every call's seed (None: the episode's "
+                             "seed, step and call alone decide it).")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float) -> float:
+        return check_temperature(v)
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, v: float) -> float:
+        return check_top_p(v)
+
+
+def override_sampling(params: SamplingParams, overrides: dict) -> SamplingParams:
+    """`params` with a deployment's overrides (temperature, top_p) applied."""
+    return SamplingParams.model_validate({**params.model_dump(), **overrides})
+
+
+def check_temperature(v: float) -> float:
+    """A sampling temperature, or ValueError naming the valid range."""
+    if not 0.0 <= v <= 2.0:
+        raise ValueError(f"temperature must be between 0 and 2 (0: greedy decoding), got {v}")
+    return v
+
+
+def check_top_p(v: float) -> float:
+    """A nucleus-sampling mass, or ValueError naming the valid range."""
+    if not 0.0 < v <= 1.0:
+        raise ValueError(f"top_p must be greater than 0 and at most 1, got {v}")
+    return v
 
 
 class Completion(BaseModel):
@@ -108,6 +140,8 @@ class StepRecord(BaseModel):
     #: scaffold hooks that raised in this step (it went on without them)
     hook_errors: list[str] = Field(default_factory=list)
     invalid_ops: int
+    #: commands written after a look-up group in one reply (free text only): not run
+    ops_not_run: int = 0
     memory_chars: int
     memory_lines: int
     elapsed_s: float

@@ -66,7 +66,9 @@ class RoutineConfig(_Strict):
 
     allowed_ops: list[str] = Field(description="Memory operations this routine may use.")
     max_ops: int = Field(4, ge=0, le=64, description="Memory operations executed per step.")
-    max_turns: int = Field(2, ge=1, le=16, description="Model calls per step in this routine.")
+    max_turns: int = Field(2, ge=1, le=16, description="Model calls per step in this routine. A look-up "
+                           "group ends its call, and the routine goes on with the next, so a routine "
+                           "that looks up needs at least 2.")
     consult_before_write: bool = Field(
         False, description="Refuse writes in this routine until the model has searched or read "
         "memory in the same step (against blind appends).")
@@ -138,10 +140,22 @@ class ScaffoldConfig(_Strict):
                                  "and plan.allowed_ops must be empty")
             return self
         try:  # the reply grammars must exist (checked here, before any episode)
-            log_grammar(self.log.allowed_ops, self.log.max_ops, consult_first=self.log.consult_before_write).check()
+            log_grammar(self.log.allowed_ops, self.log.max_ops).check()
+            if self.log.consult_before_write:
+                log_grammar(self.log.allowed_ops, self.log.max_ops, consult_first=True).check()
             plan_grammar(self.plan.allowed_ops, self.plan.max_ops, ["placeholder"]).check()
         except GrammarError as exc:
             raise ValueError(f"no reply grammar can be built: {exc}") from exc
+        # a look-up ends its turn: its results are used in a later turn of the same routine
+        if self.log.consult_before_write and (self.log.max_turns < 2 or self.log.max_ops < 2):
+            raise ValueError("log.consult_before_write needs log.max_turns >= 2 and log.max_ops >= 2 (a "
+                             "look-up turn, then a turn that writes); got max_turns="
+                             f"{self.log.max_turns}, max_ops={self.log.max_ops}: no write could ever run")
+        if self.plan.allowed_ops and (self.plan.max_turns < 2 or self.plan.max_ops < 1):
+            raise ValueError("plan.allowed_ops holds look-ups, which end their turn, so PLAN needs "
+                             "plan.max_turns >= 2 and plan.max_ops >= 1 for their results to reach the "
+                             f"action; got max_turns={self.plan.max_turns}, max_ops={self.plan.max_ops} "
+                             "(or allow no look-ups in PLAN)")
         return self
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-PROTOCOL_VERSION = 2
-SOURCES_DIGEST = "9c0b5e672908306a"
+PROTOCOL_VERSION = 3
+SOURCES_DIGEST = "b5602dc749852570"
 
 _ROOT = Path(__file__).resolve().parents[1]
 #: sources (relative to the repository) that decide what happens in an episode

@@ -13,29 +13,40 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent_core.agent import Roles
 from agent_core.grammar import Grammar
 from agent_core.models.devices import DeviceSetting, INFERENCE_DTYPE, kind, resolve_device, short_dtype
 from agent_core.models.base import ChatModel
-from agent_core.records import Completion, Message, SamplingParams
+from agent_core.records import (Completion, Message, SamplingParams, check_temperature, check_top_p,
+                                 override_sampling)
 
 
 class RoutineScript(BaseModel):
-    """Replies of the built-in scripted model, chosen by the routine being asked for."""
+    """Replies of the built-in scripted model, chosen by what the latest prompt asks for: a
+    routine's first turn, its next turn (after a look-up group ended a reply), the action."""
 
     log: str = Field("<|APPEND|>action_log.md|saw: step done<|END|><|DONE|>", description="LOG reply.")
-    plan: str = Field("<|SEARCH|>key<|END|><|DONE|>", description="PLAN consultation reply.")
+    plan: str = Field("<|SEARCH|>key<|END|>", description="PLAN consultation reply (a look-up ends "
+                      "the reply; its results come back, and the next turn answers `plan_next`).")
+    log_next: str = Field("<|DONE|>", description="LOG reply after a look-up's results.")
+    plan_next: str = Field("<|DONE|>", description="PLAN reply after a look-up's results (the world "
+                           "action, or <|DONE|> to leave it to the action role).")
     act: str = Field("<|ACTION|>look<|END|>", description="Action-role reply.")
 
     def reply(self, messages: list[Message]) -> str:
-        """Answer by the routine the latest prompt asks for (the scaffold prompts name it)."""
+        """Answer by the routine the latest prompt asks for (the scaffold prompts and the
+        agent's cues name it)."""
         last = messages[-1].content if messages else ""
         if "world action" in last or "No action found" in last:
             return self.act
+        if "PLAN continues" in last:
+            return self.plan_next
         if "PLAN routine" in last:
             return self.plan
+        if "LOG continues" in last:
+            return self.log_next
         if "LOG routine" in last:
             return self.log
         return "<|DONE|>"  # operation results: end the routine
@@ -64,6 +75,12 @@ class ModelConfig(BaseModel):
         None, ge=1, le=32768, description="Cap on tokens per reply for this deployment (e.g. a small "
         "CPU model), applied over the scaffold's max_tokens; part of the model id, so cached "
         "episodes are never mixed. None: the scaffold decides.")
+    temperature: float | None = Field(
+        None, description="Sampling temperature for this deployment over the scaffold's (0: greedy; at "
+        "most 2). Part of the episode key. None: the scaffold decides.")
+    top_p: float | None = Field(
+        None, description="Nucleus-sampling mass for this deployment over the scaffold's, in (0, 1]. "
+        "Part of the episode key. None: the scaffold decides.")
     constrain: Literal["on", "off"] = Field(
         "on", description="on: every reply is decoded under the command grammar (valid by "
         "construction; vLLM's structured outputs, llguidance locally); off: free text, parsed "
@@ -82,6 +99,24 @@ class ModelConfig(BaseModel):
     policy: Literal["routine-script", "tiny-explorer"] = Field(
         "routine-script", description="Scripted backend: replay `script` by routine, or a rule-based "
         "agent whose play depends on its memory (`agent_core.models.policies`).")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float | None) -> float | None:
+        return v if v is None else check_temperature(v)
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, v: float | None) -> float | None:
+        return v if v is None else check_top_p(v)
+
+    def sampling_overrides(self) -> dict[str, float]:
+        """The sampling settings this deployment sets over the scaffold's."""
+        return {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p)) if v is not None}
+
+    def sampling_for(self, scaffold_params: SamplingParams) -> SamplingParams:
+        """The sampling an episode uses with these models (what its key and header record)."""
+        return override_sampling(scaffold_params, self.sampling_overrides())
 
     @model_validator(mode="after")
     def _complete(self) -> "ModelConfig":
@@ -149,10 +184,11 @@ class ModelConfig(BaseModel):
         memory_id, action_id = self.ids()
         constrain, identity = self.constrain == "on", self.identity()
         memory = CappedModel(roles.memory, self.max_tokens, memory_id)
+        sampling = self.sampling_overrides()
         if roles.shared:
-            return Roles(memory=memory, constrain=constrain, identity=identity)
+            return Roles(memory=memory, constrain=constrain, identity=identity, sampling=sampling)
         return Roles(memory=memory, action=CappedModel(roles.action, self.max_tokens, action_id),
-                     constrain=constrain, identity=identity)
+                     constrain=constrain, identity=identity, sampling=sampling)
 
     def identity(self) -> dict[str, str]:
         """Where and how the models run: the server for the openai backend, the device kind

@@ -161,5 +161,4 @@ class RuleBasedReviewer:
         if invalid > self.invalid and config["log"].get("max_ops", 4) > 1:
             findings.append(f"{invalid:.0%} of memory operations were invalid: fewer, simpler operations.")
             config["log"]["max_ops"] = config["log"].get("max_ops", 4) - 1
-            config["log"]["max_turns"] = 1
-            changes.append(f"LOG: max_ops -> {config['log']['max_ops']}, max_turns -> 1")
+            changes.append(f"LOG: max_ops -> {config['log']['max_ops']}")

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agent_core.archive import QueryError, connect, run_query
-from agent_core.commands import MEMORY_OPS, format_command, parse_reply
+from agent_core.commands import MEMORY_OPS, READ_ONLY_OPS, parse_reply
 from agent_core.conversation import rebuild_contexts
 from agent_core.records import Message, ModelCall, messages_digest
 from agent_core.training.program import CurationProgram, ProgramError
@@ -50,6 +50,17 @@ class DatasetInfo(BaseModel):
     per_routine: dict[str, int] = Field(description="Examples per routine (log, plan).")
     per_game: dict[str, int] = Field(description="Examples per game.")
     reused: bool = Field(description="True when the directory already existed and was kept.")
+
+
+def _after_look_ups(commands: list) -> bool:
+    """Whether anything but a world action follows a look-up group in one reply: the group
+    ends the reply, so the agent ran none of it (the action is cut from targets anyway)."""
+    looked = False
+    for cmd in commands:
+        if looked and cmd.op not in READ_ONLY_OPS and cmd.op != "action":
+            return True
+        looked |= cmd.op in READ_ONLY_OPS
+    return False
 
 
 def strip_actions(reply: str) -> str | None:
@@ -103,8 +114,10 @@ def _candidates(con: Any, ids: list[str], stats: Counter) -> list[dict[str, Any]
         if finish == "length":  # cut off by the token limit: never a target
             stats["dropped_truncated"] += 1
             continue
-        if sum(c.op in MEMORY_OPS for c in parse_reply(reply).commands) > ran:
-            stats["dropped_ops_not_run"] += 1  # beyond max_ops: the agent ignored some
+        commands = parse_reply(reply).commands
+        if sum(c.op in MEMORY_OPS for c in commands) > ran or _after_look_ups(commands):
+            # beyond max_ops, or written after a look-up group ended the reply: not all ran
+            stats["dropped_ops_not_run"] += 1
             continue
         target = reply
         if _ACTION_TAG_RE.search(reply):
@@ -118,9 +131,6 @@ def _candidates(con: Any, ids: list[str], stats: Counter) -> list[dict[str, Any]
             if not target.strip():
                 stats["dropped_action_only"] += 1
                 continue
-            if not any(c.op == "done" for c in parse_reply(target).commands):
-                # the action ended PLAN: the memory role ends it with DONE instead
-                target = target.rstrip() + format_command("done")
             stats["actions_removed"] += 1
         out.append(dict(call_id=call_id, episode_id=episode_id, game=game, step=step,
                         call_index=call_index, routine=routine, target=target))
@@ -244,6 +254,8 @@ def _card(program: CurationProgram, examples: list[dict[str, Any]], stats: Count
         "per_game_routine": {f"{g}/{r}": n for (g, r), n in sorted(
             Counter((e["meta"]["game"], e["meta"]["routine"]) for e in examples).items())},
         "episodes": len({e["meta"]["episode_id"] for e in examples}),
+        # the held-out loss is measured on these whole episodes (`split_held_out`)
+        "held_out_episodes": held_out_episodes(examples),
         "filters": dict(sorted(stats.items())),
         "target_chars": _length_stats([len(e["target"]) for e in examples]),
         "context_chars": _length_stats([sum(len(m["content"]) for m in e["messages"]) for e in examples]),
@@ -352,6 +364,52 @@ def remove_stale(folder: Path, pattern: str, age_s: float = 3600.0) -> None:
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError:
             pass
+
+
+#: about this share of a dataset's episodes is held out for the held-out loss
+HELD_OUT_SHARE = 0.1
+#: stop adding held-out episodes once they hold this many examples (evaluation time)
+HELD_OUT_MAX_EXAMPLES = 32
+
+
+def _episode_of(example: dict[str, Any]) -> str:
+    """The episode an example came from (its content digest when it names none: then it
+    stands alone)."""
+    episode = example.get("meta", {}).get("episode_id")
+    if episode:
+        return str(episode)
+    blob = json.dumps([example["messages"], example["target"]], sort_keys=True, ensure_ascii=False)
+    return "example:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def split_held_out(examples: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """Indices (train, held out) of `examples`, split by episode: the examples of one episode
+    share most of their context (each call sees the steps before it), so an example-level
+    split would score the adapter on near-copies of what it trained on. About one episode in
+    ten is held out (at least one once there are two; further episodes only while the
+    held-out examples number fewer than HELD_OUT_MAX_EXAMPLES), chosen by a hash of the
+    episode id, so the split is the same whatever the order or seed. With a single episode
+    nothing is held out: there is no honest held-out loss to give."""
+    by_episode: dict[str, list[int]] = {}
+    for i, x in enumerate(examples):
+        by_episode.setdefault(_episode_of(x), []).append(i)
+    if len(by_episode) < 2:
+        return list(range(len(examples))), []
+    ranked = sorted(by_episode, key=lambda e: hashlib.sha256(e.encode()).hexdigest())
+    want = max(1, min(len(ranked) - 1, round(HELD_OUT_SHARE * len(ranked))))
+    held: list[int] = []
+    for episode in ranked[:want]:
+        if held and len(held) >= HELD_OUT_MAX_EXAMPLES:
+            break
+        held += by_episode[episode]
+    held_set = set(held)
+    return [i for i in range(len(examples)) if i not in held_set], sorted(held)
+
+
+def held_out_episodes(examples: list[dict[str, Any]]) -> list[str]:
+    """The episodes `split_held_out` holds out (for the data card)."""
+    _, held = split_held_out(examples)
+    return sorted({_episode_of(examples[i]) for i in held})
 
 
 def load_examples(dataset_dir: str | Path) -> list[dict[str, Any]]:

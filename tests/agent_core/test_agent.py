@@ -24,13 +24,32 @@ from agent_core.trace import read_trace
 from environments import make_env
 
 LOG_REPLY = "<|APPEND|>action_log.md|step done<|END|>\n<|DONE|>"
-PLAN_REPLY = "<|SEARCH|>key<|END|><|DONE|>"
+PLAN_REPLY = "<|SEARCH|>key<|END|>"
 ACT_REPLY = "<|ACTION|>look<|END|>"
 
 
 def by_routine(log=LOG_REPLY, plan=PLAN_REPLY, act=ACT_REPLY):
     """The built-in scripted policy: replies by the routine the last prompt asks for."""
     return RoutineScript(log=log, plan=plan, act=act).reply
+
+
+#: what the latest prompt asks for, by the text the agent and the tiny scaffold write
+_CUES = (("world action", "act"), ("PLAN continues", "plan_more"), ("PLAN routine", "plan"),
+         ("LOG continues", "log_more"), ("LOG routine", "log"))
+
+
+def by_turn(**replies):
+    """Replies by what the latest prompt asks for: a routine's first turn (`log`, `plan`), its
+    next turns after a look-up (`log_more`, `plan_more`; a callable gets the messages), the
+    action (`act`); <|DONE|> otherwise."""
+    def reply(messages):
+        last = messages[-1].content
+        for cue, key in _CUES:
+            if cue in last and key in replies:
+                r = replies[key]
+                return r(messages) if callable(r) else r
+        return "<|DONE|>"
+    return reply
 
 
 def play(tmp_path, roles, steps=3, scaffold=None, seed=0):
@@ -74,10 +93,66 @@ def test_two_roles_share_one_conversation(tmp_path):
 
 
 def test_shared_model_may_act_during_plan(tmp_path):
-    model = ScriptedModel(by_routine(plan="<|READ|>strategy.md<|END|><|ACTION|>wait<|END|>"))
+    model = ScriptedModel(by_turn(log=LOG_REPLY, plan="<|READ|>strategy.md<|END|>",
+                                  plan_more="<|ACTION|>wait<|END|>"))
     _, trace = play(tmp_path, Roles(memory=model), steps=2)
     for step in trace.steps:
         assert step.action == "wait" and all(c.role == "memory" for c in step.calls)
+        assert [c.routine for c in step.calls] == ["log", "plan", "plan"]
+
+
+def _seeded(tmp_path, files: dict[str, str]) -> Scaffold:
+    """The tiny v0 scaffold with memory files seeded with `files`' text."""
+    import yaml
+
+    root = Scaffold.builtin("tiny").write_copy(tmp_path / "s")
+    cfg = yaml.safe_load((root / "scaffold.yaml").read_text())
+    for f in cfg["memory_files"]:
+        f["initial"] = files.get(f["name"], f.get("initial", ""))
+    (root / "scaffold.yaml").write_text(yaml.safe_dump(cfg))
+    return Scaffold(root)
+
+
+@pytest.mark.parametrize("constrain", [False, True])
+def test_a_look_up_reaches_the_decision_it_was_made_for(tmp_path, constrain):
+    """The look-up ends the reply; its result is in the context of the turn that acts, so
+    what memory holds changes the action."""
+    def act_on_what_was_found(messages):
+        found = "map.md:1: vault is east" in messages[-1].content
+        return "<|ACTION|>go east<|END|>" if found else "<|ACTION|>go west<|END|>"
+
+    model = by_turn(log="<|DONE|>", plan="<|SEARCH|>vault<|END|>", plan_more=act_on_what_was_found)
+    actions = {}
+    for name, files in (("noted", {"map.md": "vault is east"}), ("blank", {})):
+        _, trace = play(tmp_path / name, Roles(memory=ScriptedModel(model), constrain=constrain), steps=1,
+                        scaffold=_seeded(tmp_path / name, files))
+        step = trace.steps[0]
+        assert [op.op for op in step.memory_ops] == ["search"] and step.ops_not_run == 0
+        actions[name] = step.action
+    assert actions == {"noted": "go east", "blank": "go west"}
+
+
+def test_commands_after_a_look_up_in_one_free_text_reply_are_not_run_and_counted(tmp_path):
+    model = by_turn(log="<|SEARCH|>hall<|END|><|APPEND|>progress.md|noted<|END|><|DONE|>")
+    _, trace = play(tmp_path, Roles(memory=ScriptedModel(model)), steps=1)
+    step = trace.steps[0]
+    assert [op.op for op in step.memory_ops if op.routine == "log"] == ["search"]
+    assert step.ops_not_run == 2  # the APPEND and the DONE
+    assert "noted" not in (tmp_path / "ep" / "memory" / "progress.md").read_text()
+    told = step.calls[1].new_messages[-1].content
+    assert "2 command(s) after the look-up(s) not run" in told and "LOG continues" in told
+    assert [c.routine for c in step.calls][:2] == ["log", "log"]  # the routine went on after the look-up
+
+
+def test_a_nethack_map_row_is_written_and_read_back_byte_for_byte(tmp_path):
+    row = "|..<..|  |-.>-|"
+    model = by_turn(log=f"<|APPEND|>map.md|{row}<|END|><|DONE|>", plan="<|READ|>map.md<|END|>",
+                    plan_more="<|ACTION|>look<|END|>")
+    _, trace = play(tmp_path, Roles(memory=ScriptedModel(model), constrain=True), steps=1)
+    assert (tmp_path / "ep" / "memory" / "map.md").read_text().splitlines()[-1] == row
+    read = next(op for op in trace.steps[0].memory_ops if op.op == "read")
+    assert read.ok and row in read.result
+    assert trace.steps[0].invalid_ops == 0
 
 
 @pytest.mark.parametrize("junk", [
@@ -181,11 +256,31 @@ def test_consult_before_write(tmp_path, lookup, written):
     cfg = yaml.safe_load((root / "scaffold.yaml").read_text())
     cfg["log"]["consult_before_write"] = True
     (root / "scaffold.yaml").write_text(yaml.safe_dump(cfg))
-    model = ScriptedModel(by_routine(log=lookup + "<|APPEND|>progress.md|noted<|END|><|DONE|>"))
+    model = ScriptedModel(by_turn(log=lookup, log_more="<|APPEND|>progress.md|noted<|END|><|DONE|>"))
     _, trace = play(tmp_path, Roles(memory=model), steps=1, scaffold=Scaffold(root))
     append = next(op for op in trace.steps[0].memory_ops if op.op == "append")
     assert append.ok is written
     assert ("noted" in (tmp_path / "ep" / "memory" / "progress.md").read_text()) is written
+
+
+def test_under_consult_before_write_a_failed_look_up_ends_the_turn_and_is_no_consult(tmp_path):
+    """Constrained: the first LOG turn is look-ups only; a failed one returns its error, and the
+    next (last) turn may only end the routine."""
+    import yaml
+
+    root = _seeded(tmp_path, {"map.md": "hall"}).root
+    cfg = yaml.safe_load((root / "scaffold.yaml").read_text())
+    cfg["log"]["consult_before_write"] = True
+    (root / "scaffold.yaml").write_text(yaml.safe_dump(cfg))
+    model = ScriptedModel(by_turn(log="<|READ|>map.md|900-901<|END|>", log_more="<|DONE|>", act=ACT_REPLY))
+    _, trace = play(tmp_path, Roles(memory=model, constrain=True), steps=1, scaffold=Scaffold(root))
+    step = trace.steps[0]
+    [read] = [op for op in step.memory_ops if op.routine == "log"]
+    assert read.op == "read" and not read.ok
+    grammars = step.grammars
+    log_calls = [c for c in step.calls if c.routine == "log"]
+    assert len(log_calls) == 2 and grammars[log_calls[1].grammar] == "<\\|DONE\\|>"
+    assert read.result in log_calls[1].new_messages[-1].content
 
 
 class _CutOff:
@@ -234,7 +329,7 @@ def test_operations_beyond_max_ops_are_invalid_with_one_line_of_feedback(tmp_pat
 def test_constrained_calls_record_their_grammar_once_per_trace(tmp_path):
     from agent_core.grammar import Grammar
 
-    grammatical = by_routine(log="<|APPEND|>action_log.md|step done<|END|><|DONE|>")
+    grammatical = by_routine(log="<|APPEND|>action_log.md|step done<|END|><|DONE|>", plan="<|DONE|>")
     _, trace = play(tmp_path, Roles(memory=ScriptedModel(grammatical), constrain=True), steps=3)
     recorded = {}
     for step in trace.steps:

@@ -64,3 +64,39 @@ def test_every_call_sees_its_own_steps_observation(window):
         assert any(f"observation {step}" in c for c in contents)
         earlier = {s for s in range(step) if any(f"observation {s}" in c for c in contents)}
         assert earlier == set(range(max(0, step - window), step))
+
+
+class _SeedRecorder:
+    """A model that records the seed and temperature each call was sent with."""
+
+    model_id = "rec"
+
+    def __init__(self):
+        self.sent = []
+
+    def complete(self, messages, params, constraint=None):
+        from agent_core.records import Completion
+
+        self.sent.append((params.seed, params.temperature))
+        return Completion(text="<|DONE|>")
+
+
+def test_each_call_is_seeded_from_the_episode_seed_step_and_call():
+    from agent_core.conversation import call_seed
+
+    def seeds(episode_seed, scaffold_seed=None):
+        model, conv = _SeedRecorder(), Conversation("SYS", 2, seed=episode_seed)
+        params = SamplingParams(temperature=0.7, seed=scaffold_seed)
+        for step in range(3):
+            conv.begin_step(step)
+            conv.add_user(f"obs {step}")
+            conv.call(model, params, "log", "memory")
+            conv.call(model, params, "plan", "memory")
+        return [s for s, _ in model.sent]
+
+    a = seeds(0)
+    assert a == seeds(0)                       # reproducible (no process-dependent hashing)
+    assert len(set(a)) == 6                    # every call of every step its own
+    assert set(a).isdisjoint(seeds(1))         # another episode seed, other draws
+    assert seeds(0, scaffold_seed=5) != a      # the scaffold's own seed is mixed in
+    assert a[3] == call_seed(0, 1, 1) and all(0 <= s < 2 ** 31 for s in a)

@@ -103,3 +103,25 @@ def test_server_paths_map_workspace_folders_to_the_servers_view():
     assert models.server_path("/work/runs/sft/x") == "/mnt/shared/runs/sft/x"
     assert models.server_path("/work/runsX/a") == "/work/runsX/a"  # a prefix is a whole folder
     assert models.server_path("/elsewhere/a") == "/elsewhere/a"
+
+
+def test_sampling_overrides_are_validated_with_their_range_and_are_in_the_episode_key(tmp_path):
+    from agent_core.episode import EpisodeSpec
+    from agent_core.scaffold import BUILTIN_DIR
+
+    for bad, message in (({"temperature": 2.5}, "between 0 and 2"), ({"temperature": -0.1}, "between 0 and 2"),
+                         ({"top_p": 0.0}, "greater than 0 and at most 1"), ({"top_p": 1.5}, "at most 1")):
+        with pytest.raises(ValidationError, match=message):
+            ModelConfig(backend="scripted", **bad)
+    with pytest.raises(ValidationError, match="between 0 and 2"):
+        from agent_core.records import SamplingParams
+
+        SamplingParams(temperature=3)
+
+    def spec(**models):
+        return EpisodeSpec(game="tiny", task="key-door", seed=0, max_steps=3, scaffold_dir=str(BUILTIN_DIR / "tiny"),
+                           models=ModelConfig(backend="scripted", **models), workspace=str(tmp_path))
+
+    keys = {spec().key(), spec(temperature=0.7).key(), spec(temperature=0.7, top_p=0.9).key()}
+    assert len(keys) == 3
+    assert ModelConfig(backend="scripted", temperature=0.7).build().sampling == {"temperature": 0.7}

@@ -23,8 +23,8 @@ from environments import make_env
 
 # The planted problem: every step appends the same note to map.md (unbounded, duplicate
 # growth), next to a keyed upsert that stays put.
-GROWING = RoutineScript(log="<|SEARCH|>hall<|END|><|APPEND|>map.md|visited the hall again<|END|>"
-                            "<|UPSERT|>map.md|hall|exits north, east<|END|><|DONE|>", plan="<|DONE|>")
+GROWING = RoutineScript(log="<|APPEND|>map.md|visited the hall again<|END|>"
+                            "<|UPSERT|>map.md|hall|exits north, east<|END|><|SEARCH|>hall<|END|>", plan="<|DONE|>")
 
 
 def play(scaffold: Scaffold, root: Path, script=GROWING, seeds=(0, 1, 2), steps=8) -> list[str]:

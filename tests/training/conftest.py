@@ -17,10 +17,12 @@ from agent_core.records import Message
 from agent_core.scaffold import Scaffold
 from environments import make_env
 
-#: LOG consults memory before it writes (kept by the rule-based selection)
-CONSULT = RoutineScript(log="<|SEARCH|>saw<|END|><|APPEND|>action_log.md|saw: step done<|END|><|DONE|>")
-#: PLAN commits the world action itself (shared model): the action must be cut from targets
-PLAN_ACTS = RoutineScript(plan="<|SEARCH|>key<|END|><|ACTION|>look<|END|>")
+#: LOG consults memory before it writes (kept by the rule-based selection): the look-up ends
+#: the first reply, the write comes in the next turn
+CONSULT = RoutineScript(log="<|SEARCH|>saw<|END|>", log_next="<|APPEND|>action_log.md|saw: step done<|END|><|DONE|>")
+#: PLAN commits the world action itself (shared model) after its look-up: an action-only
+#: reply is never a memory target
+PLAN_ACTS = RoutineScript(plan="<|SEARCH|>key<|END|>", plan_next="<|ACTION|>look<|END|>")
 
 
 def explorer(script: RoutineScript):

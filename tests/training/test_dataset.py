@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_core.archive import connect
-from agent_core.commands import format_command, parse_reply
+from agent_core.commands import OPS, format_command, parse_reply
 from agent_core.training.dataset import build_dataset, compose, load_examples, strip_actions
 from agent_core.training.program import (
     Composition,
@@ -110,26 +110,22 @@ def test_examples_are_verbatim_memory_turns_without_actions(archive, everything)
     info, examples = everything
     calls = replies(archive.root)
     memory = {cid for cid, (routine, role, _) in calls.items() if role == "memory"}
-    assert {e["meta"]["call_id"] for e in examples} == memory  # every memory call, no other
-    assert info.examples == len(examples) == 48
-    assert info.per_routine == {"log": 24, "plan": 24} and info.per_game == {"tiny": 48}
-    all_replies = [reply for _, _, reply in calls.values()]
-    cut = 0
+    action_only = {cid for cid in memory if calls[cid][2] == "<|ACTION|>look<|END|>"}
+    # every memory call but the PLAN-acts model's action-only replies, no other
+    assert {e["meta"]["call_id"] for e in examples} == memory - action_only
+    # consult: 16 steps x (2 LOG + 2 PLAN); PLAN-acts: 8 steps x (1 LOG + 1 PLAN look-up)
+    assert info.examples == len(examples) == 80 and len(action_only) == 8
+    assert info.per_routine == {"log": 40, "plan": 40} and info.per_game == {"tiny": 80}
     for e in examples:
         routine, role, reply = calls[e["meta"]["call_id"]]
         assert role == "memory" and routine == e["meta"]["routine"]
-        assert "<|ACTION|>" not in e["target"].upper()
-        if e["target"] != reply:  # the only edit: PLAN's action cut out, DONE ends it instead
-            assert routine == "plan" and reply.endswith("<|ACTION|>look<|END|>")
-            assert e["target"] == reply.removesuffix("<|ACTION|>look<|END|>") + "<|DONE|>"
-            cut += 1
-        else:
-            assert any(e["target"] in r for r in all_replies)
+        assert e["target"] == reply and "<|ACTION|>" not in e["target"].upper()  # verbatim
+        commands = parse_reply(e["target"]).commands
         assert not parse_reply(e["target"]).errors
-        assert parse_reply(e["target"]).commands[-1].op == "done"  # every memory turn ends with DONE
-    assert cut == 8  # 2 episodes x 4 steps of PLAN-acts
+        # every memory turn ends with DONE or with the look-up group that ended the reply
+        assert commands[-1].op == "done" or OPS[commands[-1].op].read_only
     card = json.loads((info.path / "data_card.json").read_text())
-    assert card["filters"]["actions_removed"] == 8
+    assert card["filters"].get("actions_removed", 0) == 0 and card["filters"]["dropped_action_only"] == 8
     assert card["filters"]["dropped_not_memory_role"] == 16
 
 
@@ -162,7 +158,7 @@ def test_data_card(everything, base_path, tmp_path, archive):
     info, _ = everything
     card = json.loads((info.path / "data_card.json").read_text())
     assert card["query"] == "select call_id from calls" and card["program"]["lora"]["rank"] == 4
-    assert card["per_game_routine"] == {"tiny/log": 24, "tiny/plan": 24}
+    assert card["per_game_routine"] == {"tiny/log": 40, "tiny/plan": 40}
     assert card["target_chars"]["min"] > 0 and card["context_chars"]["max"] > card["context_chars"]["min"]
     md = (info.path / "data_card.md").read_text()
     assert info.digest in md and "select call_id from calls" in md
@@ -184,11 +180,13 @@ def test_rule_based_selection_keeps_consult_before_write(archive, tmp_path):
     examples = load_examples(info.path)
     calls = replies(archive.root)
     logs = [e for e in examples if e["meta"]["routine"] == "log"]
-    # the PLAN-acts episodes append without searching first: their LOG turns are left out
-    assert all(e["target"].startswith("<|SEARCH|>") for e in logs)
-    assert all(calls[e["meta"]["call_id"]][2].startswith("<|SEARCH|>saw") for e in logs)
-    # 16 consulting LOG turns and 24 PLAN turns: log 0.4 limits N to 40 -> 16 + 24
-    assert info.per_routine == {"log": 16, "plan": 24}
+    # the PLAN-acts episodes append without searching first: their LOG turns are left out; the
+    # consulting episodes' look-up turns and the writes that followed them are kept
+    plan_acts = {cid.split(":")[0] for cid, (_, _, reply) in calls.items() if reply == "<|ACTION|>look<|END|>"}
+    assert not [e for e in logs if e["meta"]["episode_id"] in plan_acts]
+    assert {e["target"] for e in logs} == {"<|SEARCH|>saw<|END|>", "<|APPEND|>action_log.md|saw: step done<|END|><|DONE|>"}
+    # 32 consulting LOG turns and 40 PLAN turns: plan 0.6 limits N to 66 -> 26.4 + 39.6
+    assert info.per_routine == {"log": 26, "plan": 40}
 
 
 def test_top_episode_share_keeps_the_best_episodes(archive, tmp_path):
@@ -295,19 +293,21 @@ def test_cut_off_replies_and_operations_beyond_the_cap_are_never_targets(tmp_pat
     from agent_core.scaffold import Scaffold
     from environments import make_env
 
-    good = "<|SEARCH|>hall<|END|><|APPEND|>map.md|a hall<|END|><|DONE|>"
+    good = "<|APPEND|>map.md|a hall<|END|><|SEARCH|>hall<|END|>"  # writes, then a look-up ends it
     over_cap = "<|APPEND|>map.md|x<|END|>" * 6 + "<|DONE|>"  # tiny v0 runs at most 4
+    after_look_up = "<|SEARCH|>hall<|END|><|APPEND|>map.md|late<|END|><|DONE|>"  # the write never ran
     cut = "<|SEARCH|>door<|END|><|APPEND|>map.md|a do"
-    model = _Replies([(good, "stop"), (over_cap, "stop"), (cut, "length")])
-    s = run_episode(make_env("tiny"), Scaffold.builtin("tiny"), Roles(memory=model), 0, 3, tmp_path / "ep")
+    model = _Replies([(good, "stop"), (over_cap, "stop"), (after_look_up, "stop"), (cut, "length")])
+    s = run_episode(make_env("tiny"), Scaffold.builtin("tiny"), Roles(memory=model), 0, 4, tmp_path / "ep")
     archive_trace(s.trace_path, tmp_path / "archive")
     info = build_dataset(tmp_path / "archive", program(), tmp_path / "sets")
     targets = [e["target"] for e in load_examples(info.path)]
-    assert good in targets and over_cap not in targets and not any(t.startswith(cut) for t in targets)
+    assert good in targets and over_cap not in targets and after_look_up not in targets
+    assert not any(t.startswith(cut) for t in targets)
     card = json.loads((info.path / "data_card.json").read_text())
-    assert card["filters"]["dropped_ops_not_run"] == 1 and card["filters"]["dropped_truncated"] == 1
-    # PLAN ended with the world action (one model plays both roles): the target ends with DONE
-    assert "<|SEARCH|>key<|END|><|DONE|>" in targets
+    assert card["filters"]["dropped_ops_not_run"] == 2 and card["filters"]["dropped_truncated"] == 1
+    # PLAN's free-text action after its look-up never ran: cut out, the look-up is the target
+    assert "<|SEARCH|>key<|END|>" in targets and card["filters"]["actions_removed"] == 4
 
 
 @pytest.mark.slow
