@@ -25,6 +25,7 @@ import openai
 
 from agent_core.grammar import Grammar
 from agent_core.models.base import ModelError, TransientModelError
+from agent_core.models.tool_calls import ChatTurn, ToolCall, ToolChoice, ToolCompletion
 from agent_core.records import Completion, Message, SamplingParams
 
 
@@ -243,3 +244,42 @@ class OpenAIChatModel:
             finish_reason=finish,
         )
 
+    def complete_tools(self, turns: list[ChatTurn], params: SamplingParams, tools: list[dict[str, Any]],
+                       tool_choice: ToolChoice = "auto") -> ToolCompletion:
+        """A reply that may call `tools` (`tool_calls.ToolChatModel`). A server without tool
+        calling (vLLM without `--enable-auto-tool-choice`, most plain servers) gives one
+        `ModelError` that names the single-call reviewer, which needs no tools."""
+        kwargs: dict[str, Any] = {
+            "model": self.model, "messages": [t.openai() for t in turns], "max_tokens": params.max_tokens,
+            "temperature": params.temperature, "top_p": params.top_p, "tools": tools, "tool_choice": tool_choice,
+        }
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        started = time.perf_counter()
+        try:
+            response = self._client.chat.completions.create(**kwargs)
+        except openai.APIConnectionError as exc:
+            raise TransientModelError(f"model server at {self.base_url} failed after "
+                                      f"{self.max_retries + 1} attempt(s): {exc.message}") from exc
+        except openai.APIStatusError as exc:
+            message = _error_text(exc.response)
+            if exc.status_code in (400, 404, 422, 501) and "tool" in message.lower():
+                raise ModelError(
+                    f"model server at {self.base_url} does not serve tool calls ({message}): use the "
+                    "single-call reviewer (meta-LLM `reviewer: single-call`), or a server with tool calling "
+                    "(`automem serve`, vLLM with --enable-auto-tool-choice --tool-call-parser)") from exc
+            raise (TransientModelError if _transient(exc.status_code) else ModelError)(
+                f"model server at {self.base_url} answered {exc.status_code} for model {self.model!r}: "
+                f"{message}") from exc
+        if not response.choices:
+            raise ModelError(f"model server at {self.base_url} returned no choices")
+        choice, usage = response.choices[0], response.usage
+        calls = [ToolCall(id=c.id or ToolCall.model_fields["id"].default_factory(), name=c.function.name,
+                          arguments=c.function.arguments or "{}")
+                 for c in (choice.message.tool_calls or []) if getattr(c, "function", None)]
+        return ToolCompletion(
+            text=choice.message.content or "", tool_calls=calls,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            latency_s=time.perf_counter() - started, model=self.model_id,
+            finish_reason="length" if choice.finish_reason == "length" else "stop")

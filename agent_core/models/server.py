@@ -41,6 +41,10 @@ class ChatMessageIn(BaseModel):
     role: str
     #: a string, or OpenAI content parts (only text parts are understood)
     content: str | list[dict[str, Any]] | None = None
+    #: an assistant message's tool calls, a tool result's call id (`tool_calls.py`)
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 class ChatRequest(BaseModel):
@@ -55,6 +59,9 @@ class ChatRequest(BaseModel):
     stream: bool = False
     #: vLLM's structured outputs: one of regex, grammar (Lark), choice
     structured_outputs: dict[str, Any] | None = None
+    #: OpenAI function tools; arguments constrained to each tool's schema (`tool_calls.py`)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 class LoadLoRARequest(BaseModel):
@@ -78,6 +85,22 @@ def _to_message(m: ChatMessageIn) -> Message:
     else:
         content = m.content or ""
     return Message(role=role, content=content)
+
+
+def _tools_answer(model: LocalModel, req: ChatRequest) -> dict[str, Any] | JSONResponse:
+    """A request with tools or tool messages (`tool_calls.serve_tools`)."""
+    from agent_core.models.tool_calls import ToolRequestError, serve_tools
+
+    if req.structured_outputs:
+        return _error(400, "structured_outputs and tools cannot be combined", param="tools")
+    params = SamplingParams(max_tokens=req.max_completion_tokens or req.max_tokens or 32768,
+                            temperature=1.0 if req.temperature is None else req.temperature,
+                            top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed)
+    try:
+        return serve_tools(model, req.model, [m.model_dump() for m in req.messages], req.tools,
+                           req.tool_choice, params)
+    except (ToolRequestError, ValueError, ModelError) as exc:
+        return _error(400, str(exc), param="tools")
 
 
 def create_app(model: LocalModel) -> FastAPI:
@@ -113,6 +136,8 @@ def create_app(model: LocalModel) -> FastAPI:
             return _error(400, "streaming is not supported by this server", param="stream")
         if req.n != 1:
             return _error(400, "only n=1 is supported", param="n")
+        if req.tools or any(m.role == "tool" or m.tool_calls for m in req.messages):
+            return _tools_answer(model, req)
         try:
             messages = [_to_message(m) for m in req.messages]
             params = SamplingParams(

@@ -78,12 +78,12 @@ class _Args(BaseModel):
 
 
 class SqlArgs(_Args):
-    query: str = Field(description="One read-only DuckDB SELECT over the tables episodes, steps, calls, "
+    query: str = Field(max_length=4000, description="One read-only DuckDB SELECT over the tables episodes, steps, calls, "
                        "memory_ops (see the system prompt for their columns).")
 
 
 class TraceArgs(_Args):
-    episode: str = Field(description="Episode id (a unique prefix is enough).")
+    episode: str = Field(max_length=64, description="Episode id (a unique prefix is enough).")
     from_step: int = Field(0, ge=0, description="First step shown.")
     to_step: int | None = Field(None, ge=0, description="Last step shown (default: from_step + 4).")
     offset: int = Field(0, ge=0, description="Character offset into the rendered window (paging).")
@@ -93,7 +93,7 @@ GrepField = Literal["observation", "action", "reply", "prompt", "op_result", "op
 
 
 class GrepArgs(_Args):
-    pattern: str = Field(description="Regular expression (RE2 syntax), matched case-sensitively; "
+    pattern: str = Field(max_length=500, description="Regular expression (RE2 syntax), matched case-sensitively; "
                          "prefix (?i) for case-insensitive.")
     fields: list[GrepField] = Field(
         default_factory=lambda: ["observation", "action", "reply", "op_result", "op_args"],
@@ -105,20 +105,20 @@ class GrepArgs(_Args):
 
 
 class MemoryAtArgs(_Args):
-    episode: str = Field(description="Episode id (a unique prefix is enough).")
+    episode: str = Field(max_length=64, description="Episode id (a unique prefix is enough).")
     step: int = Field(ge=-1, description="The memory as it stood after this step (-1: before the first).")
-    file: str | None = Field(None, description="One file's full text (default: every file, cut).")
+    file: str | None = Field(None, max_length=64, description="One file's full text (default: every file, cut).")
     offset: int = Field(0, ge=0, description="Character offset into the file (paging).")
 
 
 class MemoryDiffArgs(_Args):
-    episode: str = Field(description="Episode id (a unique prefix is enough).")
+    episode: str = Field(max_length=64, description="Episode id (a unique prefix is enough).")
     step_a: int = Field(ge=-1, description="The earlier state: after this step (-1: the initial files).")
     step_b: int = Field(ge=-1, description="The later state: after this step.")
 
 
 class ReadFileArgs(_Args):
-    path: str = Field(description="A scaffold file (scaffold.yaml, prompts/<name>.jinja, hooks.py) or a "
+    path: str = Field(max_length=300, description="A scaffold file (scaffold.yaml, prompts/<name>.jinja, hooks.py) or a "
                       "path of the agent's code under agent_core/ or environments/ (a folder lists its files).")
     offset: int = Field(0, ge=0, description="Character offset (paging).")
 

@@ -1,0 +1,375 @@
+"""The meta-LLM as an agent over the trace store: a system prompt, the tools of
+`review/tools.py`, and a budget; every call and tool result goes to a review trace (JSONL).
+
+- The loop ends when a submission tool accepts a proposal, or at a budget: replies
+  (`max_steps`), tokens in and out summed over calls (`max_review_tokens`), or dollars
+  through a price table (`max_cost_usd`). The token and dollar caps are checked before
+  each call against what that call could spend at most (its prompt, estimated, plus its
+  reply limit), so a cap is never passed. The run says which one stopped it.
+- Once the conversation passes `context_cap_tokens`, the oldest tool results are replaced
+  by a short note (as SWE-agent does), the last `keep_recent` never: a review never
+  overflows its context, and the model can call a tool again.
+- A reply cut off at its token limit is never used: its calls may be incomplete, so none
+  is run and the model is told so. A submission inside it is never adopted.
+- A reply without a tool call gets a reminder to call one.
+
+`AgenticReviewer` is the scaffold reviewer built on it (a `Reviewer`: its accepted
+revision goes through `propose` like the single-call reviewer's); `AgenticCurator` the
+training curator (a `Curator`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_core.models.tool_calls import ChatTurn, ToolChatModel, ToolCompletion
+from agent_core.records import SamplingParams
+from agent_core.review.tools import Toolbox, ToolResult
+
+PROMPTS = Path(__file__).parent / "prompts"
+CHARS_PER_TOKEN = 4  # the budget unit of `bundle.py`; servers report exact usage per call
+StopReason = Literal["submitted", "max_steps", "max_review_tokens", "max_cost_usd"]
+
+
+class Price(BaseModel):
+    """Dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_mtok: float = Field(0.0, ge=0.0, description="Dollars per million prompt tokens.")
+    output_per_mtok: float = Field(0.0, ge=0.0, description="Dollars per million completion tokens.")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+
+
+class AgentBudget(BaseModel):
+    """What one agentic review (or curation) may spend, and how its context is kept small."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(30, ge=1, le=1000, description="Model replies at most.")
+    max_review_tokens: int = Field(400_000, ge=1_000, description="Prompt plus completion tokens, summed over calls.")
+    max_cost_usd: float | None = Field(None, gt=0.0, description="Dollars at most (through `prices`); None: no cap.")
+    prices: dict[str, Price] = Field(default_factory=dict, description="Model id -> price; '*' for any other "
+                                     "model. A model without a price costs 0.")
+    context_cap_tokens: int = Field(24_000, ge=1_000, description="Above this (estimated) size, old tool "
+                                    "results are elided.")
+    keep_recent: int = Field(2, ge=0, description="The most recent tool results are never elided.")
+    reply_max_tokens: int = Field(4096, ge=16, le=32768, description="Token limit of one reply.")
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    tool_choice: Literal["auto", "required"] = Field(
+        "required", description="required: every reply calls a tool (the loop ends only by a submission "
+        "or the budget); auto: the model may answer in text, and is reminded to call one.")
+
+    def price(self, model_id: str) -> Price:
+        return self.prices.get(model_id) or self.prices.get("*") or Price()
+
+
+class CallUsage(BaseModel):
+    """One model call in the ledger."""
+
+    call: int
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_s: float
+    finish_reason: str
+    tool_calls: list[str]
+
+
+class Ledger(BaseModel):
+    """Tokens and dollars per call, environment steps per candidate; sums are derived."""
+
+    calls: list[CallUsage] = Field(default_factory=list)
+    env_steps: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(c.prompt_tokens for c in self.calls)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.calls)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(c.cost_usd for c in self.calls)
+
+    def add_env_steps(self, candidate: str, steps: int) -> None:
+        self.env_steps[candidate] = self.env_steps.get(candidate, 0) + steps
+
+    def totals(self) -> dict[str, Any]:
+        return {"calls": len(self.calls), "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6),
+                "env_steps": sum(self.env_steps.values())}
+
+
+class AgentRun(BaseModel):
+    """How an agentic review ended."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    stop_reason: StopReason
+    #: the submission tool's accepted value; None: "no revision"
+    accepted: Any = None
+    replies: int
+    tool_calls: int
+    elided: int
+    ledger: Ledger
+    trace_path: str
+
+    @property
+    def verdict(self) -> str:
+        return "submitted" if self.accepted is not None else "no revision"
+
+    def summary(self) -> str:
+        t = self.ledger.totals()
+        return (f"{self.verdict}: stopped by {self.stop_reason} after {self.replies} replies and {self.tool_calls} "
+                f"tool calls; {t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens, "
+                f"${t['cost_usd']:.4f}")
+
+
+def context_tokens(turns: list[ChatTurn], tools: list[dict[str, Any]]) -> int:
+    """The conversation's size in (estimated) tokens, tool specs included."""
+    chars = sum(len(t.content) + sum(len(c.arguments) + len(c.name) for c in t.tool_calls) for t in turns)
+    return (chars + len(json.dumps(tools))) // CHARS_PER_TOKEN
+
+
+ELIDED = "[tool output elided to keep the context small ({chars} characters); call the tool again to see it]"
+
+
+def elide(turns: list[ChatTurn], tools: list[dict[str, Any]], cap_tokens: int, keep_recent: int) -> list[int]:
+    """Replace the oldest tool results by a note until the context fits `cap_tokens` (or
+    only the `keep_recent` newest are left). Returns the indexes of the turns elided."""
+    results = [i for i, t in enumerate(turns) if t.role == "tool" and not t.content.startswith("[tool output elided")]
+    candidates = results[: max(len(results) - keep_recent, 0)]
+    done = []
+    for i in candidates:
+        if context_tokens(turns, tools) <= cap_tokens:
+            break
+        turns[i] = turns[i].model_copy(update={"content": ELIDED.format(chars=len(turns[i].content))})
+        done.append(i)
+    return done
+
+
+class ReviewTrace:
+    """The review trace: one JSON line per record (start, call, tool, note, elided, end)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("w", encoding="utf-8")
+
+    def write(self, kind: str, **data: Any) -> None:
+        self._fh.write(json.dumps({"kind": kind, "t": round(time.time(), 3), **data}, default=str) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def run_agent(model: ToolChatModel, toolbox: Toolbox, system: str, task: str, budget: AgentBudget,
+              trace_path: Path, submit_tool: str) -> AgentRun:
+    """Run the meta-LLM agent until `submit_tool` accepts a proposal or a budget ends it.
+    Model errors propagate (after being recorded); tool failures never do."""
+    if not isinstance(model, ToolChatModel):
+        raise TypeError(f"the agentic reviewer needs a model with tool calls (complete_tools); "
+                        f"{type(model).__name__} has none: use the single-call reviewer")
+    tools = toolbox.specs()
+    turns = [ChatTurn(role="system", content=system), ChatTurn(role="user", content=task)]
+    ledger = Ledger()
+    trace = ReviewTrace(trace_path)
+    trace.write("start", model=model.model_id, tools=[t["function"]["name"] for t in tools],
+                budget=budget.model_dump(), system=system, task=task)
+    price = budget.price(model.model_id)
+    replies = calls_run = elided = 0
+    accepted: Any = None
+    stop: StopReason | None = None
+    last: tuple[int, int] | None = None  # (prompt tokens the server counted, our estimate then)
+    try:
+        while stop is None:
+            if replies >= budget.max_steps:
+                stop = "max_steps"
+                break
+            gone = elide(turns, tools, budget.context_cap_tokens, budget.keep_recent)
+            if gone:
+                elided += len(gone)
+                trace.write("elided", turns=gone, context_tokens=context_tokens(turns, tools))
+            size = context_tokens(turns, tools)
+            # the server's count of the last prompt, plus what was added since, when it is larger
+            prompt = max(size, last[0] + size - last[1]) if last else size
+            reply_limit = min(budget.reply_max_tokens, budget.max_review_tokens - ledger.tokens - prompt)
+            if reply_limit < 16:
+                stop = "max_review_tokens"
+                break
+            if budget.max_cost_usd is not None and \
+                    ledger.cost_usd + price.cost(prompt, reply_limit) > budget.max_cost_usd:
+                stop = "max_cost_usd"
+                break
+            params = SamplingParams(max_tokens=reply_limit, temperature=budget.temperature)
+            try:
+                reply = model.complete_tools(turns, params, tools, budget.tool_choice)
+            except Exception as exc:
+                trace.write("error", message=f"{type(exc).__name__}: {exc}")
+                raise
+            replies += 1
+            last = (reply.prompt_tokens, size)
+            usage = _usage(replies - 1, reply, price)
+            ledger.calls.append(usage)
+            trace.write("call", **usage.model_dump(), text=reply.text,
+                        calls=[c.model_dump() for c in reply.tool_calls])
+            if reply.finish_reason == "length":
+                note = (f"Your last reply was cut off at its token limit ({params.max_tokens} tokens) and was "
+                        "discarded: nothing in it was run. Reply shorter (for a revision, send only the files "
+                        "you change).")
+                turns.append(ChatTurn(role="user", content=note))
+                trace.write("note", text=note)
+                continue
+            if not reply.tool_calls:
+                turns.append(ChatTurn(role="assistant", content=reply.text))
+                note = f"Call a tool. Finish by calling {submit_tool}."
+                turns.append(ChatTurn(role="user", content=note))
+                trace.write("note", text=note)
+                continue
+            turns.append(ChatTurn(role="assistant", content=reply.text, tool_calls=reply.tool_calls))
+            for call in reply.tool_calls:
+                if accepted is not None:  # after an accepted submission nothing else runs
+                    result = ToolResult(name=call.name, ok=False, content="not run: the submission was accepted")
+                else:
+                    result = toolbox.call(call.name, call.arguments)
+                    calls_run += 1
+                turns.append(ChatTurn(role="tool", content=result.content, tool_call_id=call.id, name=call.name))
+                trace.write("tool", call=replies - 1, id=call.id, name=call.name, arguments=call.arguments,
+                            ok=result.ok, content=result.content)
+                if call.name == submit_tool and result.accepted is not None and accepted is None:
+                    accepted = result.accepted
+            if accepted is not None:
+                stop = "submitted"
+        run = AgentRun(stop_reason=stop, accepted=accepted, replies=replies, tool_calls=calls_run, elided=elided,
+                       ledger=ledger, trace_path=str(trace_path))
+        trace.write("end", stop_reason=stop, verdict=run.verdict, totals=ledger.totals(),
+                    ledger=ledger.model_dump())
+        return run
+    finally:
+        trace.close()
+
+
+def _usage(index: int, reply: ToolCompletion, price: Any) -> CallUsage:
+    return CallUsage(call=index, model=reply.model, prompt_tokens=reply.prompt_tokens,
+                     completion_tokens=reply.completion_tokens,
+                     cost_usd=price.cost(reply.prompt_tokens, reply.completion_tokens),
+                     latency_s=reply.latency_s, finish_reason=reply.finish_reason,
+                     tool_calls=[c.name for c in reply.tool_calls])
+
+
+def _render(name: str, **variables: Any) -> str:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.from_string((PROMPTS / name).read_text()).render(**variables)
+
+
+def archive_tables() -> dict[str, list[str]]:
+    """Table -> columns, as the SQL sees them (partition columns last)."""
+    from agent_core.archive import PARTITIONS, SCHEMAS
+
+    return {t: [*s.names, *PARTITIONS] for t, s in SCHEMAS.items()}
+
+
+class AgenticReviewer:
+    """The scaffold reviewer as an agent over the trace store (a `Reviewer`).
+
+    Each `review` runs the agent with the reviewer's tools over `archive_root`; its review
+    trace and ledger go to `record_dir` (`agent-<n>.jsonl`, `agent-<n>.ledger.json`). An
+    accepted submission comes back in the revision format (so `propose` parses and records
+    it as it does the single-call reviewer's); none raises `NoRevision` saying which budget
+    ended the review."""
+
+    def __init__(self, model: ToolChatModel, archive_root: Path | str, scaffolds_root: Path | str,
+                 record_dir: Path | str, budget: AgentBudget | None = None, caps: Any = None,
+                 history: list[str] | None = None) -> None:
+        self.model = model
+        self.archive_root, self.scaffolds_root = Path(archive_root), Path(scaffolds_root)
+        self.record_dir = Path(record_dir)
+        self.budget = budget or AgentBudget()
+        self.caps = caps
+        self.history = list(history or [])
+        self.runs: list[AgentRun] = []
+        self.name = f"agentic:{model.model_id}"
+
+    def system_prompt(self, incumbent: Any) -> str:
+        from agent_core.review.candidate import HOOK_IMPORTS, HOOK_NAMES
+
+        return _render("agentic_reviewer.jinja", game=incumbent.config.game, tables=archive_tables(),
+                       max_steps=self.budget.max_steps, max_tokens=self.budget.max_review_tokens,
+                       hook_names=HOOK_NAMES, hook_imports=sorted(HOOK_IMPORTS))
+
+    def task_prompt(self, bundle: Any, incumbent: Any, feedback: list[str]) -> str:
+        return _render("agentic_review_task.jinja", scaffold_hash=incumbent.hash, episodes=bundle.episodes,
+                       history=self.history, feedback=feedback)
+
+    def review(self, bundle: Any, incumbent: Any, feedback: list[str]) -> str:
+        from agent_core.review.candidate import format_revision
+        from agent_core.review.reviewers import NoRevision
+        from agent_core.review.tools import ReviewerToolbox
+
+        n = len(self.runs)
+        toolbox = ReviewerToolbox(self.archive_root, incumbent, self.scaffolds_root, self.caps)
+        try:
+            run = run_agent(self.model, toolbox, self.system_prompt(incumbent),
+                            self.task_prompt(bundle, incumbent, feedback), self.budget,
+                            self.record_dir / f"agent-{n}.jsonl", "submit_revision")
+        finally:
+            toolbox.close()
+        self.runs.append(run)
+        (self.record_dir / f"agent-{n}.ledger.json").write_text(json.dumps(
+            {"stop_reason": run.stop_reason, "verdict": run.verdict, "totals": run.ledger.totals(),
+             **run.ledger.model_dump()}, indent=1))
+        if run.accepted is None:
+            raise NoRevision(f"no revision: {run.summary()}")
+        return format_revision(run.accepted["revision"])
+
+
+class AgenticCurator:
+    """The training curator as an agent over the pool's archive (a `Curator`): it inspects
+    the pool with the same tools, then submits the program (validated, selection run)."""
+
+    def __init__(self, model: ToolChatModel, archive_root: Path | str, record_dir: Path | str,
+                 base_path: Path | None = None, budget: AgentBudget | None = None, caps: Any = None) -> None:
+        self.model = model
+        self.archive_root, self.record_dir, self.base_path = Path(archive_root), Path(record_dir), base_path
+        self.budget = budget or AgentBudget()
+        self.caps = caps
+        self.runs: list[AgentRun] = []
+        self.name = f"agentic:{model.model_id}"
+
+    def program(self, scaffold: Any, digest: dict, trials: list[dict]) -> Any:
+        from agent_core.review.tools import CuratorToolbox
+        from agent_core.training.curator import describe_trial
+        from agent_core.training.program import CurationProgram, ProgramError, rule_based_program
+
+        system = _render("agentic_curator.jinja", game=scaffold.config.game, tables=archive_tables(),
+                         max_steps=self.budget.max_steps, schema=json.dumps(CurationProgram.model_json_schema()),
+                         example=rule_based_program(digest).model_dump_json(indent=1))
+        task = _render("agentic_curator_task.jinja", digest=json.dumps(digest, indent=1, default=str),
+                       trials=[{"trial": t["trial"], "outcome": describe_trial(t)} for t in trials])
+        toolbox = CuratorToolbox(self.archive_root, scaffold, self.base_path, self.caps)
+        try:
+            run = run_agent(self.model, toolbox, system, task, self.budget,
+                            self.record_dir / f"curator-{len(self.runs)}.jsonl", "submit_program")
+        finally:
+            toolbox.close()
+        self.runs.append(run)
+        if run.accepted is None:
+            raise ProgramError(f"no program: {run.summary()}")
+        return run.accepted["program"]

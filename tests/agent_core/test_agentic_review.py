@@ -1,0 +1,220 @@
+"""The meta-LLM agent loop over the trace store, with the scripted tool-calling model:
+submission, budgets and ledger, elision, truncated replies, bad calls, and the planted
+defect of a 2,000-step trace that the single-call bundle cannot show."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent_core.agent import Roles
+from agent_core.archive import archive_trace
+from agent_core.episode import run_episode
+from agent_core.models.config import RoutineScript
+from agent_core.models.scripted import ScriptedModel
+from agent_core.models.tool_calls import ScriptedToolModel, ToolCall, ToolCompletion
+from agent_core.review.agentic import AgentBudget, AgenticCurator, AgenticReviewer, Price, run_agent
+from agent_core.review.bundle import build_bundle
+from agent_core.review.candidate import parse_revision
+from agent_core.review.propose import propose
+from agent_core.review.tools import ReviewerToolbox, ToolCaps
+from agent_core.scaffold import Scaffold
+from agent_core.trace import read_trace
+from environments import make_env
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_trace import DUPLICATE_TEXT, write_synthetic_trace  # noqa: E402
+
+TINY = Scaffold.builtin("tiny")
+STRUCTURAL = TINY.files["scaffold.yaml"].decode().replace("history_window: 2", "history_window: 3")
+
+
+def submission(step: int = 1, episode: str = "e", files: dict | None = None) -> tuple[str, dict]:
+    return ("submit_revision", {
+        "hypothesis": {"failure": "duplicate writes", "episode": episode, "step": step, "why": "more history"},
+        "analysis": "the agent repeats itself", "changes": ["history window 2 -> 3"],
+        "files": files if files is not None else {"scaffold.yaml": STRUCTURAL}})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("agentic")
+    traces = []
+    for seed in (0, 1):
+        s = run_episode(make_env("tiny"), TINY, Roles(memory=ScriptedModel(RoutineScript().reply)), seed, 5,
+                        root / "eps" / str(seed))
+        archive_trace(s.trace_path, root / "archive")
+        traces.append(s.trace_path)
+    return root, traces
+
+
+def agent(store, model, budget=None, caps=None, tmp_path=None):
+    root, _ = store
+    box = ReviewerToolbox(root / "archive", TINY, root / "scaffolds", caps)
+    run = run_agent(model, box, "system", "task", budget or AgentBudget(), tmp_path / "review.jsonl",
+                    "submit_revision")
+    box.close()
+    return run, [json.loads(line) for line in (tmp_path / "review.jsonl").read_text().splitlines()]
+
+
+def test_tools_then_submission_is_accepted_and_traced(store, tmp_path):
+    _, traces = store
+    eid = read_trace(traces[0]).header.episode_id
+    model = ScriptedToolModel([("sql", {"query": "select count(*) as n from steps"}),
+                               ("trace", {"episode": eid, "from_step": 1, "to_step": 1}),
+                               submission(1, eid)])
+    run, records = agent(store, model, tmp_path=tmp_path)
+    assert run.stop_reason == "submitted" and run.verdict == "submitted" and run.replies == 3
+    assert run.accepted["candidate"].config.history_window == 3
+    kinds = [r["kind"] for r in records]
+    assert kinds == ["start", "call", "tool", "call", "tool", "call", "tool", "end"]
+    assert records[2]["content"].splitlines()[1] == "10"  # the sql result the model saw
+    assert "=== step 1:" in records[4]["content"]
+    # the model saw each tool result as a tool message answering its call
+    seen = model.calls[1][-1]
+    assert seen.role == "tool" and seen.tool_call_id == model.calls[1][-2].tool_calls[0].id
+
+
+def test_ledger_sums_equal_the_per_call_usage_and_a_token_cap_stops(store, tmp_path):
+    replies = [ToolCompletion(tool_calls=[ToolCall(name="sql", arguments='{"query": "select 1 as x"}')],
+                              prompt_tokens=900 + 100 * i, completion_tokens=40) for i in range(50)]
+    budget = AgentBudget(max_review_tokens=5_000, reply_max_tokens=100, max_steps=50)
+    run, records = agent(store, ScriptedToolModel(replies), budget, tmp_path=tmp_path)
+    assert run.stop_reason == "max_review_tokens" and run.accepted is None and run.verdict == "no revision"
+    usage = [r for r in records if r["kind"] == "call"]
+    assert run.ledger.prompt_tokens == sum(r["prompt_tokens"] for r in usage) == sum(900 + 100 * i for i in range(len(usage)))
+    assert run.ledger.completion_tokens == 40 * len(usage)
+    assert run.ledger.tokens <= budget.max_review_tokens < run.ledger.tokens + 1_000 + 100 * len(usage)
+    assert records[-1]["stop_reason"] == "max_review_tokens" and records[-1]["totals"]["calls"] == len(usage)
+
+
+def test_cost_cap_through_the_price_table(store, tmp_path):
+    model = ScriptedToolModel([("sql", {"query": "select 1 as x"})], when_exhausted="repeat_last")
+    budget = AgentBudget(max_cost_usd=0.05, prices={"scripted-tools": Price(input_per_mtok=10.0, output_per_mtok=30.0)},
+                         reply_max_tokens=256)
+    run, _ = agent(store, model, budget, tmp_path=tmp_path)
+    assert run.stop_reason == "max_cost_usd" and 0 < run.ledger.cost_usd <= 0.05
+    expected = sum(c.prompt_tokens * 10 / 1e6 + c.completion_tokens * 30 / 1e6 for c in run.ledger.calls)
+    assert run.ledger.cost_usd == pytest.approx(expected)
+
+
+def test_never_submitting_ends_at_the_step_budget_as_no_revision(store, tmp_path):
+    root, traces = store
+    model = ScriptedToolModel([("grep", {"pattern": "saw"})], when_exhausted="repeat_last")
+    reviewer = AgenticReviewer(model, root / "archive", root / "scaffolds", tmp_path / "rec",
+                               AgentBudget(max_steps=4))
+    bundle = build_bundle(TINY, traces)
+    proposal = propose(reviewer, bundle, TINY, root / "scaffolds", tmp_path / "rec", max_attempts=3)
+    assert proposal.candidate_dir is None and len(model.calls) == 4
+    assert proposal.attempts == [{"attempt": 0, "verdict": "no revision",
+                                  "reason": f"no revision: {reviewer.runs[0].summary()}"}]
+    assert "stopped by max_steps after 4 replies" in proposal.attempts[0]["reason"]
+    ledger = json.loads((tmp_path / "rec" / "agent-0.ledger.json").read_text())
+    assert ledger["verdict"] == "no revision" and ledger["totals"]["calls"] == 4
+
+
+def test_truncated_reply_is_never_adopted(store, tmp_path):
+    name, args = submission()
+    cut = ToolCompletion(tool_calls=[ToolCall(name=name, arguments=json.dumps(args))], finish_reason="length")
+    model = ScriptedToolModel([cut, ("sql", {"query": "select 1 as x"})], when_exhausted="repeat_last")
+    run, records = agent(store, model, AgentBudget(max_steps=3), tmp_path=tmp_path)
+    assert run.accepted is None and run.stop_reason == "max_steps"
+    assert not [r for r in records if r["kind"] == "tool" and r["name"] == "submit_revision"]
+    assert "cut off at its token limit" in model.calls[1][-1].content
+    assert all(not t.tool_calls or t.tool_calls[0].name != "submit_revision" for t in model.calls[1])
+
+
+def test_bad_calls_come_back_as_errors_and_the_loop_goes_on(store, tmp_path):
+    model = ScriptedToolModel([
+        ToolCompletion(tool_calls=[ToolCall(name="nope", arguments="{}"),
+                                   ToolCall(name="sql", arguments="{broken")]),
+        "I think I am done.",
+        ("submit_revision", {"analysis": "missing everything"}),
+        submission(),
+    ])
+    run, records = agent(store, model, tmp_path=tmp_path)
+    tools = [r for r in records if r["kind"] == "tool"]
+    assert [t["ok"] for t in tools] == [False, False, False, True] and run.stop_reason == "submitted"
+    assert "unknown tool" in tools[0]["content"] and "not valid JSON" in tools[1]["content"]
+    assert "Call a tool" in model.calls[2][-1].content
+
+
+def test_old_tool_outputs_are_elided_past_the_context_cap(store, tmp_path):
+    _, traces = store
+    eid = read_trace(traces[0]).header.episode_id
+    window = ("trace", {"episode": eid, "from_step": 0, "to_step": 4})
+    model = ScriptedToolModel([window] * 8 + [submission()])
+    budget = AgentBudget(context_cap_tokens=5_000, keep_recent=2)
+    run, records = agent(store, model, budget, ToolCaps(max_chars=6_000), tmp_path)
+    assert run.stop_reason == "submitted" and run.elided > 0
+    last = model.calls[-1]
+    results = [t for t in last if t.role == "tool"]
+    assert any(t.content.startswith("[tool output elided") for t in results)
+    assert all(not t.content.startswith("[tool output elided") for t in results[-2:])
+    # what the model was shown stayed near the cap (a result of up to 1,500 tokens may be added last)
+    assert max(sum(len(t.content) for t in c) for c in model.calls) // 4 < 5_000 + 1_600
+    assert [r for r in records if r["kind"] == "elided"]
+
+
+def test_a_model_without_tool_calls_is_refused_with_the_single_call_option(store, tmp_path):
+    with pytest.raises(TypeError, match="single-call reviewer"):
+        agent(store, ScriptedModel(["x"]), tmp_path=tmp_path)
+
+
+def test_curator_agent_inspects_the_pool_then_submits(store, tmp_path):
+    from agent_core.training.curator import OK_TURNS_SQL
+    from agent_core.training.program import rule_based_program
+
+    root, _ = store
+    program = rule_based_program({}).model_dump(mode="json")
+    model = ScriptedToolModel([("sql", {"query": "select routine, count(*) from calls group by all"}),
+                               ("submit_program", {"program": {**program, "selection_sql": "select 1 as nope"}}),
+                               ("submit_program", {"program": {**program, "selection_sql": OK_TURNS_SQL},
+                                                   "hypothesis": "ok turns only"})])
+    curator = AgenticCurator(model, root / "archive", tmp_path)
+    out = curator.program(TINY, {}, [])
+    assert out.selection_sql == OK_TURNS_SQL and curator.runs[0].replies == 3
+    assert "call_id" in model.calls[2][-1].content  # the rejection it fixed
+
+
+def test_planted_defect_in_2000_steps_found_through_the_tools_not_in_the_bundle(tmp_path):
+    """A duplicate-write storm from step 1,400 of a 2,000-step trace: the scripted reviewer
+    finds the step with sql, reads it, and submits a hypothesis naming it; the candidate is
+    validated. The single-call bundle of the same trace does not show that step."""
+    trace = write_synthetic_trace(tmp_path / "ep", TINY, steps=2000, defect_at=1400)
+    archive_trace(trace, tmp_path / "archive")
+
+    def policy(turns):
+        results = [t.content for t in turns if t.role == "tool"]
+        if not results:
+            return "sql", {"query": "select episode_id, min(step) as first_step from memory_ops "
+                                    "where duplicate group by episode_id"}
+        first = int(re.search(r"synthetic2000\t(\d+)", results[0]).group(1))
+        if len(results) == 1:
+            return "trace", {"episode": "synthetic2000", "from_step": first, "to_step": first}
+        if len(results) == 2:
+            assert DUPLICATE_TEXT in results[1]
+            return "memory_diff", {"episode": "synthetic2000", "step_a": first - 1, "step_b": first}
+        yaml_text = TINY.files["scaffold.yaml"].decode().replace("log:\n", "log:\n  consult_before_write: true\n", 1)
+        return ("submit_revision", {
+            "hypothesis": {"failure": "a storm of duplicate appends to map.md", "episode": "synthetic2000",
+                           "step": first, "why": "looking up before writing shows the line is there"},
+            "analysis": f"from step {first} every LOG appends '{DUPLICATE_TEXT}' three times",
+            "changes": ["LOG: consult_before_write"], "files": {"scaffold.yaml": yaml_text}})
+
+    model = ScriptedToolModel(policy)
+    reviewer = AgenticReviewer(model, tmp_path / "archive", tmp_path / "scaffolds", tmp_path / "rec",
+                               AgentBudget(max_steps=10))
+    bundle = build_bundle(TINY, [trace])
+    proposal = propose(reviewer, bundle, TINY, tmp_path / "scaffolds", tmp_path / "rec")
+    assert proposal.candidate_dir and Scaffold.load(proposal.candidate_dir).config.log.consult_before_write
+    assert "(episode synthetic2000, step 1400)" in proposal.analysis
+    assert reviewer.runs[0].replies == 4
+    # the gap this closes: the bundle's excerpts never reach the defect
+    rendered = bundle.render()
+    assert "### step 1400:" not in rendered and DUPLICATE_TEXT not in rendered.split("# Step-log excerpts")[1]
+    assert all(x.last_step < 1400 for x in bundle.excerpts)
