@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from agent_core.diagnostics import ARCHIVE_COLUMNS, diagnose
 from agent_core.files import atomic_write
 from agent_core.trace import Trace, read_summary, read_trace
 
@@ -29,7 +30,10 @@ PARTITIONS = ("game", "scaffold_hash")
 _KEYS = [("episode_id", pa.string()), ("task", pa.string()), ("seed", pa.int64())]
 
 #: The archive's schema, table by table (partition columns excluded). Columns mirror the
-#: record models in `agent_core.records` (StepRecord, ModelCall, MemoryOp, EpisodeHeader/Summary).
+#: record models in `agent_core.records` (StepRecord, ModelCall, MemoryOp, EpisodeHeader/Summary);
+#: the episodes' diagnostic counts (`diagnostics.ARCHIVE_COLUMNS`) come from
+#: `diagnostics.diagnose`, so SQL over them (`diagnostics.sql_aggregate`) means what the
+#: reports computed from traces mean.
 SCHEMAS: dict[str, pa.Schema] = {
     "episodes": pa.schema(_KEYS + [
         ("memory_model", pa.string()), ("action_model", pa.string()), ("max_steps", pa.int64()),
@@ -37,7 +41,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("steps", pa.int64()), ("progression", pa.float64()), ("total_reward", pa.float64()),
         ("invalid_actions", pa.int64()), ("invalid_ops", pa.int64()), ("default_actions", pa.int64()),
         ("memory_chars", pa.int64()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
-        ("end_reason", pa.string()), ("error", pa.string())]),
+        ("end_reason", pa.string()), ("error", pa.string())]
+        + [(name, pa.int64()) for name in ARCHIVE_COLUMNS]),
     "steps": pa.schema(_KEYS + [
         ("step", pa.int64()), ("observation", pa.string()), ("action", pa.string()),
         ("action_text", pa.string()), ("action_source", pa.string()), ("reward", pa.float64()),
@@ -69,7 +74,8 @@ def rows(trace: Trace) -> dict[str, list[dict[str, Any]]]:
     episode = {**keys, **h.model_dump(include={"memory_model", "action_model", "max_steps", "started_at"}),
                "sampling": h.sampling.model_dump_json(), "complete": s is not None, "error": trace.error,
                "steps": len(trace.steps),
-               "progression": trace.steps[-1].progression if trace.steps else 0.0}
+               "progression": trace.steps[-1].progression if trace.steps else 0.0,
+               **diagnose(trace).model_dump(include=set(ARCHIVE_COLUMNS))}
     if s:
         episode.update(s.model_dump(include={"progression", "total_reward", "invalid_actions",
                                              "invalid_ops", "default_actions", "memory_chars",
@@ -95,13 +101,14 @@ def partition_path(root: Path, table: str, game: str, scaffold_hash: str, episod
 def archive_trace(trace_path: Path | str, root: Path | str) -> list[Path]:
     """Write one trace's rows into the archive; returns its archive files.
 
-    A finished trace never changes, so when its files are already archived they are kept
-    as they are; an unfinished one is archived again (it may have grown)."""
+    A finished trace never changes, so when its files are already archived with today's
+    columns they are kept as they are; an unfinished one is archived again (it may have
+    grown), and so is one archived before a column was added."""
     summary = read_summary(trace_path)
     if summary is not None:
         done = [partition_path(Path(root), t, summary.game, summary.scaffold_hash, summary.episode_id)
                 for t in TABLES]
-        if all(p.is_file() for p in done):
+        if all(p.is_file() for p in done) and _current(done):
             return done
     trace = read_trace(trace_path)
     h = trace.header
@@ -114,6 +121,14 @@ def archive_trace(trace_path: Path | str, root: Path | str) -> list[Path]:
         _write_atomic(data, dest)
         written.append(dest)
     return written
+
+
+def _current(files: list[Path]) -> bool:
+    """Whether archived files have every column of today's schema (reads the footers only)."""
+    try:
+        return all(set(SCHEMAS[t].names) <= set(pq.read_schema(f).names) for t, f in zip(TABLES, files))
+    except (OSError, pa.ArrowInvalid):
+        return False
 
 
 def _write_atomic(table: pa.Table, dest: Path) -> None:

@@ -1,24 +1,46 @@
-"""Memory diagnostics from a trace: the yardsticks of both outer loops.
+"""Memory diagnostics from a trace: the yardsticks of both outer loops, defined once here.
 
-The paper's figures: per-step memory growth 138 -> 6 characters after scaffold
-optimisation; write-to-search ratio 0.84 -> 0.39 (Crafter) after specialist training.
+The paper's two diagnostics (its figures: memory growth 138 -> 6 characters per step after
+scaffold optimisation; write-to-search ratio 0.84 -> 0.39 on Crafter after specialist
+training):
+
+- **write-to-search ratio** = write operations that succeeded (CREATE, APPEND, REWRITE,
+  REPLACE, UPSERT) / look-ups that succeeded and showed memory contents (SEARCH, READ,
+  TAIL). Failed and refused operations did nothing to memory and are not counted.
+- **memory growth per step** = (memory characters after the last step - characters the
+  episode started with, i.e. the scaffold's seeded files) / steps.
+
+Over several episodes both are pooled: total writes / total look-ups, total growth / total
+steps (`aggregate`; `SQL_AGGREGATE` is the same over the archive's `episodes` columns,
+which `agent_core.archive` fills from `diagnose`). Every report, the nightly history,
+`evaluate`, the archive and the plots use these.
+
+What memory did (per episode, `memory_use`): a look-up *reached a decision* when its result
+stood in the context of a later model call of the same step whose reply wrote memory
+successfully or committed the world action (by call order in `StepRecord.calls`; a look-up
+whose result came back after the same reply's writes did not reach them); a write *followed a
+look-up* when an earlier call of its step made a successful look-up whose result it saw.
+Look-ups here are READ, TAIL, SEARCH and LIST that succeeded.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from agent_core.commands import CONSULT_OPS
+from agent_core.commands import CONSULT_OPS, READ_ONLY_OPS
+from agent_core.records import StepRecord
 from agent_core.scaffold import WRITE_OPS
-from pathlib import Path
-
 from agent_core.trace import TRACE_NAME, Trace, read_summary, read_trace
 
 #: operations that write memory / consult it (for the write-to-search ratio)
 WRITES = frozenset(WRITE_OPS) - {"delete"}
 CONSULTS = frozenset(CONSULT_OPS)
+#: look-ups for what memory did (LIST included: its names can decide a READ or a write)
+LOOKUPS = frozenset(READ_ONLY_OPS)
 
 
 def sql_list(ops: frozenset[str] | tuple[str, ...]) -> str:
@@ -29,8 +51,6 @@ def sql_list(ops: frozenset[str] | tuple[str, ...]) -> str:
 def per_step_means(trace_paths: list[str] | list[Path], fields: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
     """Per field of `StepRecord`, (step, mean over the episodes) for every step; each trace
     is read once."""
-    import statistics
-
     by_step: dict[str, dict[int, list[float]]] = {f: {} for f in fields}
     for path in trace_paths:
         for step in read_trace(path).steps:
@@ -39,17 +59,82 @@ def per_step_means(trace_paths: list[str] | list[Path], fields: tuple[str, ...])
     return {f: [(k, statistics.fmean(v)) for k, v in sorted(s.items())] for f, s in by_step.items()}
 
 
-class Diagnostics(BaseModel):
+class MemoryUse(BaseModel):
+    """What memory did in one episode (see the module docstring)."""
+
+    lookups: int = Field(0, description="Successful READ/TAIL/SEARCH/LIST operations.")
+    lookups_used: int = Field(0, description="Successful look-ups whose result stood in the context of a "
+                              "later call of the same step that wrote memory or committed the action.")
+    writes_after_lookup: int = Field(0, description="Successful writes made by a call that saw the result "
+                                     "of a successful look-up of an earlier call in the same step.")
+    distinct_actions: int = Field(0, description="Distinct world actions taken (the action text when invalid).")
+    distinct_written_texts: int = Field(0, description="Distinct texts written by successful writes.")
+
+
+def written_text(op) -> str:
+    """The text a write puts into memory (UPSERT: its `key: value` line; REPLACE: the new passage)."""
+    a = op.args
+    if op.op == "upsert":
+        return f"{a.get('key', '').strip()}: {a.get('value', '').strip()}"
+    return (a.get("new") if op.op == "replace" else a.get("text", "")) or ""
+
+
+def _decided(step: StepRecord) -> list[bool]:
+    """Per call of the step: its reply wrote memory successfully or committed the action (the
+    step's last call, when the model's action was taken: nothing runs after the action)."""
+    wrote = {op.call_id for op in step.memory_ops if op.ok and op.op in WRITES}
+    out = [c.call_id in wrote for c in step.calls]
+    if step.calls and step.action_source == "model":
+        out[-1] = True
+    return out
+
+
+def _sees(later, earlier) -> bool:
+    """Whether `later`'s context holds the results of `earlier`'s operations: they are the
+    user message right after `earlier`'s reply (log index `earlier.context_end + 1`)."""
+    at = earlier.context_end + 1
+    return later.window_start <= at < later.context_end
+
+
+def memory_use(steps: list[StepRecord]) -> MemoryUse:
+    """What memory did over `steps` (one episode)."""
+    lookups = used = writes_after = 0
+    written: set[str] = set()
+    for step in steps:
+        order = {c.call_id: i for i, c in enumerate(step.calls)}
+        decided = _decided(step)
+        looked = sorted({order[op.call_id] for op in step.memory_ops
+                         if op.ok and op.op in LOOKUPS and op.call_id in order})
+        for op in step.memory_ops:
+            i = order.get(op.call_id)
+            if not op.ok or i is None:
+                continue
+            if op.op in LOOKUPS:
+                lookups += 1
+                used += any(decided[j] and _sees(step.calls[j], step.calls[i]) for j in range(i + 1, len(step.calls)))
+            elif op.op in WRITES:
+                written.add(written_text(op))
+                writes_after += any(k < i and _sees(step.calls[i], step.calls[k]) for k in looked)
+    return MemoryUse(lookups=lookups, lookups_used=used, writes_after_lookup=writes_after,
+                     distinct_actions=len({s.action if s.action is not None else s.action_text for s in steps}),
+                     distinct_written_texts=len(written))
+
+
+class Diagnostics(MemoryUse):
     steps: int
     progression: float
-    growth_chars_per_step: float = Field(description="(final - initial memory chars) / steps")
-    write_search_ratio: float | None = Field(description="writes / (search+read+tail); None when no consult")
+    growth_chars_per_step: float = Field(description="(final - initial memory chars) / steps; the initial "
+                                         "characters are the scaffold's seeded files")
+    write_search_ratio: float | None = Field(description="successful writes / successful consults "
+                                             "(search, read, tail); None when no consult")
+    initial_memory_chars: int = Field(0, description="Memory characters before the first step (seeded files).")
+    memory_growth_chars: int = Field(0, description="Final - initial memory characters.")
     duplicate_write_ratio: float = Field(description="share of writes whose text was already in the file")
     invalid_op_rate: float = Field(description="invalid operations / (operations + parse errors)")
     ops_per_step: float
     prompt_tokens_per_step: float
-    writes: int
-    consults: int
+    writes: int = Field(description="Successful write operations (not DELETE).")
+    consults: int = Field(description="Successful SEARCH/READ/TAIL operations.")
     longest_no_progress: int = Field(description="longest run of steps without a progression increase")
     most_repeated_action: str | None
     most_repeated_action_share: float
@@ -67,7 +152,7 @@ def diagnose(trace: Trace) -> Diagnostics:
     failed_ops = sum(not op.ok for op in ops)
     attempts = len(ops) + (invalid - failed_ops)
     initial = steps[0].memory_chars - sum(op.delta_chars for op in steps[0].memory_ops) if n else 0
-    final = steps[-1].memory_chars if n else 0
+    final = steps[-1].memory_chars if n else initial
     curve = [s.progression for s in steps]
     actions = Counter(s.action_text for s in steps)
     top, top_count = actions.most_common(1)[0] if actions else (None, 0)
@@ -76,6 +161,8 @@ def diagnose(trace: Trace) -> Diagnostics:
         progression=curve[-1] if curve else 0.0,
         growth_chars_per_step=(final - initial) / n if n else 0.0,
         write_search_ratio=len(writes) / consults if consults else None,
+        initial_memory_chars=initial,
+        memory_growth_chars=final - initial,
         duplicate_write_ratio=sum(op.duplicate for op in writes) / len(writes) if writes else 0.0,
         invalid_op_rate=invalid / attempts if attempts else 0.0,
         ops_per_step=len(ops) / n if n else 0.0,
@@ -86,7 +173,68 @@ def diagnose(trace: Trace) -> Diagnostics:
         most_repeated_action=top,
         most_repeated_action_share=top_count / n if n else 0.0,
         progression_curve=curve,
+        **memory_use(steps).model_dump(),
     )
+
+
+class GroupDiagnostics(BaseModel):
+    """The paper's two diagnostics over a group of episodes (pooled), and what memory did."""
+
+    episodes: int
+    steps: int
+    writes: int
+    consults: int
+    memory_growth_chars: int
+    write_search_ratio: float | None = Field(description="Total writes / total consults (None: no consult).")
+    growth_chars_per_step: float | None = Field(description="Total memory growth / total steps (None: no step).")
+    lookups: int = 0
+    lookups_used: int = 0
+    writes_after_lookup: int = 0
+    distinct_actions_per_episode: float | None = None
+    distinct_written_texts_per_episode: float | None = None
+
+
+def aggregate(diagnostics: list[Diagnostics]) -> GroupDiagnostics:
+    """Pool per-episode diagnostics (`SQL_AGGREGATE` is the same over the archive)."""
+    d = diagnostics
+    steps, writes, consults = sum(x.steps for x in d), sum(x.writes for x in d), sum(x.consults for x in d)
+    growth = sum(x.memory_growth_chars for x in d)
+    return GroupDiagnostics(
+        episodes=len(d), steps=steps, writes=writes, consults=consults, memory_growth_chars=growth,
+        write_search_ratio=writes / consults if consults else None,
+        growth_chars_per_step=growth / steps if steps else None,
+        lookups=sum(x.lookups for x in d), lookups_used=sum(x.lookups_used for x in d),
+        writes_after_lookup=sum(x.writes_after_lookup for x in d),
+        distinct_actions_per_episode=statistics.fmean(x.distinct_actions for x in d) if d else None,
+        distinct_written_texts_per_episode=statistics.fmean(x.distinct_written_texts for x in d) if d else None)
+
+
+#: the per-episode columns of the archive's `episodes` table that come from `diagnose`
+ARCHIVE_COLUMNS = ("initial_memory_chars", "memory_growth_chars", "writes", "consults", "lookups",
+                   "lookups_used", "writes_after_lookup", "distinct_actions", "distinct_written_texts")
+
+
+def sql_aggregate(alias: str = "e") -> str:
+    """`aggregate` as SQL select expressions over the archive's `episodes` table (`alias`),
+    to use with GROUP BY; columns in the order of `GroupDiagnostics`' fields."""
+    a = f"{alias}."
+    return (f"count(*) AS episodes, sum({a}steps) AS steps, sum({a}writes) AS writes, "
+            f"sum({a}consults) AS consults, sum({a}memory_growth_chars) AS memory_growth_chars, "
+            f"sum({a}writes) / nullif(sum({a}consults), 0) AS write_search_ratio, "
+            f"sum({a}memory_growth_chars) / nullif(sum({a}steps), 0) AS growth_chars_per_step, "
+            f"sum({a}lookups) AS lookups, sum({a}lookups_used) AS lookups_used, "
+            f"sum({a}writes_after_lookup) AS writes_after_lookup, "
+            f"avg({a}distinct_actions) AS distinct_actions_per_episode, "
+            f"avg({a}distinct_written_texts) AS distinct_written_texts_per_episode")
+
+
+def group_from_row(row: tuple) -> GroupDiagnostics:
+    """A `GroupDiagnostics` from the columns `sql_aggregate` selects (in its order)."""
+    names = list(GroupDiagnostics.model_fields)
+    values = dict(zip(names, row))
+    return GroupDiagnostics(**{k: (0 if v is None and k in ("steps", "writes", "consults", "memory_growth_chars",
+                                                            "lookups", "lookups_used", "writes_after_lookup")
+                                   else v) for k, v in values.items()})
 
 
 def _longest_flat(curve: list[float]) -> int:

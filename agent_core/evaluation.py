@@ -1,6 +1,8 @@
-"""Evaluation statistics: per-arm estimates with confidence intervals, MiniHack averaged
-over tasks as BALROG does, pairwise comparisons with the gate's test, and the published
-reference values our numbers are shown beside. No Prefect here: the `evaluate` flow calls it.
+"""Evaluation statistics: per-arm estimates with BALROG's standard error (exactly as BALROG
+computes it) beside our bootstrap interval over seeds, MiniHack averaged over tasks per seed,
+pairwise two-sided comparisons with the gate's test and Holm's correction over every pair
+and game, and the published reference values our numbers are shown beside. No Prefect
+here: the `evaluate` flow calls it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections import defaultdict
 
 from pydantic import BaseModel, Field
 
-from agent_core.gate import GateConfig, GateVerdict, gate
+from agent_core.gate import GateConfig, differing, holm, paired_p_value, reachable_p
 
 #: Published results, shown beside ours and labelled as published (progression, %).
 PUBLISHED = [
@@ -29,14 +31,32 @@ PUBLISHED_DIAGNOSTICS = [
 ]
 
 
-class Estimate(BaseModel):
-    """A mean over seeds with its uncertainty."""
+#: fewer seeds than this get no interval: a bootstrap over 1 or 2 seeds has at most 3
+#: distinct means, so its "95%" interval would be the range of the data, not an interval
+MIN_SEEDS_FOR_INTERVAL = 3
 
-    n: int
-    mean: float
-    se: float = Field(description="Standard error of the mean (sample SD / sqrt(n)), as BALROG reports.")
-    ci_low: float = Field(description="95% percentile bootstrap interval over seeds, lower end.")
-    ci_high: float
+
+class Estimate(BaseModel):
+    """One arm on one game: the mean with BALROG's standard error, and our interval over seeds."""
+
+    n: int = Field(description="Seeds.")
+    episodes: int = Field(description="Episodes (seeds x tasks).")
+    mean: float = Field(description="Mean progression over the seeds, each seed averaged over its tasks "
+                        "(with the same tasks on every seed, the mean over all episodes, as BALROG's).")
+    se: float = Field(description="BALROG's standard error: population SD (ddof=0) over all episodes of "
+                      "the environment, tasks pooled, divided by sqrt(episodes).")
+    ci_low: float | None = Field(None, description="95% percentile bootstrap interval over seeds (lower end); "
+                                 f"None below {MIN_SEEDS_FOR_INTERVAL} seeds.")
+    ci_high: float | None = None
+    ci_note: str | None = Field(None, description="Why there is no interval.")
+
+
+def balrog_se(values: list[float]) -> float:
+    """BALROG's standard error of a list of episode results (`collect_and_summarize_results`):
+    population SD (ddof=0) / sqrt(N); 0 for one episode, NaN for none."""
+    if not values:
+        return math.nan
+    return statistics.pstdev(values) / math.sqrt(len(values))
 
 
 def bootstrap_ci(values: list[float], resamples: int = 10_000, seed: int = 0,
@@ -53,13 +73,20 @@ def bootstrap_ci(values: list[float], resamples: int = 10_000, seed: int = 0,
     return lo, hi
 
 
-def estimate(values: list[float], resamples: int = 10_000, seed: int = 0) -> Estimate:
-    n = len(values)
+def estimate(results: list[tuple[str, int, float]], resamples: int = 10_000, seed: int = 0) -> Estimate:
+    """(task, seed, progression) of one arm on one game -> its `Estimate`."""
+    seeds = per_seed(results)
+    n = len(seeds)
     if n == 0:
-        return Estimate(n=0, mean=math.nan, se=math.nan, ci_low=math.nan, ci_high=math.nan)
-    se = statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0
-    lo, hi = bootstrap_ci(values, resamples, seed)
-    return Estimate(n=n, mean=statistics.fmean(values), se=se, ci_low=lo, ci_high=hi)
+        return Estimate(n=0, episodes=0, mean=math.nan, se=math.nan, ci_note="no episodes")
+    est = Estimate(n=n, episodes=len(results), mean=statistics.fmean(seeds.values()),
+                   se=balrog_se([v for _, _, v in results]))
+    if n < MIN_SEEDS_FOR_INTERVAL:
+        est.ci_note = (f"no interval over {n} seed{'s' if n > 1 else ''}: a bootstrap needs at least "
+                       f"{MIN_SEEDS_FOR_INTERVAL} seeds to be more than the range of the data")
+    else:
+        est.ci_low, est.ci_high = bootstrap_ci(list(seeds.values()), resamples, seed)
+    return est
 
 
 def per_seed(results: list[tuple[str, int, float]]) -> dict[int, float]:
@@ -71,10 +98,55 @@ def per_seed(results: list[tuple[str, int, float]]) -> dict[int, float]:
     return {seed: statistics.fmean(v) for seed, v in sorted(by_seed.items())}
 
 
-def compare(arm_a: str, a: dict[int, float], arm_b: str, b: dict[int, float],
-            config: GateConfig | None = None) -> GateVerdict | None:
-    """The gate's paired test of arm b against arm a on their shared seeds (None: none shared)."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    return gate(seeds, [a[s] for s in seeds], [b[s] for s in seeds], config)
+class Comparison(BaseModel):
+    """Arm b against arm a on one game, over the seeds both played (two-sided, Holm-corrected)."""
+
+    game: str
+    a: str
+    b: str
+    seeds: list[int]
+    delta: float = Field(description="Mean over seeds of b - a.")
+    p: float = Field(description="Two-sided paired p-value (the gate's test).")
+    p_holm: float = Field(description="Holm-adjusted over every pair of every game in the evaluation.")
+    tied: int = Field(description="Seeds where a and b scored the same (no information).")
+    min_p: float = Field(description="The smallest Holm-adjusted p-value this pair could have had, "
+                         "given its ties and the other pairs' p-values.")
+    underpowered: bool = Field(description="min_p > alpha: no outcome could have been significant.")
+    direction: str = Field(description="'<b> better than <a>', '<a> better than <b>', or why neither is said.")
+
+
+def compare_all(seeds_by_game: dict[str, dict[str, dict[int, float]]],
+                config: GateConfig | None = None) -> list[Comparison]:
+    """Every pair of arms within each game (arm order as given), each a two-sided paired
+    test over their shared seeds, Holm-corrected over all pairs of all games at
+    `config.alpha`. `seeds_by_game`: game -> arm -> seed -> progression (`per_seed`)."""
+    config = config or GateConfig()
+    raw = []
+    for game, arms in seeds_by_game.items():
+        labels = list(arms)
+        for i, a in enumerate(labels):
+            for b in labels[i + 1:]:
+                shared = sorted(set(arms[a]) & set(arms[b]))
+                if not shared:
+                    continue
+                diffs = [arms[b][s] - arms[a][s] for s in shared]
+                k = differing(diffs)
+                raw.append((game, a, b, shared, statistics.fmean(diffs), paired_p_value(diffs, config, True), k,
+                            reachable_p(k, len(diffs), config, two_sided=True)))
+    ps = [r[5] for r in raw]
+    out = []
+    for i, ((game, a, b, shared, delta, p, k, floor), adjusted) in enumerate(zip(raw, holm(ps))):
+        # the best this pair could have done against the others as they came out: Holm is
+        # monotone in each p-value, so its adjusted p with its own smallest reachable p
+        min_p = holm([floor if j == i else q for j, q in enumerate(ps)])[i]
+        underpowered = min_p > config.alpha
+        if adjusted <= config.alpha:
+            direction = f"{b} better than {a}" if delta > 0 else f"{a} better than {b}"
+        elif underpowered:
+            direction = (f"cannot tell: underpowered ({len(shared) - k} of {len(shared)} seeds tied; the smallest "
+                         f"reachable adjusted p is {min_p:.3g} > alpha {config.alpha:g})")
+        else:
+            direction = f"no significant difference (adjusted p {adjusted:.3f} > alpha {config.alpha:g})"
+        out.append(Comparison(game=game, a=a, b=b, seeds=shared, delta=delta, p=p, p_holm=adjusted,
+                              tied=len(shared) - k, min_p=min_p, underpowered=underpowered, direction=direction))
+    return out

@@ -10,9 +10,13 @@ difference (candidate - incumbent).
   seeds, Monte Carlo beyond (with the +1 correction, so p is never 0).
 - `sign`: the sign test on wins and losses (ties carry no information).
 
-With n seeds the smallest p-value either test can give is 1/2^n (every seed better), so a
-promotion at level alpha needs n >= log2(1/alpha) seeds: `min_seeds`. Configurations below
-it are refused (`check_seeds`), because their gate could never promote. Several candidates
+A tied seed (difference 0) carries no information for either test: its sign flip changes
+nothing. With k seeds that are not tied, the smallest p-value either test can give is 1/2^k
+(one-sided, every differing seed better), 2/2^k two-sided (`smallest_p`). So a promotion at
+level alpha needs at least log2(1/alpha) seeds that differ: `min_seeds` is refused before
+any episode (`check_seeds`), and a verdict whose observed ties leave too few differing
+seeds says "underpowered" with the smallest reachable p-value instead of pretending the
+candidate showed no improvement. Several candidates
 judged on the same seeds (the training loop's trials) are corrected with Holm's method
 (`holm`), and a winner must win again on confirmation seeds that no reviewer or curator saw.
 """
@@ -29,6 +33,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 #: seed counts up to this are tested exactly (2^16 sign assignments); Monte Carlo beyond
 EXACT_MAX_SEEDS = 16
+#: a per-seed difference this small is a tie (float noise of averaging equal scores)
+TIE_TOLERANCE = 1e-9
+
+
+def differing(diffs: list[float]) -> int:
+    """How many per-seed differences are not ties: the seeds that carry information."""
+    return sum(abs(d) > TIE_TOLERANCE for d in diffs)
+
+
+def smallest_p(differing_seeds: int, two_sided: bool = False) -> float:
+    """The smallest p-value the sign-flip and sign tests can reach with this many differing
+    seeds: 1/2^k one-sided, 2/2^k two-sided (1 when none differ)."""
+    if differing_seeds <= 0:
+        return 1.0
+    return min(1.0, (2.0 if two_sided else 1.0) / 2 ** differing_seeds)
 
 
 class GateConfig(BaseModel):
@@ -51,7 +70,7 @@ class GateConfig(BaseModel):
     def check_seeds(self, n: int, what: str = "evaluation seeds", tests: int = 1) -> None:
         """Refuse a seed set too small to ever promote, with the reason."""
         need = self.min_seeds(tests)
-        if n < need:
+        if n < need:  # ties observed later can only raise the bar: see `gate`
             among = f" and Holm's correction over {tests} trials" if tests > 1 else ""
             raise ValueError(
                 f"{n} {what} can never pass the gate: with {n} seeds the smallest possible p-value "
@@ -70,42 +89,72 @@ class GateVerdict(BaseModel):
     mean_candidate: float
     delta: float
     p_value: float
+    #: seeds whose difference is a tie (no information for the test)
+    tied: int = 0
+    #: the smallest p-value this comparison could have reached, given its ties (and, after
+    #: `adjust`, the number of candidates judged on the same seeds)
+    min_p: float = 0.0
+    #: the comparison could not reach alpha whatever the candidate did on the differing seeds
+    underpowered: bool = False
     #: the p-value after correction for the other candidates judged on the same seeds
     adjusted_p: float | None = None
     #: the same comparison on confirmation seeds (None: not reached or not configured)
     confirmation: "GateVerdict | None" = None
 
+    @property
+    def outcome(self) -> str:
+        """"promoted", "underpowered" (on the evaluation or the confirmation seeds the test
+        could not reach alpha) or "kept incumbent"."""
+        if self.promote:
+            return "promoted"
+        if self.underpowered or (self.confirmation is not None and self.confirmation.underpowered):
+            return "underpowered"
+        return "kept incumbent"
 
-def permutation_p_value(diffs: list[float], resamples: int = 20_000, seed: int = 0) -> float:
-    """One-sided sign-flip permutation p-value of the mean of `diffs` (exact up to
-    EXACT_MAX_SEEDS values, Monte Carlo beyond)."""
+
+def permutation_p_value(diffs: list[float], resamples: int = 20_000, seed: int = 0,
+                        two_sided: bool = False) -> float:
+    """Sign-flip permutation p-value of the mean of `diffs` (exact up to EXACT_MAX_SEEDS
+    values, Monte Carlo beyond): one-sided (H1: the mean is positive), or two-sided (the
+    share of sign assignments whose |sum| is at least the observed |sum|)."""
     n = len(diffs)
     if n == 0:
         return 1.0
-    observed = sum(diffs) - 1e-9 * max(1.0, sum(abs(d) for d in diffs))  # float ties count as ties
+    fold = abs if two_sided else (lambda x: x)
+    # float ties count as ties
+    observed = fold(sum(diffs)) - 1e-9 * max(1.0, sum(abs(d) for d in diffs))
     if n <= EXACT_MAX_SEEDS:
-        hits = sum(sum(s * d for s, d in zip(signs, diffs)) >= observed
+        hits = sum(fold(sum(s * d for s, d in zip(signs, diffs))) >= observed
                    for signs in itertools.product((1, -1), repeat=n))
         return hits / 2 ** n
     rng = random.Random(seed)
-    hits = sum(sum(d if rng.random() < 0.5 else -d for d in diffs) >= observed for _ in range(resamples))
+    hits = sum(fold(sum(d if rng.random() < 0.5 else -d for d in diffs)) >= observed for _ in range(resamples))
     return (hits + 1) / (resamples + 1)
 
 
-def sign_p_value(diffs: list[float]) -> float:
-    """One-sided sign-test p-value: P(at least this many wins among the non-tied seeds)."""
-    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+def sign_p_value(diffs: list[float], two_sided: bool = False) -> float:
+    """Sign-test p-value over the non-tied seeds: P(at least this many wins), or two-sided
+    twice the smaller tail (at most 1)."""
+    wins = sum(d > TIE_TOLERANCE for d in diffs)
+    losses = sum(d < -TIE_TOLERANCE for d in diffs)
     n = wins + losses
     if n == 0:
         return 1.0
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+
+    def at_least(k: int) -> float:
+        return sum(math.comb(n, j) for j in range(k, n + 1)) / 2 ** n
+
+    if not two_sided:
+        return at_least(wins)
+    return min(1.0, 2 * min(at_least(wins), at_least(losses)))
 
 
-def paired_p_value(diffs: list[float], config: GateConfig) -> float:
-    """One-sided p-value for 'the candidate is not better' given per-seed differences."""
+def paired_p_value(diffs: list[float], config: GateConfig, two_sided: bool = False) -> float:
+    """p-value for 'the candidate is not better' (two-sided: 'no difference') given
+    per-seed differences, by `config`'s test."""
     if config.test == "sign":
-        return sign_p_value(diffs)
-    return permutation_p_value(diffs, config.resamples, config.seed)
+        return sign_p_value(diffs, two_sided)
+    return permutation_p_value(diffs, config.resamples, config.seed, two_sided)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -129,7 +178,15 @@ def gate(seeds: list[int], incumbent: list[float], candidate: list[float],
     diffs = [c - i for i, c in zip(incumbent, candidate)]
     delta = statistics.fmean(diffs)
     p = paired_p_value(diffs, config)
-    if delta <= config.min_delta + 1e-12:  # float noise in a tie is no improvement
+    k = differing(diffs)
+    min_p = reachable_p(k, len(diffs), config)
+    underpowered = min_p > config.alpha
+    if underpowered:  # checked first: a verdict it could never have given is not evidence
+        reason = (f"underpowered: {len(diffs) - k} of {len(diffs)} seeds tied, so the smallest reachable "
+                  f"p-value with the {k} that differ is {_power_text(k, min_p)} > alpha {config.alpha:g} "
+                  f"(mean delta {delta:+.4f}, {config.test} p = {p:.3f}); more seeds are needed to tell")
+        promote = False
+    elif delta <= config.min_delta + 1e-12:  # float noise in a tie is no improvement
         reason = f"no improvement: mean delta {delta:+.4f} (needs > {config.min_delta:g})"
         promote = False
     elif p > config.alpha:
@@ -141,11 +198,32 @@ def gate(seeds: list[int], incumbent: list[float], candidate: list[float],
     return GateVerdict(promote=promote, reason=reason, test=config.test, seeds=seeds,
                        incumbent=incumbent, candidate=candidate,
                        mean_incumbent=statistics.fmean(incumbent),
-                       mean_candidate=statistics.fmean(candidate), delta=delta, p_value=p)
+                       mean_candidate=statistics.fmean(candidate), delta=delta, p_value=p,
+                       tied=len(diffs) - k, min_p=min_p, underpowered=underpowered)
 
 
-def adjust(verdict: GateVerdict, adjusted_p: float, config: GateConfig) -> GateVerdict:
-    """`verdict` judged again with its multiplicity-corrected p-value."""
+def reachable_p(differing_seeds: int, n: int, config: GateConfig, two_sided: bool = False) -> float:
+    """The smallest p-value `config`'s test can give over `n` seeds of which
+    `differing_seeds` are not tied (beyond EXACT_MAX_SEEDS the Monte Carlo floor applies)."""
+    floor = 1 / (config.resamples + 1) if config.test == "permutation" and n > EXACT_MAX_SEEDS else 0.0
+    return max(smallest_p(differing_seeds, two_sided), floor)
+
+
+def _power_text(k: int, min_p: float) -> str:
+    return f"1/2^{k} = {min_p:.3g}" if k else "1 (no seed differs)"
+
+
+def adjust(verdict: GateVerdict, adjusted_p: float, config: GateConfig, tests: int = 1) -> GateVerdict:
+    """`verdict` judged again with its multiplicity-corrected p-value, `tests` candidates
+    having been judged on the same seeds (Holm: the best reachable adjusted p-value is
+    `tests` times the comparison's smallest one)."""
+    family_min = min(1.0, tests * verdict.min_p)
+    if not verdict.underpowered and family_min > config.alpha:
+        return verdict.model_copy(update={
+            "adjusted_p": adjusted_p, "promote": False, "underpowered": True, "min_p": family_min,
+            "reason": f"underpowered: with {len(verdict.seeds) - verdict.tied} differing seeds and Holm's "
+                      f"correction over {tests} trials the smallest reachable p-value is {tests} x "
+                      f"{verdict.min_p:.3g} = {family_min:.3g} > alpha {config.alpha:g} ({verdict.reason})"})
     if not verdict.promote or adjusted_p <= config.alpha:
         return verdict.model_copy(update={"adjusted_p": adjusted_p})
     return verdict.model_copy(update={

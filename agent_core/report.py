@@ -8,8 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from agent_core.archive import connect
-from agent_core.diagnostics import CONSULTS, WRITES, sql_list
-from agent_core.evaluation import estimate, per_seed
+from agent_core.diagnostics import GroupDiagnostics, group_from_row, sql_aggregate
+from agent_core.evaluation import estimate
 from agent_core.plots import bars_with_intervals, lines, write_report
 
 
@@ -23,11 +23,7 @@ def archive_report(archive_root: Path | str, out: Path | str) -> Path:
         memory = con.execute(
             "SELECT e.game, e.scaffold_hash, e.memory_model, s.step, avg(s.memory_chars) FROM steps s "
             "JOIN episodes e ON e.episode_id = s.episode_id WHERE e.complete GROUP BY ALL ORDER BY ALL").fetchall()
-        ops = dict(((g, h, m), (w, c)) for g, h, m, w, c in con.execute(
-            "SELECT e.game, e.scaffold_hash, e.memory_model, "
-            f"count(*) FILTER (WHERE o.op IN ({sql_list(WRITES)})), "
-            f"count(*) FILTER (WHERE o.op IN ({sql_list(CONSULTS)})) "
-            "FROM memory_ops o JOIN episodes e ON e.episode_id = o.episode_id GROUP BY ALL").fetchall())
+        diagnostics = agent_diagnostics(con)
     finally:
         con.close()
     by_agent: dict[tuple[str, str, str], list[tuple[str, int, float]]] = defaultdict(list)
@@ -35,21 +31,30 @@ def archive_report(archive_root: Path | str, out: Path | str) -> Path:
         by_agent[(game, scaffold, model)].append((task, seed, progression))
     lines_md = ["# Report from the trace archive", "",
                 f"{len(episodes)} finished episodes in `{Path(archive_root).name}`; progression per agent "
-                "(scaffold and memory model) with BALROG's standard error and a 95% bootstrap interval over seeds.", ""]
+                "(scaffold and memory model) with BALROG's standard error (population SD over all episodes, "
+                "tasks pooled, / sqrt(episodes)) and a 95% bootstrap interval over seeds (from 3 seeds on). "
+                "Memory diagnostics pooled over the agent's episodes: growth = (final - seeded characters) / "
+                "steps; write/search = successful writes / successful SEARCH/READ/TAIL; look-ups used = "
+                "successful look-ups whose result a later call of the same step saw before writing or acting.",
+                ""]
     figures = []
     for game in sorted({g for g, _, _ in by_agent}):
         agents = sorted(k for k in by_agent if k[0] == game)
-        lines_md += [f"## {game}", "", "| scaffold | memory model | seeds | progression | SE | 95% CI | writes/search |",
-                     "|---|---|---|---|---|---|---|"]
+        lines_md += [f"## {game}", "", "| scaffold | memory model | seeds | episodes | progression | BALROG SE | 95% CI | "
+                     "growth chars/step | write/search | look-ups used | writes after look-up |",
+                     "|---|---|---|---|---|---|---|---|---|---|---|"]
         rows = []
         for key in agents:
-            e = estimate(list(per_seed(by_agent[key]).values()))
-            writes, consults = ops.get(key, (0, 0))
-            ratio = f"{writes / consults:.2f}" if consults else "-"
-            lines_md.append(f"| {key[1]} | {key[2]} | {e.n} | {e.mean:.3f} | {e.se:.3f} | "
-                            f"[{e.ci_low:.3f}, {e.ci_high:.3f}] | {ratio} |")
-            rows.append((f"{key[1][:8]} {key[2][:16]}", e.mean, e.ci_low, e.ci_high))
-        figures.append(bars_with_intervals(f"progression-{game}.png", f"{game}: progression (95% CI)", rows))
+            e = estimate(by_agent[key])
+            d = diagnostics.get(key)
+            ci = f"[{e.ci_low:.3f}, {e.ci_high:.3f}]" if e.ci_low is not None else f"- ({e.ci_note})"
+            lines_md.append(f"| {key[1]} | {key[2]} | {e.n} | {e.episodes} | {e.mean:.3f} | {e.se:.3f} | {ci} | "
+                            f"{_num(d and d.growth_chars_per_step, 1)} | {_num(d and d.write_search_ratio, 2)} | "
+                            f"{f'{d.lookups_used}/{d.lookups}' if d else '-'} | {d.writes_after_lookup if d else '-'} |")
+            rows.append((f"{key[1][:8]} {key[2][:16]}", e.mean,
+                         e.mean if e.ci_low is None else e.ci_low, e.mean if e.ci_high is None else e.ci_high))
+        figures.append(bars_with_intervals(f"progression-{game}.png",
+                                           f"{game}: progression (95% CI over seeds, where 3+)", rows))
         series = {f"{h[:8]} {m[:16]}": [(s, c) for g2, h2, m2, s, c in memory if (g2, h2, m2) == (game, h, m)]
                   for _, h, m in agents}
         figures.append(lines(f"memory-{game}.png", f"{game}: memory size over the episode", series, "step",
@@ -58,3 +63,15 @@ def archive_report(archive_root: Path | str, out: Path | str) -> Path:
     out = Path(out)
     write_report(out, "\n".join(lines_md), figures)
     return out
+
+
+def agent_diagnostics(con) -> dict[tuple[str, str, str], GroupDiagnostics]:
+    """(game, scaffold hash, memory model) -> the memory diagnostics of its finished episodes,
+    pooled as `diagnostics.aggregate` pools them."""
+    return {(g, h, m): group_from_row(rest) for g, h, m, *rest in con.execute(
+        f"SELECT e.game, e.scaffold_hash, e.memory_model, {sql_aggregate('e')} FROM episodes e "
+        "WHERE e.complete GROUP BY ALL").fetchall()}
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
-from agent_core.diagnostics import Diagnostics
+from agent_core.diagnostics import Diagnostics, aggregate
 from agent_core.episode import EpisodeSpec
 from agent_core.models.config import ModelConfig
 from agent_core.records import EpisodeSummary
@@ -203,11 +203,12 @@ def summary_markdown(summaries: list[EpisodeSummary], diagnostics: list[Diagnost
              "write/search | invalid-op rate | tokens |", "|---|---|---|---|---|---|---|---|---|"]
     for (game, task), items in sorted(groups.items()):
         prog = [s.progression for s, _ in items]
-        ws = [d.write_search_ratio for _, d in items if d.write_search_ratio is not None]
+        pooled = aggregate([d for _, d in items])  # the one definition of the paper's two diagnostics
+        ws = pooled.write_search_ratio
         lines.append(
             f"| {game} | {task} | {len(items)} | {statistics.fmean(prog):.4f} | "
-            f"{statistics.pstdev(prog):.4f} | {statistics.fmean(d.growth_chars_per_step for _, d in items):.1f} | "
-            f"{(statistics.fmean(ws) if ws else float('nan')):.2f} | "
+            f"{statistics.pstdev(prog):.4f} | {pooled.growth_chars_per_step or 0.0:.1f} | "
+            f"{(ws if ws is not None else float('nan')):.2f} | "
             f"{statistics.fmean(d.invalid_op_rate for _, d in items):.3f} | "
             f"{sum(s.prompt_tokens + s.completion_tokens for s, _ in items)} |")
     return "\n".join(lines) + "\n"

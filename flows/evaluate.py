@@ -16,8 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent_core.diagnostics import Diagnostics, per_step_means
-from agent_core.evaluation import PUBLISHED, PUBLISHED_DIAGNOSTICS, compare, estimate, per_seed
+from agent_core.diagnostics import Diagnostics, aggregate, per_step_means
+from agent_core.evaluation import PUBLISHED, PUBLISHED_DIAGNOSTICS, compare_all, estimate, per_seed
 from agent_core.gate import GateConfig
 from agent_core.plots import bars_with_intervals, lines, write_report
 from agent_core.records import EpisodeSummary
@@ -110,33 +110,16 @@ def evaluate(params: EvaluateParams) -> dict:
     diagnostics = diagnose_traces(traces)
 
     games = sorted({g for _, g, _, _ in owners})
-    results: dict[tuple[str, str], list[tuple[str, int, float]]] = defaultdict(list)
-    episodes: dict[tuple[str, str], list[tuple[EpisodeSummary, Diagnostics]]] = defaultdict(list)
-    for (label, game, task, seed), s, d in zip(owners, summaries, diagnostics):
-        results[(label, game)].append((task, seed, s.progression))
-        episodes[(label, game)].append((s, d))
     labels = [a.label for a in params.arms]
-    table, comparisons, figures = [], [], []
+    table, comparisons = summarise(owners, summaries, diagnostics, labels, params.gate)
+    figures = []
     for game in games:
-        seeds = {label: per_seed(results[(label, game)]) for label in labels}
-        for label in labels:
-            est = estimate(list(seeds[label].values()))
-            diag = [d for _, d in episodes[(label, game)]]
-            ws = [d.write_search_ratio for d in diag if d.write_search_ratio is not None]
-            table.append({"arm": label, "game": game, "n": est.n, "mean": est.mean, "se": est.se,
-                          "ci_low": est.ci_low, "ci_high": est.ci_high,
-                          "growth_chars_per_step": statistics.fmean(d.growth_chars_per_step for d in diag),
-                          "write_search_ratio": statistics.fmean(ws) if ws else None,
-                          "invalid_op_rate": statistics.fmean(d.invalid_op_rate for d in diag)})
-        for i, a in enumerate(labels):
-            for b in labels[i + 1:]:
-                verdict = compare(a, seeds[a], b, seeds[b], params.gate)
-                if verdict:
-                    comparisons.append({"game": game, "a": a, "b": b, "delta": verdict.delta, "p": verdict.p_value,
-                                        "better": verdict.promote})
-        rows = [(r["arm"], r["mean"], r["ci_low"], r["ci_high"]) for r in table if r["game"] == game]
-        figures.append(bars_with_intervals(f"progression-{game}.png", f"{game}: progression (95% CI)", rows))
-        series = {label: per_step_means([s.trace_path for s, _ in episodes[(label, game)]],
+        episodes = [(s, label) for (label, g, _, _), s in zip(owners, summaries) if g == game]
+        rows = [(r["arm"], r["mean"], r["ci_low"], r["ci_high"]) if r["ci_low"] is not None
+                else (r["arm"], r["mean"], r["mean"], r["mean"]) for r in table if r["game"] == game]
+        figures.append(bars_with_intervals(f"progression-{game}.png",
+                                           f"{game}: progression (95% CI over seeds, where 3+)", rows))
+        series = {label: per_step_means([s.trace_path for s, lab in episodes if lab == label],
                                         ("memory_chars", "progression")) for label in labels}
         figures.append(lines(f"memory-{game}.png", f"{game}: memory size over the episode",
                              {label: s["memory_chars"] for label, s in series.items()}, "step", "memory characters"))
@@ -154,24 +137,60 @@ def evaluate(params: EvaluateParams) -> dict:
             "episodes": [s.episode_id for s in summaries]}
 
 
+def summarise(owners: list[tuple[str, str, str, int]], summaries: list[EpisodeSummary],
+              diagnostics: list[Diagnostics], labels: list[str], gate: GateConfig) -> tuple[list[dict], list[dict]]:
+    """The evaluation's table (one row per arm and game: estimate and memory diagnostics) and
+    its pairwise comparisons (two-sided, Holm over all pairs and games). `owners[i]` is
+    (arm, game, task, seed) of `summaries[i]` and `diagnostics[i]`."""
+    results: dict[tuple[str, str], list[tuple[str, int, float]]] = defaultdict(list)
+    diags: dict[tuple[str, str], list[Diagnostics]] = defaultdict(list)
+    for (label, game, task, seed), s, d in zip(owners, summaries, diagnostics):
+        results[(label, game)].append((task, seed, s.progression))
+        diags[(label, game)].append(d)
+    games = sorted({g for _, g, _, _ in owners})
+    table = []
+    for game in games:
+        for label in labels:
+            est = estimate(results[(label, game)])
+            group = aggregate(diags[(label, game)])
+            table.append({"arm": label, "game": game, **est.model_dump(),
+                          **group.model_dump(include={"write_search_ratio", "growth_chars_per_step", "lookups",
+                                                      "lookups_used", "writes_after_lookup",
+                                                      "distinct_actions_per_episode",
+                                                      "distinct_written_texts_per_episode"}),
+                          "invalid_op_rate": statistics.fmean(d.invalid_op_rate for d in diags[(label, game)])})
+    seeds = {game: {label: per_seed(results[(label, game)]) for label in labels} for game in games}
+    comparisons = [c.model_dump() for c in compare_all(seeds, gate)]
+    return table, comparisons
+
+
 def _markdown(params: EvaluateParams, budget: int, games: list[str], table: list[dict], comparisons: list[dict]) -> str:
     lines_ = [f"# Evaluation: {len(params.arms)} arms, seeds {params.seeds}, {budget} steps", "",
               f"Model: {params.models.ids()[1]}. Progression is the mean over seeds (MiniHack: each seed "
-              "averaged over its tasks first), with BALROG's standard error and a 95% bootstrap interval "
-              "over seeds.", ""]
+              "averaged over its tasks first). **BALROG SE** is BALROG's standard error exactly: the population "
+              "SD over all episodes of the game (tasks pooled) divided by sqrt(episodes). **95% CI** is ours: a "
+              "percentile bootstrap over seeds, given from 3 seeds on. Memory diagnostics are pooled over the "
+              "arm's episodes: growth = (final - seeded characters) / steps, write/search = successful writes / "
+              "successful SEARCH/READ/TAIL; look-ups used = successful look-ups whose result a later call of the "
+              "same step saw before writing or acting.", ""]
+    n_pairs = len(comparisons)
     for game in games:
-        lines_ += [f"## {game}", "", "| arm | seeds | progression | SE | 95% CI | growth chars/step | "
-                   "write/search | invalid-op rate |", "|---|---|---|---|---|---|---|---|"]
+        lines_ += [f"## {game}", "", "| arm | seeds | episodes | progression | BALROG SE | 95% CI | growth chars/step | "
+                   "write/search | look-ups used | writes after look-up | distinct actions/episode | invalid-op rate |",
+                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in table if r["game"] == game):
-            lines_.append(f"| {r['arm']} | {r['n']} | {_fmt(r['mean'])} | {_fmt(r['se'])} | "
-                          f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {_fmt(r['growth_chars_per_step'], 1)} | "
-                          f"{_fmt(r['write_search_ratio'], 2)} | {_fmt(r['invalid_op_rate'])} |")
+            ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r["ci_low"] is not None else f"- ({r['ci_note']})"
+            lines_.append(f"| {r['arm']} | {r['n']} | {r['episodes']} | {_fmt(r['mean'])} | {_fmt(r['se'])} | {ci} | "
+                          f"{_fmt(r['growth_chars_per_step'], 1)} | {_fmt(r['write_search_ratio'], 2)} | "
+                          f"{r['lookups_used']}/{r['lookups']} | {r['writes_after_lookup']} | "
+                          f"{_fmt(r['distinct_actions_per_episode'], 1)} | {_fmt(r['invalid_op_rate'])} |")
         rows = [c for c in comparisons if c["game"] == game]
         if rows:
-            lines_ += ["", f"Paired comparisons ({params.gate.test} test, one-sided, alpha {params.gate.alpha:g}):",
-                       "", "| arm A | arm B | mean B - A | p | B better |", "|---|---|---|---|---|"]
-            lines_ += [f"| {c['a']} | {c['b']} | {c['delta']:+.3f} | {c['p']:.3f} | {'yes' if c['better'] else 'no'} |"
-                       for c in rows]
+            lines_ += ["", f"Paired comparisons ({params.gate.test} test, two-sided, Holm's correction over all "
+                       f"{n_pairs} pairs of all games, alpha {params.gate.alpha:g}):", "",
+                       "| arm A | arm B | seeds | mean B - A | p | Holm p | verdict |", "|---|---|---|---|---|---|---|"]
+            lines_ += [f"| {c['a']} | {c['b']} | {len(c['seeds'])} | {c['delta']:+.3f} | {c['p']:.3f} | "
+                       f"{c['p_holm']:.3f} | {c['direction']} |" for c in rows]
         lines_ += ["", "{{figure:progression-" + game + ".png}}", "", "{{figure:memory-" + game + ".png}}",
                    "", "{{figure:curve-" + game + ".png}}", ""]
     lines_ += ["## Published reference values (not ours)", "",

@@ -58,42 +58,91 @@ class IterationParams(GameParams):
                                   trials=self.trials, train_base=self.train_base, train_budget=self.train_budget)
 
 
-def night_history(root: Path, game: str) -> tuple[str, list[Figure]]:
-    """Per night (UTC date the episodes started) and scaffold: the episodes of the scaffold
-    loop's seeds, their mean progression, memory growth per step and write-to-search ratio
-    (the paper's two diagnostics), from the workspace's Parquet archive."""
-    from agent_core.archive import connect
-    from agent_core.diagnostics import CONSULTS, WRITES, sql_list
+def promoted_scaffolds(root: Path, game: str, start: str | None = None) -> set[str]:
+    """Hashes of the scaffolds that were ever the incumbent for `game`: every promotion in
+    the registry, the incumbents they replaced (the first is v0), and `start` (the hash the
+    current run started from)."""
+    from agent_core.registry import load_registry
+    from agent_core.scaffold import Scaffold, ScaffoldError
 
-    rows: list[tuple] = []
-    if (root / "archive" / "episodes").is_dir():
-        con = connect(root / "archive")
-        try:
-            rows = con.execute(
-                "WITH ops AS (SELECT episode_id, "
-                f"  count(*) FILTER (WHERE op IN ({sql_list(WRITES)})) AS w, "
-                f"  count(*) FILTER (WHERE op IN ({sql_list(CONSULTS)})) AS c FROM memory_ops GROUP BY ALL) "
-                "SELECT substr(e.started_at, 1, 10) AS night, e.scaffold_hash, count(*), avg(e.progression), "
-                "  avg(e.memory_chars / greatest(e.steps, 1)), sum(coalesce(o.w, 0)), sum(coalesce(o.c, 0)) "
-                "FROM episodes e LEFT JOIN ops o ON o.episode_id = e.episode_id WHERE e.game = ? "
-                "GROUP BY ALL ORDER BY night, e.scaffold_hash", [game]).fetchall()
-        finally:
-            con.close()
-    table = ["| night | scaffold | episodes | mean progression | growth chars/step | write/search |",
-             "|---|---|---|---|---|---|"]
-    table += [f"| {n} | {h} | {k} | {p:.3f} | {g:.1f} | {f'{w / c:.2f}' if c else '- (no look-ups)'} |"
-              for n, h, k, p, g, w, c in rows]
+    hashes = {start} if start else set()
+    for entry in load_registry(root).history:
+        if entry.get("kind") != "scaffolds" or entry.get("game") != game:
+            continue
+        for stored in (entry.get("path"), entry.get("previous")):
+            try:
+                scaffold = Scaffold.load(stored if Path(stored).is_absolute() else root / stored) if stored \
+                    else Scaffold.builtin(game)
+            except (ScaffoldError, OSError):  # a scaffold folder removed since: its hash is in the path
+                hashes.add(Path(stored).name)
+                continue
+            hashes.add(scaffold.hash)
+    return hashes
+
+
+def night_rows(root: Path, game: str, max_steps: int, seeds: list[int], memory_model: str,
+               promoted: set[str]) -> list[dict]:
+    """Per night (UTC date the episodes started) and scaffold, like with like: finished
+    episodes of `game` with this step budget, memory model and these seeds only (other
+    budgets, models, seeds or specialists are left out). Each row: its progression mean
+    over its seeds, the paper's two diagnostics pooled (`diagnostics.sql_aggregate`),
+    whether the scaffold was ever promoted, and whether it played every seed."""
+    from agent_core.archive import connect
+    from agent_core.diagnostics import group_from_row, sql_aggregate
+
+    if not (root / "archive" / "episodes").is_dir():
+        return []
+    con = connect(root / "archive")
+    try:
+        found = con.execute(
+            "SELECT substr(e.started_at, 1, 10) AS night, e.scaffold_hash, count(DISTINCT e.seed), "
+            f"avg(e.progression), {sql_aggregate('e')} FROM episodes e "
+            "WHERE e.complete AND e.game = ? AND e.max_steps = ? AND e.memory_model = ? "
+            "AND list_contains(?, e.seed) GROUP BY ALL ORDER BY night, e.scaffold_hash",
+            [game, max_steps, memory_model, sorted(seeds)]).fetchall()
+    finally:
+        con.close()
+    return [{"night": night, "scaffold": h, "seeds": k, "all_seeds": k == len(set(seeds)), "progression": p,
+             "promoted": h in promoted, **group_from_row(rest).model_dump()}
+            for night, h, k, p, *rest in found]
+
+
+def night_history(root: Path, game: str, max_steps: int, seeds: list[int], memory_model: str,
+                  promoted: set[str]) -> tuple[str, list[Figure]]:
+    """The history across nights (`night_rows`) as a labelled table and plots: the best
+    mean progression per night among promoted scaffolds that played every seed, and the
+    paper's two diagnostics by scaffold."""
+    rows = night_rows(root, game, max_steps, seeds, memory_model, promoted)
+    label = (f"Episodes of {game} with {max_steps} steps, memory model {memory_model}, seeds {sorted(seeds)} "
+             "(scaffold-loop rollouts, and any evaluation that played the same); progression is the mean over "
+             "seeds; growth = (final - seeded characters) / steps and write/search = successful writes / "
+             "successful SEARCH/READ/TAIL, pooled over the episodes. *promoted*: the scaffold was the incumbent "
+             "at some point (v0 or a promotion); others are candidates the gate kept out.")
+
+    def ratio(r: dict) -> str:
+        return f"{r['write_search_ratio']:.2f}" if r["write_search_ratio"] is not None else "- (no look-ups)"
+
+    table = [label, "", "| night | scaffold | promoted | seeds | mean progression | growth chars/step | write/search |",
+             "|---|---|---|---|---|---|---|"]
+    table += [f"| {r['night']} | {r['scaffold']} | {'yes' if r['promoted'] else 'no'} | "
+              f"{r['seeds']}{'' if r['all_seeds'] else f' of {len(set(seeds))}'} | {r['progression']:.3f} | "
+              f"{r['growth_chars_per_step'] or 0.0:.1f} | {ratio(r)} |" for r in rows]
     by_night: dict[str, list[float]] = {}
-    for night, _, _, p, *_ in rows:
-        by_night.setdefault(night, []).append(p)
+    for r in rows:
+        if r["promoted"] and r["all_seeds"]:
+            by_night.setdefault(r["night"], []).append(r["progression"])
     points = [(i, max(v)) for i, (_, v) in enumerate(sorted(by_night.items()))]
-    labels = [(f"{n[5:]} {h[:6]}", g, w / c if c else float("nan")) for n, h, _, _, g, w, c in rows]
+    nan = float("nan")
+    labels = [(f"{r['night'][5:]} {r['scaffold'][:6]}{'*' if r['promoted'] else ''}",
+               r["growth_chars_per_step"] if r["growth_chars_per_step"] is not None else nan,
+               r["write_search_ratio"] if r["write_search_ratio"] is not None else nan) for r in rows]
     figures = [
-        lines_plot("history.png", "best mean progression per night", {"scaffolds": points}, "night", "progression"),
-        bars("growth.png", "memory growth per step, by scaffold", [(lab, g, g, g) for lab, g, _ in labels],
+        lines_plot("history.png", "best mean progression per night (promoted scaffolds)", {"promoted": points},
+                   "night", "progression"),
+        bars("growth.png", "memory growth per step, by scaffold (* promoted)", [(lab, g, g, g) for lab, g, _ in labels],
              "characters per step"),
-        bars("write-search.png", "write-to-search ratio, by scaffold", [(lab, r, r, r) for lab, _, r in labels],
-             "writes per look-up"),
+        bars("write-search.png", "write-to-search ratio, by scaffold (* promoted)",
+             [(lab, r, r, r) for lab, _, r in labels], "writes per look-up"),
     ]
     return "\n".join(table), figures
 
@@ -102,13 +151,16 @@ def night_history(root: Path, game: str) -> tuple[str, list[Figure]]:
 def iteration(params: IterationParams = IterationParams()) -> dict:
     logger = get_run_logger()
     params.training().preflight()  # a wrong server, base or device fails now, not after the scaffold loop
+    start = params.scaffold_loop().incumbent().hash  # the incumbent this night starts from
     scaffolds = scaffold_loop(params.scaffold_loop())
     training = training_loop(params.training(scaffolds["incumbent"]))
     lines = [f"# Nightly iteration: {params.game}", "", "## Scaffold loop", ""]
     lines += [f"- iteration {h['iteration']}: {h['verdict']} - {h.get('reason', '')}" for h in scaffolds["history"]]
     lines += ["", f"Incumbent scaffold: `{scaffolds['incumbent']}`", "", "## Training loop", "",
               Path(training["report"]).read_text()]
-    history, figures = night_history(params.root(), params.game_name)
+    promoted = promoted_scaffolds(params.root(), params.game_name, start)
+    history, figures = night_history(params.root(), params.game_name, params.max_steps, params.eval_seeds,
+                                     params.models.ids()[0], promoted)
     lines += ["## History across nights", "", history, "", "{{figure:history.png}}", "", "{{figure:growth.png}}",
               "", "{{figure:write-search.png}}"]
     from prefect.runtime import flow_run

@@ -100,7 +100,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
                                             [s.progression for s in cand_confirm], params.gate, verdict_path)
             _publish(params, iteration, incumbent, candidate, proposal, verdict)
             history.append(IterationRecord(**entry, candidate=candidate.hash, reason=verdict.reason,
-                                           verdict="promoted" if verdict.promote else "kept incumbent"))
+                                           verdict=verdict.outcome))
             logger.info("iteration %d: %s - %s", iteration, history[-1].verdict, verdict.reason)
             sync(params.workspace, root / "verdicts")
             if verdict.promote:
@@ -124,7 +124,8 @@ def _publish(params: ScaffoldLoopParams, iteration: int, incumbent: Scaffold, ca
     create_markdown_artifact(scaffold_diff(incumbent, candidate), key=f"{prefix}-diff",
                              description=f"iteration {iteration}: candidate vs incumbent")
     analysis = "\n".join([f"# Reviewer analysis ({proposal.reviewer})", "", proposal.analysis, "",
-                          "## Changes", *[f"- {c}" for c in proposal.changes], "", f"**Gate:** {verdict.reason}"])
+                          "## Changes", *[f"- {c}" for c in proposal.changes], "",
+                          f"**Gate ({verdict.outcome}):** {verdict.reason}"])
     create_markdown_artifact(analysis, key=f"{prefix}-analysis", description=f"iteration {iteration}: analysis")
     rows = [{"seed": s, "incumbent": i, "candidate": c, "delta": round(c - i, 4)}
             for s, i, c in zip(verdict.seeds, verdict.incumbent, verdict.candidate)]

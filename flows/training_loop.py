@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field, field_validator, model_validator
 
-from agent_core.diagnostics import Diagnostics
+from agent_core.diagnostics import Diagnostics, aggregate
 from agent_core.gate import GateConfig, adjust, holm
 from agent_core.loop_records import TrialRecord
 from agent_core.registry import incumbent_path
@@ -92,20 +92,28 @@ def pool_key(params: TrainingLoopParams, scaffold_hash: str) -> str:
 
 def side_by_side(base: list[Diagnostics], spec: list[Diagnostics], base_runs: list[EpisodeSummary],
                  spec_runs: list[EpisodeSummary]) -> dict[str, dict[str, float | None]]:
-    """Progression and memory diagnostics, base agent vs specialist, averaged over seeds."""
+    """Progression and memory diagnostics, base agent vs specialist: progression, duplicate
+    writes and invalid ops averaged over seeds; the paper's two diagnostics and what memory
+    did pooled over the episodes (`diagnostics.aggregate`)."""
     def mean(values):
         values = [v for v in values if v is not None]
         return round(statistics.fmean(values), 4) if values else None
 
+    def pooled(name: str) -> dict[str, float | None]:  # the paper's two: one definition (`aggregate`)
+        b, s = getattr(aggregate(base), name), getattr(aggregate(spec), name)
+        return {"base": None if b is None else round(b, 4), "specialist": None if s is None else round(s, 4)}
+
     rows = {}
     for name, (b, s) in {
         "progression": ([r.progression for r in base_runs], [r.progression for r in spec_runs]),
-        "write_search_ratio": ([d.write_search_ratio for d in base], [d.write_search_ratio for d in spec]),
-        "growth_chars_per_step": ([d.growth_chars_per_step for d in base], [d.growth_chars_per_step for d in spec]),
         "duplicate_write_ratio": ([d.duplicate_write_ratio for d in base], [d.duplicate_write_ratio for d in spec]),
         "invalid_op_rate": ([d.invalid_op_rate for d in base], [d.invalid_op_rate for d in spec]),
     }.items():
         rows[name] = {"base": mean(b), "specialist": mean(s)}
+    rows["write_search_ratio"] = pooled("write_search_ratio")
+    rows["growth_chars_per_step"] = pooled("growth_chars_per_step")
+    rows["lookups_used"] = pooled("lookups_used")
+    rows["writes_after_lookup"] = pooled("writes_after_lookup")
     return rows
 
 
@@ -178,7 +186,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     # the trials were judged on the same seeds: Holm's correction before picking the best
     tested = [t for t in trials if t.verdict is not None]
     for t, p in zip(tested, holm([t.verdict.p_value for t in tested])):
-        t.verdict = adjust(t.verdict, p, params.gate)
+        t.verdict = adjust(t.verdict, p, params.gate, tests=len(tested))
     passing = [t for t in tested if t.verdict.promote]
     best = max(passing, key=lambda t: t.verdict.mean_candidate, default=None)
     if best:  # the winner plays held-out seeds against the incumbent before it is believed
@@ -244,6 +252,7 @@ def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRe
              "incumbent": t.verdict.mean_incumbent if t.verdict else None,
              "specialist": t.verdict.mean_candidate if t.verdict else None,
              "promoted": t.verdict.promote if t.verdict else None,
+             "outcome": t.verdict.outcome if t.verdict else None,
              "note": t.error or (t.verdict.reason if t.verdict else None)}
             for t in trials]
     create_table_artifact(rows, key="training-loop-trials", description="training trials")
@@ -255,7 +264,8 @@ def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRe
             lines += [f"Rejected: {t.error}", ""]
             continue
         held = f", held-out loss {t.eval_loss:.4f} on {t.eval_examples} examples" if t.eval_loss is not None else ""
-        lines.append(f"{t.examples} examples, final training loss {t.final_loss:.4f}{held}; gate: {t.verdict.reason}")
+        lines.append(f"{t.examples} examples, final training loss {t.final_loss:.4f}{held}; "
+                     f"gate ({t.verdict.outcome}): {t.verdict.reason}")
         lines += ["", f"| metric | incumbent ({incumbent}) | specialist |", "|---|---|---|"]
         lines += [f"| {k} | {v['base']} | {v['specialist']} |" for k, v in t.comparison.items()]
         lines.append("")

@@ -47,11 +47,23 @@ class Curator(Protocol):
         ...
 
 
+def held_out_loss(trial: dict) -> float | None:
+    """The trial's loss on held-out episodes (`dataset.split_held_out`), the loss trials are
+    compared by: the training loss rewards memorising the pool. None when the pool had one
+    episode (nothing could be held out)."""
+    value = trial.get("eval_loss")
+    return None if value is None else float(value)
+
+
 def describe_trial(trial: dict) -> str:
     """One line a curator reads about an earlier trial."""
     if trial.get("error"):
         return f"rejected: {trial['error']}"
-    parts = [f"{trial.get('examples', '?')} examples, final training loss {trial.get('final_loss', float('nan')):.3f}"]
+    held = held_out_loss(trial)
+    loss = (f"held-out loss {held:.3f} on {trial.get('eval_examples', '?')} examples of unseen episodes"
+            if held is not None else "no held-out loss (a single pool episode)")
+    parts = [f"{trial.get('examples', '?')} examples, {loss}, final training loss "
+             f"{trial.get('final_loss', float('nan')):.3f}"]
     if "verdict" in trial:
         v = trial["verdict"]
         parts.append(f"specialist progression {v['mean_candidate']:.3f} vs base {v['mean_incumbent']:.3f} "
@@ -60,6 +72,12 @@ def describe_trial(trial: dict) -> str:
         parts.append(f"write/search specialist {trial['diagnostics'].get('specialist')} vs base "
                      f"{trial['diagnostics'].get('base')}")
     return "; ".join(parts)
+
+
+def best_by_held_out(trials: list[dict]) -> dict | None:
+    """The trained trial with the lowest held-out loss (None: no trial has one)."""
+    scored = [t for t in trials if not t.get("error") and held_out_loss(t) is not None]
+    return min(scored, key=lambda t: (held_out_loss(t), t.get("trial", 0)), default=None)
 
 
 class MetaLLMCurator:
@@ -87,8 +105,10 @@ class RuleBasedCurator:
     """Trial 0: the rule-based program, or its first looser selection when the pool has no
     LOG or no PLAN turn that consulted memory before writing (a small model rarely looks
     anything up). Later trials revise it from what happened: too little data -> a looser
-    selection; loss still high -> one more epoch; specialist no better than the base -> a
-    lower learning rate and the top episodes only."""
+    selection; held-out loss (on unseen episodes; the training loss without one) still
+    high -> one more epoch; held-out loss worse than an earlier trial's -> back to that
+    trial's LoRA settings with one epoch fewer (the last change over-fitted); specialist no
+    better than the base -> a lower learning rate and the top episodes only."""
 
     name = "rule-based"
 
@@ -105,7 +125,14 @@ class RuleBasedCurator:
         if done:
             last = done[-1]
             lora = program.lora
-            if last.get("final_loss", 0.0) > 1.0:
+            best = best_by_held_out(done)
+            held = held_out_loss(last)
+            if best is not None and best is not last and held is not None and held > held_out_loss(best):
+                # compared on unseen episodes, the last trial generalised worse: retreat
+                settings = (best.get("program") or {}).get("lora")
+                lora = type(lora).model_validate(settings) if settings else lora
+                lora = lora.model_copy(update={"epochs": max(1, lora.epochs - 1)})
+            elif (held if held is not None else last.get("final_loss", 0.0)) > 1.0:
                 lora = lora.model_copy(update={"epochs": min(lora.epochs + len(done), 50)})
             if "verdict" in last and not last["verdict"]["promote"]:
                 lora = lora.model_copy(update={"learning_rate": lora.learning_rate / (2 ** len(done))})
@@ -124,4 +151,5 @@ def make_curator(config: MetaLLMConfig, base_path: Path | None = None) -> Curato
     return MetaLLMCurator(model, config.params(), base_path) if model else RuleBasedCurator()
 
 
-__all__ = ["Curator", "MetaLLMCurator", "RuleBasedCurator", "make_curator", "describe_trial", "ProgramError"]
+__all__ = ["Curator", "MetaLLMCurator", "RuleBasedCurator", "make_curator", "describe_trial", "held_out_loss",
+           "best_by_held_out", "ProgramError"]

@@ -22,7 +22,6 @@ torch, transformers and peft are imported inside the functions (they take second
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -38,7 +37,7 @@ from pydantic import BaseModel, Field
 
 from agent_core.models.devices import kind, resolve_device, training_dtype
 from agent_core.models.weights import force_offline, local_model_path
-from agent_core.training.dataset import load_examples, remove_stale
+from agent_core.training.dataset import load_examples, remove_stale, split_held_out  # noqa: F401 (re-exported)
 from agent_core.training.program import LoraSettings, ProgramError, check_lora
 
 log = logging.getLogger(__name__)
@@ -71,8 +70,8 @@ class TrainResult(BaseModel):
     examples: int = Field(description="Training examples used (after dropping those that do not fit).")
     final_loss: float = Field(description="Training loss of the last step.")
     eval_loss: float | None = Field(description="Loss (eval mode) after training on the held-out "
-                                    "examples (`split_held_out`), never trained on; the saved adapter "
-                                    "reproduces it (`batch_loss`). None with fewer than 2 examples.")
+                                    "episodes' examples (`dataset.split_held_out`), never trained on; the saved "
+                                    "adapter reproduces it (`batch_loss`). None with fewer than 2 episodes.")
     eval_examples: int = Field(0, description="Held-out examples behind eval_loss.")
     loss_curve: list[float] = Field(description="Training loss per optimizer step.")
     tokens: int = Field(description="Non-padding tokens processed over all steps.")
@@ -80,22 +79,6 @@ class TrainResult(BaseModel):
     base_model: str = Field(description="Name of the base model folder.")
     device: str = Field("cpu", description="Kind of device trained on (cpu, cuda).")
     dtype: str = Field("float32", description="Dtype of the base weights during training.")
-
-
-def split_held_out(examples: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
-    """Indices (train, held out) of `examples`: about one in ten is held out for eval_loss
-    (at least one once there are two, at most 32), chosen by a hash of its content, so the
-    split is the same whatever the order and never depends on the seed."""
-    if len(examples) < 2:
-        return list(range(len(examples))), []
-
-    def key(i: int) -> str:
-        x = examples[i]
-        blob = json.dumps([x.get("meta", {}).get("call_id"), x["messages"], x["target"]], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    held = set(sorted(range(len(examples)), key=key)[: max(1, min(32, len(examples) // 10))])
-    return [i for i in range(len(examples)) if i not in held], sorted(held)
 
 
 @dataclass

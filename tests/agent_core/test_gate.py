@@ -1,7 +1,7 @@
 import pytest
 
 from agent_core.gate import (GateConfig, adjust, confirm, gate, holm, permutation_p_value,
-                             sign_p_value)
+                             sign_p_value, smallest_p)
 
 SEEDS = list(range(8))
 
@@ -68,10 +68,56 @@ def test_two_seeds_of_gain_are_not_enough_at_the_default_alpha():
     assert not v.promote and v.p_value == pytest.approx(0.25)
 
 
-@pytest.mark.parametrize("cand", [[0.1] * 8, [0.0] * 8])
-def test_ties_and_regressions_keep_the_incumbent(cand):
-    v = gate(SEEDS, [0.1] * 8, cand)
-    assert not v.promote and "no improvement" in v.reason
+def test_regressions_keep_the_incumbent():
+    v = gate(SEEDS, [0.1] * 8, [0.0] * 8)
+    assert not v.promote and "no improvement" in v.reason and not v.underpowered
+    assert v.outcome == "kept incumbent"
+
+
+def test_all_ties_are_underpowered_not_no_improvement():
+    v = gate(SEEDS, [0.1] * 8, [0.1] * 8)
+    assert not v.promote and v.underpowered and v.tied == 8 and v.min_p == 1.0
+    assert v.reason.startswith("underpowered") and "no improvement" not in v.reason
+
+
+@pytest.mark.parametrize("test", ["permutation", "sign"])
+def test_four_seeds_with_one_tie_are_underpowered_at_alpha_a_tenth(test):
+    config = GateConfig(alpha=0.1, test=test)
+    config.check_seeds(4)  # four seeds are enough before anything is observed...
+    v = gate([0, 1, 2, 3], [0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], config)  # ...but one ties
+    # three differing seeds: the best any test can do is 1/2^3 = 2/16 > 0.1
+    assert v.tied == 1 and v.min_p == pytest.approx(2 / 16) and v.p_value == pytest.approx(2 / 16)
+    assert not v.promote and v.underpowered and v.outcome == "underpowered"
+    assert "underpowered" in v.reason and "1/2^3 = 0.125" in v.reason and "no improvement" not in v.reason
+    clean = gate([0, 1, 2, 3], [0.0] * 4, [1.0] * 4, config)  # four clean wins still promote
+    assert clean.promote and not clean.underpowered and clean.p_value == pytest.approx(1 / 16)
+    assert clean.outcome == "promoted"
+
+
+def test_holm_over_trials_can_leave_a_comparison_underpowered():
+    config = GateConfig(alpha=0.1)
+    winner = gate(list(range(4)), [0.0] * 4, [0.1] * 4, config)  # 1/16 alone
+    three = adjust(winner, holm([winner.p_value, 0.5, 0.5])[0], config, tests=3)
+    # 3 trials: the best reachable adjusted p is 3/16 = 0.1875 > 0.1 whatever happened
+    assert not three.promote and three.underpowered and three.min_p == pytest.approx(3 / 16)
+    assert "underpowered" in three.reason and "over 3 trials" in three.reason
+
+
+@pytest.mark.parametrize("diffs, expected", [
+    ([1, 2, 3, -1], 6 / 16),   # |sum| >= 5: the three sums >= 5 and their three mirror images
+    ([1, 1, 1, 1], 2 / 16),    # all up or all down
+    ([0.5, -0.5], 1.0),        # sum 0: every assignment is as extreme
+    ([0.0, 0.2, 0.2], 4 / 8),  # (+,+) and (-,-) on the two that differ, either sign on the tie
+])
+def test_two_sided_permutation_p_values_by_hand(diffs, expected):
+    assert permutation_p_value(diffs, two_sided=True) == pytest.approx(expected)
+
+
+def test_two_sided_sign_p_values_by_hand():
+    assert sign_p_value([1, 1, 1, -1], two_sided=True) == pytest.approx(10 / 16)  # 2 x P(X >= 3)
+    assert sign_p_value([-1, -1, -1, -1], two_sided=True) == pytest.approx(2 / 16)
+    assert sign_p_value([1, -1], two_sided=True) == 1.0
+    assert smallest_p(3, two_sided=True) == pytest.approx(2 / 8) and smallest_p(0) == 1.0
 
 
 def test_holm_adjusts_like_the_textbook():

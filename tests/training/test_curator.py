@@ -52,3 +52,31 @@ def test_meta_llm_curator_sees_pool_and_trials_and_is_parsed_strictly():
     assert describe_trial(trials[0]) in prompt and "selection_sql" in prompt
     with pytest.raises(ProgramError):
         curator.program(SCAFFOLD, DIGEST, trials)
+
+
+def test_trials_are_compared_by_held_out_loss_not_training_loss():
+    base = rule_based_program(DIGEST)
+    good = {"trial": 0, "examples": 40, "final_loss": 0.9, "eval_loss": 0.6, "eval_examples": 5,
+            "program": base.model_dump(mode="json")}
+    # trial 1 trained longer: lower training loss, higher held-out loss (it memorised the pool)
+    longer = base.lora.model_copy(update={"epochs": 6})
+    worse = {"trial": 1, "examples": 40, "final_loss": 0.2, "eval_loss": 0.95, "eval_examples": 5,
+             "program": base.model_copy(update={"lora": longer}).model_dump(mode="json")}
+    revised = RuleBasedCurator().program(SCAFFOLD, DIGEST, [good, worse])
+    assert revised.lora.epochs == base.lora.epochs - 1  # back to trial 0's settings, one epoch fewer
+    # a high held-out loss asks for more training even when the training loss looks done
+    high = {"trial": 0, "examples": 40, "final_loss": 0.3, "eval_loss": 1.8, "eval_examples": 5}
+    assert RuleBasedCurator().program(SCAFFOLD, DIGEST, [high]).lora.epochs == base.lora.epochs + 1
+    low = {"trial": 0, "examples": 40, "final_loss": 1.5, "eval_loss": 0.4, "eval_examples": 5}
+    assert RuleBasedCurator().program(SCAFFOLD, DIGEST, [low]).lora.epochs == base.lora.epochs
+
+
+def test_the_meta_llm_reads_each_trial_held_out_loss():
+    program = rule_based_program(DIGEST)
+    model = ScriptedModel([program.model_dump_json()])
+    trials = [{"trial": 0, "examples": 12, "final_loss": 0.2, "eval_loss": 0.95, "eval_examples": 4},
+              {"trial": 1, "examples": 12, "final_loss": 0.5}]
+    MetaLLMCurator(model, SamplingParams(max_tokens=2000)).program(SCAFFOLD, DIGEST, trials)
+    prompt = model.calls[0][0].content
+    assert "held-out loss 0.950 on 4 examples of unseen episodes" in prompt
+    assert "no held-out loss (a single pool episode)" in prompt and "compare them by held-out loss" in prompt

@@ -1,0 +1,128 @@
+"""The diagnostics on hand-built traces: the paper's two diagnostics as defined (successful
+ops only, seeded files excluded from growth, pooled over episodes) and what memory did
+(a look-up reaches a write or the action only through a later call of the same step)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent_core.diagnostics import aggregate, diagnose, memory_use
+from agent_core.records import EpisodeHeader, MemoryOp, Message, ModelCall, SamplingParams, StepRecord
+from agent_core.trace import Trace
+
+
+class Log:
+    """Builds calls with the log indices a real conversation would give them: each call's
+    reply lands at its `context_end`, the results of its operations right after."""
+
+    def __init__(self) -> None:
+        self.size = 2  # system prompt + the step's observation
+        self.n = 0
+
+    def call(self, reply: str, routine: str = "log", role: str = "memory", results: bool = True) -> ModelCall:
+        c = ModelCall(call_id=f"e:{self.n}", routine=routine, role=role, model="m", messages_digest="d",
+                      window_start=1, context_end=self.size, new_messages=[Message(role="user", content="obs")],
+                      reply=reply)
+        self.n += 1
+        self.size += 2 if results else 1  # the reply, then (if any) the user message with the results
+        return c
+
+
+def op(call: ModelCall, name: str, ok: bool = True, delta: int = 0, **args: str) -> MemoryOp:
+    return MemoryOp(call_id=call.call_id, routine=call.routine, op=name, args=args, ok=ok, result="r",
+                    delta_chars=delta)
+
+
+def step(n: int, calls: list[ModelCall], ops: list[MemoryOp], action: str = "east", source: str = "model",
+         chars: int = 0) -> StepRecord:
+    return StepRecord(episode_id="e", step=n, observation="o", action=action, action_text=action,
+                      action_source=source, reward=0.0, done=False, progression=0.0, calls=calls,
+                      memory_ops=ops, invalid_ops=sum(not o.ok for o in ops), memory_chars=chars,
+                      memory_lines=1, elapsed_s=0.0)
+
+
+def test_a_look_up_reaches_a_write_only_through_a_later_call():
+    # the new protocol: SEARCH ends the turn, its result is in the context of the call that writes
+    log = Log()
+    search = log.call("<|SEARCH|>key<|END|>")
+    write = log.call("<|UPSERT|>map.md|key|hall<|END|><|DONE|>")
+    act = log.call("<|ACTION|>east<|END|>", routine="plan", role="action", results=False)
+    turns = step(0, [search, write, act], [op(search, "search", query="key"),
+                                          op(write, "upsert", file="map.md", key="key", value="hall")])
+    assert memory_use([turns]).model_dump() == {"lookups": 1, "lookups_used": 1, "writes_after_lookup": 1,
+                                                 "distinct_actions": 1, "distinct_written_texts": 1}
+    # the old protocol: SEARCH and UPSERT in one reply, the result came back after the write
+    log = Log()
+    both = log.call("<|SEARCH|>key<|END|><|UPSERT|>map.md|key|hall<|END|><|DONE|>")
+    act = log.call("<|ACTION|>east<|END|>", routine="plan", role="action", results=False)
+    one_reply = [op(both, "search", query="key"), op(both, "upsert", file="map.md", key="key", value="hall")]
+    used = memory_use([step(0, [both, act], one_reply)])
+    assert used.writes_after_lookup == 0  # the write did not see it...
+    assert used.lookups_used == 1  # ...the action call did
+    # no action committed by the model (the default was taken): nothing after it decided anything
+    unused = memory_use([step(0, [both, act], one_reply, source="default")])
+    assert unused.lookups_used == 0 and unused.writes_after_lookup == 0
+
+
+def test_failed_look_ups_and_look_ups_followed_by_look_ups_only_do_not_count():
+    log = Log()
+    read = log.call("<|READ|>missing.md<|END|>")
+    listing = log.call("<|LIST|><|END|>")
+    done = log.call("<|DONE|>", results=False)
+    ops = [op(read, "read", ok=False, file="missing.md"), op(listing, "list"),
+           # a refused write sees the LIST result but writes nothing
+           op(done, "append", ok=False, file="a.md", text="x")]
+    use = memory_use([step(0, [read, listing, done], ops, source="default")])
+    assert use.lookups == 1 and use.lookups_used == 0 and use.writes_after_lookup == 0
+    assert use.distinct_written_texts == 0
+
+
+def test_a_result_outside_the_later_call_window_did_not_reach_it():
+    log = Log()
+    search = log.call("<|SEARCH|>key<|END|>")
+    write = log.call("<|APPEND|>a.md|x<|END|>")
+    # a window that starts after the result message (index 3): it never reached the write
+    write = write.model_copy(update={"window_start": search.context_end + 2})
+    use = memory_use([step(0, [search, write], [op(search, "search"), op(write, "append", file="a.md", text="x")],
+                           source="default")])
+    assert use.lookups_used == 0 and use.writes_after_lookup == 0
+
+
+def test_distinct_actions_and_written_texts():
+    log = Log()
+    calls = [log.call("<|APPEND|>a.md|x<|END|>") for _ in range(3)]
+    steps = [step(0, [calls[0]], [op(calls[0], "append", file="a.md", text="seen tree")], action="east"),
+             step(1, [calls[1]], [op(calls[1], "upsert", file="m.md", key="door", value="red")], action="west"),
+             step(2, [calls[2]], [op(calls[2], "append", file="a.md", text="seen tree"),
+                                  op(calls[2], "replace", file="a.md", old="tree", new="bush")], action="east")]
+    use = memory_use(steps)
+    assert use.distinct_actions == 2 and use.distinct_written_texts == 3  # "seen tree" twice, "door: red", "bush"
+
+
+def _trace(steps: list[StepRecord]) -> Trace:
+    header = EpisodeHeader(episode_id="e", game="tiny", task="t", seed=0, scaffold_hash="h", memory_model="m",
+                           action_model="m", max_steps=9, sampling=SamplingParams(), started_at="2026-12-02T00:00:00")
+    return Trace(path=Path("trace.jsonl"), header=header, steps=steps)
+
+
+def test_the_two_paper_diagnostics_count_successful_ops_and_exclude_seeded_files():
+    log = Log()
+    c0, c1, c2 = (log.call("x") for _ in range(3))
+    # the scaffold seeded 10 characters; step 0 writes 5 and fails one write; step 1 writes 10
+    s0 = step(0, [c0, c1], [op(c0, "search"), op(c0, "read", ok=False), op(c0, "list"),
+                            op(c1, "append", delta=5, file="a.md", text="hello"),
+                            op(c1, "append", ok=False, file="a.md", text="refused")], chars=15)
+    s1 = step(1, [c2], [op(c2, "rewrite", delta=10, file="b.md", text="0123456789")], chars=25)
+    d = diagnose(_trace([s0, s1]))
+    assert d.initial_memory_chars == 10 and d.memory_growth_chars == 15
+    assert d.growth_chars_per_step == pytest.approx(7.5)  # (25 - 10) / 2, not 25 / 2
+    assert d.writes == 2 and d.consults == 1 and d.write_search_ratio == 2.0  # LIST and the failed READ: no
+
+    # pooled over episodes: total writes / total consults, total growth / total steps
+    e = diagnose(_trace([step(0, [c0], [op(c0, "search"), op(c0, "search"), op(c0, "search")], chars=0)]))
+    group = aggregate([d, e])
+    assert group.write_search_ratio == pytest.approx(2 / 4)  # not the mean of 2.0 and 0.0
+    assert group.growth_chars_per_step == pytest.approx(15 / 3)
+    assert aggregate([e]).growth_chars_per_step == 0 and aggregate([]).write_search_ratio is None
