@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent_core.models.base import ChatModel
 from agent_core.records import SamplingParams
+from agent_core.review.agentic import AgentBudget
 
 
 class MetaLLMConfig(BaseModel):
@@ -28,7 +29,12 @@ class MetaLLMConfig(BaseModel):
     api_key_env: str = Field("AUTOMEM_META_API_KEY", description="Environment variable holding the key.")
     max_tokens: int = Field(8192, ge=256, le=200_000, description="Reply budget (a whole scaffold).")
     temperature: float = Field(0.2, ge=0.0, le=2.0)
-    replies: list[str] = Field(default_factory=list, description="Scripted backend: replies in order.")
+    replies: list[str] = Field(default_factory=list, description="Scripted backend: replies in order "
+                               "(agentic reviewer: each a JSON tool call {\"name\": ..., \"arguments\": {...}}).")
+    reviewer: Literal["single-call", "agentic"] = Field(
+        "single-call", description="single-call: one prompt holding the review bundle; agentic: the meta-LLM "
+        "reads the trace store through tools under `agent`'s budget (needs an endpoint with tool calls).")
+    agent: AgentBudget = Field(default_factory=AgentBudget, description="Budget of the agentic reviewer.")
 
     def resolved(self) -> "MetaLLMConfig":
         base_url = self.base_url or os.environ.get("AUTOMEM_META_BASE_URL")
@@ -66,7 +72,9 @@ class MetaLLMConfig(BaseModel):
     def identity(self) -> str:
         """What distinguishes this meta-LLM's output (part of review and curation cache keys)."""
         cfg = self.resolved()
-        return cfg.model_dump_json(exclude={"api_key_env"})
+        # the single-call reviewer's identity is what it was before the agentic option existed
+        plain = {"reviewer", "agent"} if cfg.reviewer == "single-call" else set()
+        return cfg.model_dump_json(exclude={"api_key_env"} | plain)
 
 
 @lru_cache(maxsize=None)

@@ -34,8 +34,8 @@ def review_scaffold(incumbent_dir: str, trace_paths: list[str], reviewer: MetaLL
     bundle = build_bundle(incumbent, trace_paths, token_budget=token_budget)
     (record).mkdir(parents=True, exist_ok=True)
     (record / "bundle.md").write_text(bundle.render())
-    return propose(make_reviewer(reviewer), bundle, incumbent, Path(workspace) / "scaffolds", record,
-                   max_attempts, feedback)
+    reviewer_ = make_reviewer(reviewer, Path(workspace) / "archive", Path(workspace) / "scaffolds", record)
+    return propose(reviewer_, bundle, incumbent, Path(workspace) / "scaffolds", record, max_attempts, feedback)
 
 
 @task(name="gate_candidate")

@@ -373,3 +373,33 @@ class AgenticCurator:
         if run.accepted is None:
             raise ProgramError(f"no program: {run.summary()}")
         return run.accepted["program"]
+
+
+def make_agentic_reviewer(config: Any, model: Any, archive_root: Path | str | None,
+                          scaffolds_root: Path | str | None, record_dir: Path | str | None) -> AgenticReviewer:
+    """The agentic reviewer of a meta-LLM config (`reviewer: agentic`) over the archive. With
+    the scripted backend, `replies` are JSON tool calls replayed in order (the last repeats)."""
+    if archive_root is None or scaffolds_root is None or record_dir is None:
+        raise ValueError("the agentic reviewer needs the archive, the scaffold store and a record folder")
+    if config.resolved().backend == "scripted":
+        model = _scripted_tools(tuple(config.replies))
+    return AgenticReviewer(model, archive_root, scaffolds_root, record_dir, config.agent)
+
+
+_SCRIPTS: dict[tuple[str, ...], Any] = {}
+
+
+def _scripted_tools(replies: tuple[str, ...]) -> Any:
+    """One scripted tool model per script and process (its replies go on across reviews)."""
+    from agent_core.models.tool_calls import ScriptedToolModel
+
+    if replies not in _SCRIPTS:
+        calls = []
+        for r in replies:
+            try:
+                data = json.loads(r)
+                calls.append((data["name"], data.get("arguments", {})))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                calls.append(r)  # plain text: the loop reminds the model to call a tool
+        _SCRIPTS[replies] = ScriptedToolModel(calls, model_id="scripted-meta", when_exhausted="repeat_last")
+    return _SCRIPTS[replies]

@@ -1,0 +1,67 @@
+"""The agentic reviewer as a named option of the scaffold loop (scripted tool calls), on a
+temporary Prefect API: it reads the archive through tools, its candidate is validated,
+played and gated like the single-call reviewer's; one that never submits is "no revision"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent_core.meta import MetaLLMConfig
+from agent_core.models.config import ModelConfig
+from agent_core.review.agentic import AgentBudget
+from agent_core.scaffold import Scaffold
+from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
+
+
+@pytest.fixture(autouse=True)
+def no_meta_endpoint(monkeypatch):
+    monkeypatch.delenv("AUTOMEM_META_BASE_URL", raising=False)
+    monkeypatch.delenv("AUTOMEM_META_MODEL", raising=False)
+
+
+def params(ws: Path, reviewer: MetaLLMConfig) -> ScaffoldLoopParams:
+    return ScaffoldLoopParams(game="tiny", seeds=[0, 1, 2, 3], confirm_seeds=[10, 11, 12, 13], max_steps=20,
+                              models=ModelConfig(backend="scripted", policy="tiny-explorer"), iterations=1,
+                              patience=1, concurrency=3, workspace=str(ws), reviewer=reviewer)
+
+
+def call(name: str, **arguments) -> str:
+    return json.dumps({"name": name, "arguments": arguments})
+
+
+def test_agentic_reviewer_reads_the_archive_and_its_candidate_is_gated(tmp_path):
+    ws = tmp_path / "ws"
+    yaml_text = Scaffold.builtin("tiny").files["scaffold.yaml"].decode().replace(
+        "log:\n", "log:\n  consult_before_write: true\n", 1)
+    reviewer = MetaLLMConfig(backend="scripted", reviewer="agentic", agent=AgentBudget(max_steps=5), replies=[
+        call("sql", query="select count(*) as looked from memory_ops where op in ('read', 'search', 'tail')"),
+        call("submit_revision", hypothesis={"failure": "the agent never looks up where it noted the key",
+                                            "episode": "any", "step": 0, "why": "a look-up before writing"},
+             analysis="no look-ups at all", changes=["LOG: consult_before_write"], files={"scaffold.yaml": yaml_text}),
+    ])
+    result = scaffold_loop(params(ws, reviewer))
+    [entry] = result["history"]
+    assert entry["reviewer"] == "agentic:scripted-meta"
+    assert entry["candidate"] and entry["verdict"] in ("promoted", "kept incumbent", "not confirmed")
+    assert Scaffold.load(ws / "scaffolds" / entry["candidate"]).config.log.consult_before_write
+    assert (ws / "verdicts" / f"{entry['incumbent']}-vs-{entry['candidate']}.json").is_file()
+    [record] = list((ws / "reviews").iterdir())
+    lines = [json.loads(x) for x in (record / "agent-0.jsonl").read_text().splitlines()]
+    sql = next(x for x in lines if x["kind"] == "tool" and x["name"] == "sql")
+    assert sql["ok"] and sql["content"].startswith("looked\n")
+    assert lines[-1]["stop_reason"] == "submitted"
+    proposal = json.loads((record / "proposal.json").read_text())
+    assert proposal["analysis"].startswith("Hypothesis: the agent never looks up")
+
+
+def test_agentic_reviewer_that_never_submits_is_no_revision(tmp_path):
+    ws = tmp_path / "ws"
+    reviewer = MetaLLMConfig(backend="scripted", reviewer="agentic", agent=AgentBudget(max_steps=3),
+                             replies=[call("grep", pattern="key")])
+    result = scaffold_loop(params(ws, reviewer))
+    [entry] = result["history"]
+    assert entry["verdict"] == "no valid candidate" and entry["attempts"][0]["verdict"] == "no revision"
+    assert "stopped by max_steps after 3 replies" in entry["reason"]
