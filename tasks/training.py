@@ -51,16 +51,25 @@ def build_sft_dataset(archive_root: str, program: CurationProgram, out_root: str
         return exc.reason
 
 
-def adapter_name(dataset: DatasetInfo, program: CurationProgram, base: Path, device: str) -> str:
+#: the module that trains an adapter: its import closure's digest is part of adapter names
+TRAINING_CODE = "agent_core.training.lora"
+
+
+def adapter_name(dataset: DatasetInfo, program: CurationProgram, base: Path, device: str,
+                 training_code: str | None = None) -> str:
     """Content-addressed: the same data, settings, base weights and kind of device (whose
     dtype and kernels decide the numbers) give the same adapter, so a trial whose program
     and data are unchanged is not retrained, and a served name never points at different
-    weights (the base is named by a digest of its weights, not its folder name)."""
+    weights (the base is named by a digest of its weights, not its folder name). The training
+    code's digest is in too (`training_code`, by default the digest of `TRAINING_CODE`'s import
+    closure): an adapter trained by changed code is another adapter."""
     from agent_core.models.devices import kind, training_dtype
     from agent_core.models.weights import weights_digest
+    from agent_core.version import code_digest
 
     blob = json.dumps([dataset.digest, program.lora.model_dump(mode="json"), base.name, weights_digest(base),
-                       kind(device), training_dtype(device)], sort_keys=True)
+                       kind(device), training_dtype(device), training_code or code_digest(TRAINING_CODE)],
+                      sort_keys=True)
     return "mem-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

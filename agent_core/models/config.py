@@ -191,15 +191,20 @@ class ModelConfig(BaseModel):
                      constrain=constrain, identity=identity, sampling=sampling)
 
     def identity(self) -> dict[str, str]:
-        """Where and how the models run: the server for the openai backend, the device kind
-        and the weights' dtype for the local one (also in its model ids). Part of every
-        episode key. ValueError when the local device is not on this machine."""
+        """Where and how the models run: the server for the openai backend; for the local one
+        the device kind, the weights' dtype (both also in its model ids) and a digest of the
+        prepared weights (`weights.weights_digest`: other weights, another key). Part of every
+        episode key. ValueError when the local device is not on this machine,
+        FileNotFoundError when the local model is not prepared."""
         if self.backend == "openai":
             from agent_core.models.openai_client import api_url
 
             return {"endpoint": api_url(self.base_url)}  # type: ignore[arg-type]
         if self.backend == "local":
-            return {"device": kind(resolve_device(self.device)), "dtype": INFERENCE_DTYPE}
+            from agent_core.models.weights import local_model_path, weights_digest
+
+            return {"device": kind(resolve_device(self.device)), "dtype": INFERENCE_DTYPE,
+                    "weights": weights_digest(local_model_path())}
         return {}
 
     def _build(self) -> Roles:
