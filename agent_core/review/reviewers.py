@@ -44,7 +44,11 @@ class MetaLLMReviewer:
 
     def review(self, bundle: ReviewBundle, incumbent: Scaffold, feedback: list[str]) -> str:
         messages = [Message(role="user", content=self.prompt(bundle, incumbent, feedback))]
-        return self.model.complete(messages, self.params).text
+        reply = self.model.complete(messages, self.params)
+        if reply.finish_reason == "length":  # a cut-off scaffold is never a candidate, however it parses
+            raise NoRevision(f"the reply was cut off at its token limit ({self.params.max_tokens} tokens) "
+                             "and is not used; raise the meta-LLM's max_tokens")
+        return reply.text
 
 
 def make_reviewer(config: MetaLLMConfig, archive_root: Path | None = None, scaffolds_root: Path | None = None,

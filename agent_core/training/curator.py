@@ -97,8 +97,11 @@ class MetaLLMCurator:
 
     def program(self, scaffold: Scaffold, digest: dict, trials: list[dict]) -> CurationProgram:
         reply = self.model.complete([Message(role="user", content=self.prompt(scaffold, digest, trials))],
-                                    self.params).text
-        return parse_program(reply, self.base_path)
+                                    self.params)
+        if reply.finish_reason == "length":  # a cut-off program is never adopted, however it parses
+            raise ProgramError(f"the reply was cut off at its token limit ({self.params.max_tokens} tokens); "
+                               "write a shorter program")
+        return parse_program(reply.text, self.base_path)
 
 
 class RuleBasedCurator:

@@ -218,3 +218,41 @@ def test_planted_defect_in_2000_steps_found_through_the_tools_not_in_the_bundle(
     rendered = bundle.render()
     assert "### step 1400:" not in rendered and DUPLICATE_TEXT not in rendered.split("# Step-log excerpts")[1]
     assert all(x.last_step < 1400 for x in bundle.excerpts)
+
+
+class CutOffModel:
+    """A `ChatModel` whose replies all hit the token limit (finish_reason "length")."""
+
+    model_id = "cut-off"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def complete(self, messages, params, constraint=None):
+        from agent_core.records import Completion
+
+        return Completion(text=self.text, finish_reason="length", model=self.model_id)
+
+
+def test_single_call_reviewer_never_adopts_a_cut_off_reply(store, tmp_path):
+    from agent_core.review.candidate import Revision, format_revision
+    from agent_core.review.reviewers import MetaLLMReviewer
+
+    root, traces = store
+    files = {k: v.decode() for k, v in TINY.files.items()} | {"scaffold.yaml": STRUCTURAL}
+    complete = format_revision(Revision(analysis="a", changes=["history 3"], files=files))
+    assert parse_revision(complete)  # it would parse: only the finish reason marks it cut off
+    proposal = propose(MetaLLMReviewer(CutOffModel(complete)), build_bundle(TINY, traces), TINY,
+                       root / "scaffolds", tmp_path)
+    assert proposal.candidate_dir is None and proposal.attempts[0]["verdict"] == "no revision"
+    assert "cut off at its token limit" in proposal.attempts[0]["reason"]
+
+
+def test_single_call_curator_never_adopts_a_cut_off_program():
+    from agent_core.records import SamplingParams
+    from agent_core.training.curator import MetaLLMCurator
+    from agent_core.training.program import ProgramError, rule_based_program
+
+    curator = MetaLLMCurator(CutOffModel(rule_based_program({}).model_dump_json()), SamplingParams(max_tokens=300))
+    with pytest.raises(ProgramError, match="cut off"):
+        curator.program(TINY, {}, [])
