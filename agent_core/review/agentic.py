@@ -286,6 +286,44 @@ def archive_tables() -> dict[str, list[str]]:
     return {t: [*s.names, *PARTITIONS] for t, s in SCHEMAS.items()}
 
 
+def review_history(workspace: Path | str, incumbent: Any, max_diff_chars: int = 1_500) -> list[str]:
+    """What became of earlier candidates for `incumbent` in this workspace, one entry each:
+    the hypothesis (the proposal's analysis opens with it), the changes, the diff against the
+    incumbent (cut), and the per-seed outcome of the gate (from `verdicts/`)."""
+    import difflib
+
+    from agent_core.scaffold import Scaffold
+
+    workspace = Path(workspace)
+    proposals: dict[str, dict[str, Any]] = {}
+    for path in sorted((workspace / "reviews").glob("*/proposal.json")):
+        data = json.loads(path.read_text())
+        if data.get("candidate_dir"):
+            proposals[Path(data["candidate_dir"]).name] = data
+    out = []
+    for path in sorted((workspace / "verdicts").glob(f"{incumbent.hash}-vs-*.json")):
+        candidate = path.stem.split("-vs-", 1)[1]
+        verdict = json.loads(path.read_text())
+        proposal = proposals.get(candidate, {})
+        hypothesis = (proposal.get("analysis") or "(no analysis recorded)").strip().splitlines()[0][:400]
+        diff: list[str] = []
+        if (workspace / "scaffolds" / candidate).is_dir():
+            new = Scaffold.load(workspace / "scaffolds" / candidate)
+            for name in sorted(set(incumbent.files) | set(new.files)):
+                a = incumbent.files.get(name, b"").decode(errors="replace").splitlines()
+                b = new.files.get(name, b"").decode(errors="replace").splitlines()
+                diff += difflib.unified_diff(a, b, f"incumbent/{name}", f"candidate/{name}", lineterm="", n=1)
+        diff_text = "\n".join(diff)
+        if len(diff_text) > max_diff_chars:
+            diff_text = diff_text[:max_diff_chars] + f"\n...[{len(diff_text) - max_diff_chars} more characters]"
+        seeds = ", ".join(f"seed {s}: {i:.3f} -> {c:.3f}" for s, i, c in
+                          zip(verdict["seeds"], verdict["incumbent"], verdict["candidate"]))
+        outcome = "promoted" if verdict.get("promote") else "not promoted"
+        out.append(f"candidate {candidate}: {hypothesis}\n  changes: {'; '.join(proposal.get('changes', []))}\n"
+                   f"  outcome: {outcome} ({verdict.get('reason', '')}); {seeds}\n  diff:\n{diff_text}")
+    return out
+
+
 class AgenticReviewer:
     """The scaffold reviewer as an agent over the trace store (a `Reviewer`).
 
@@ -293,17 +331,18 @@ class AgenticReviewer:
     trace and ledger go to `record_dir` (`agent-<n>.jsonl`, `agent-<n>.ledger.json`). An
     accepted submission comes back in the revision format (so `propose` parses and records
     it as it does the single-call reviewer's); none raises `NoRevision` saying which budget
-    ended the review."""
+    ended the review. The task prompt carries the history of earlier candidates for the
+    same incumbent (`review_history` over `workspace`, default the scaffold store's parent)."""
 
     def __init__(self, model: ToolChatModel, archive_root: Path | str, scaffolds_root: Path | str,
                  record_dir: Path | str, budget: AgentBudget | None = None, caps: Any = None,
-                 history: list[str] | None = None) -> None:
+                 workspace: Path | str | None = None) -> None:
         self.model = model
         self.archive_root, self.scaffolds_root = Path(archive_root), Path(scaffolds_root)
         self.record_dir = Path(record_dir)
         self.budget = budget or AgentBudget()
         self.caps = caps
-        self.history = list(history or [])
+        self.workspace = Path(workspace) if workspace else self.scaffolds_root.parent
         self.runs: list[AgentRun] = []
         self.name = f"agentic:{model.model_id}"
 
@@ -316,7 +355,7 @@ class AgenticReviewer:
 
     def task_prompt(self, bundle: Any, incumbent: Any, feedback: list[str]) -> str:
         return _render("agentic_review_task.jinja", scaffold_hash=incumbent.hash, episodes=bundle.episodes,
-                       history=self.history, feedback=feedback)
+                       history=review_history(self.workspace, incumbent), feedback=feedback)
 
     def review(self, bundle: Any, incumbent: Any, feedback: list[str]) -> str:
         from agent_core.review.candidate import format_revision

@@ -256,3 +256,27 @@ def test_single_call_curator_never_adopts_a_cut_off_program():
     curator = MetaLLMCurator(CutOffModel(rule_based_program({}).model_dump_json()), SamplingParams(max_tokens=300))
     with pytest.raises(ProgramError, match="cut off"):
         curator.program(TINY, {}, [])
+
+
+def test_the_next_review_sees_hypotheses_diffs_and_per_seed_outcomes(store, tmp_path):
+    from agent_core.gate import GateConfig, gate
+
+    root, traces = store
+    ws = tmp_path / "ws"
+    first = AgenticReviewer(ScriptedToolModel([submission(4, "abc")]), root / "archive", ws / "scaffolds",
+                            ws / "reviews" / "r1")
+    bundle = build_bundle(TINY, traces)
+    proposal = propose(first, bundle, TINY, ws / "scaffolds", ws / "reviews" / "r1")
+    candidate = Path(proposal.candidate_dir).name
+    verdict = gate([0, 1, 2, 3], [0.5, 0.5, 0.25, 0.5], [0.5, 0.25, 0.25, 0.5], GateConfig())
+    (ws / "verdicts").mkdir()
+    (ws / "verdicts" / f"{TINY.hash}-vs-{candidate}.json").write_text(verdict.model_dump_json())
+    second = AgenticReviewer(ScriptedToolModel([]), root / "archive", ws / "scaffolds", ws / "reviews" / "r2")
+    task = second.task_prompt(bundle, TINY, [])
+    assert f"candidate {candidate}: Hypothesis: duplicate writes (episode abc, step 4)" in task
+    assert "changes: history window 2 -> 3" in task and "outcome: not promoted" in task
+    assert "seed 1: 0.500 -> 0.250" in task
+    assert "-history_window: 2" in task and "+history_window: 3" in task
+    # a workspace without verdicts has no history
+    other = AgenticReviewer(ScriptedToolModel([]), root / "archive", tmp_path / "elsewhere" / "scaffolds", tmp_path)
+    assert "candidate " not in other.task_prompt(bundle, TINY, [])
