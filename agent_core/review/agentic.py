@@ -8,7 +8,9 @@
   reply limit), so a cap is never passed. The run says which one stopped it.
 - Once the conversation passes `context_cap_tokens`, the oldest tool results are replaced
   by a short note (as SWE-agent does), the last `keep_recent` never: a review never
-  overflows its context, and the model can call a tool again.
+  overflows its context, and the model can call a tool again. The size is estimated in
+  characters / 4, scaled by the ratio of the server's prompt-token count to that estimate
+  at the last call (a small model's tokenizer counts trace text ~1.7x denser).
 - A reply cut off at its token limit is never used: its calls may be incomplete, so none
   is run and the model is told so. A submission inside it is never adopted.
 - A reply without a tool call gets a reminder to call one.
@@ -203,7 +205,10 @@ def run_agent(model: ToolChatModel, toolbox: Toolbox, system: str, task: str, bu
             if replies >= budget.max_steps:
                 stop = "max_steps"
                 break
-            gone = elide(turns, tools, budget.context_cap_tokens, budget.keep_recent)
+            # the server's tokenizer may count more tokens per character than our unit (trace
+            # text is dense in digits and punctuation): scale the cap by the last call's ratio
+            scale = last[0] / last[1] if last and last[1] > 0 and last[0] > last[1] else 1.0
+            gone = elide(turns, tools, int(budget.context_cap_tokens / scale), budget.keep_recent)
             if gone:
                 elided += len(gone)
                 trace.write("elided", turns=gone, context_tokens=context_tokens(turns, tools))
