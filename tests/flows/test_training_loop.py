@@ -15,9 +15,11 @@ from agent_core.trace import read_trace
 from agent_core.training.program import LoraSettings, rule_based_program
 from flows.training_loop import TrainingLoopParams, training_loop
 
+# replies of the reply protocol: writes then a look-up that ends the reply (the next turn, after
+# its result, is answered <|DONE|>); the scripted backend refuses what the grammar would not allow
 AGENT = ModelConfig(backend="scripted", script=RoutineScript(
-    log="<|SEARCH|>hall<|END|><|UPSERT|>map.md|hall|exits north<|END|><|DONE|>",
-    plan="<|READ|>map.md<|END|><|DONE|>"))
+    log="<|UPSERT|>map.md|hall|exits north<|END|><|SEARCH|>hall<|END|>",
+    plan="<|READ|>map.md<|END|>"))
 SMALL_LORA = LoraSettings(rank=4, alpha=8, target_modules=["q_proj", "v_proj"], learning_rate=1e-3, epochs=1,
                           batch_size=2, max_seq_len=1024, max_steps=2, schedule="constant")
 
