@@ -174,6 +174,8 @@ def publish_rollout_report(summaries: list[EpisodeSummary], diagnostics: list[Di
             "steps": s.steps, "memory_growth_chars_per_step": round(d.growth_chars_per_step, 2),
             "write_search_ratio": None if d.write_search_ratio is None else round(d.write_search_ratio, 3),
             "invalid_op_rate": round(d.invalid_op_rate, 3),
+            "lookups_used": d.lookups_used, "lookups": d.lookups, "writes_after_lookup": d.writes_after_lookup,
+            "distinct_actions": d.distinct_actions, "distinct_written_texts": d.distinct_written_texts,
             "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
             "end_reason": s.end_reason, "episode_id": s.episode_id,
         }
@@ -200,7 +202,8 @@ def summary_markdown(summaries: list[EpisodeSummary], diagnostics: list[Diagnost
     for s, d in zip(summaries, diagnostics):
         groups[(s.game, s.task)].append((s, d))
     lines = [f"# {title}", "", "| game | task | episodes | mean progression | sd | growth chars/step | "
-             "write/search | invalid-op rate | tokens |", "|---|---|---|---|---|---|---|---|---|"]
+             "write/search | look-ups used | writes after look-up | distinct actions/episode | invalid-op rate | "
+             "tokens |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (game, task), items in sorted(groups.items()):
         prog = [s.progression for s, _ in items]
         pooled = aggregate([d for _, d in items])  # the one definition of the paper's two diagnostics
@@ -208,7 +211,8 @@ def summary_markdown(summaries: list[EpisodeSummary], diagnostics: list[Diagnost
         lines.append(
             f"| {game} | {task} | {len(items)} | {statistics.fmean(prog):.4f} | "
             f"{statistics.pstdev(prog):.4f} | {pooled.growth_chars_per_step or 0.0:.1f} | "
-            f"{(ws if ws is not None else float('nan')):.2f} | "
+            f"{(ws if ws is not None else float('nan')):.2f} | {pooled.lookups_used}/{pooled.lookups} | "
+            f"{pooled.writes_after_lookup} | {pooled.distinct_actions_per_episode or 0.0:.1f} | "
             f"{statistics.fmean(d.invalid_op_rate for _, d in items):.3f} | "
             f"{sum(s.prompt_tokens + s.completion_tokens for s, _ in items)} |")
     return "\n".join(lines) + "\n"

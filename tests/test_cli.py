@@ -35,6 +35,9 @@ def test_trace_show_and_query(tmp_path):
                           0, 3, tmp_path / "episodes" / "tiny" / "e")
     out = runner.invoke(app, ["trace", "show", summary.trace_path])
     assert out.exit_code == 0 and "step 2" in out.output and "write_search_ratio" in out.output
+    # what memory did, as `automem play` prints it too (the same diagnostics table)
+    for name in ("lookups_used", "writes_after_lookup", "distinct_actions", "distinct_written_texts"):
+        assert name in out.output
     archive_trace(summary.trace_path, tmp_path / "archive")
     q = runner.invoke(app, ["traces", "query", "select count(*) as n from steps", "--workspace", str(tmp_path)])
     assert q.exit_code == 0 and "3" in q.output

@@ -89,7 +89,9 @@ def test_every_report_gives_the_same_two_diagnostics(played):
     assert night_rows(work, "tiny", 7, SEEDS, "scripted-consult", promoted=set()) == []  # another budget
     # the printed reports show the same figures
     ratio, growth = f"{pairs['write_search_ratio']:.2f}", f"{pairs['growth_chars_per_step']:.1f}"
+    used = f"| {ref.lookups_used}/{ref.lookups} | {ref.writes_after_lookup} |"  # what memory did
+    assert ref.lookups_used > 0 and ref.writes_after_lookup > 0
     rollout = summary_markdown(summaries, diags, "rollout")
-    assert f"| {growth} | {ratio} |" in rollout
+    assert f"| {growth} | {ratio} {used}" in rollout
     text = archive_report(work / "archive", work / "report.md").read_text()
-    assert f"| {growth} | {ratio} |" in text
+    assert f"| {growth} | {ratio} {used}" in text
