@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 
 from agent_core.gate import GateConfig, GateVerdict, confirm, gate
 from agent_core.registry import promote
+from agent_core.review.agentic import render_review_trace
 from agent_core.review.bundle import build_bundle
 from agent_core.meta import MetaLLMConfig
 from agent_core.review.reviewers import make_reviewer
@@ -35,7 +37,11 @@ def review_scaffold(incumbent_dir: str, trace_paths: list[str], reviewer: MetaLL
     (record).mkdir(parents=True, exist_ok=True)
     (record / "bundle.md").write_text(bundle.render())
     reviewer_ = make_reviewer(reviewer, Path(workspace) / "archive", Path(workspace) / "scaffolds", record)
-    return propose(reviewer_, bundle, incumbent, Path(workspace) / "scaffolds", record, max_attempts, feedback)
+    proposal = propose(reviewer_, bundle, incumbent, Path(workspace) / "scaffolds", record, max_attempts, feedback)
+    for trace in sorted(record.glob("agent-*.jsonl")):  # the agentic reviewer's calls and tool results
+        create_markdown_artifact(render_review_trace(trace), key=f"agentic-review-{trace.stem}",
+                                 description=f"review {key}: {trace.stem}")
+    return proposal
 
 
 @task(name="gate_candidate")

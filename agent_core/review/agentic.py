@@ -447,3 +447,35 @@ def _scripted_tools(replies: tuple[str, ...]) -> Any:
                 calls.append(r)  # plain text: the loop reminds the model to call a tool
         _SCRIPTS[replies] = ScriptedToolModel(calls, model_id="scripted-meta", when_exhausted="repeat_last")
     return _SCRIPTS[replies]
+
+
+def render_review_trace(path: Path | str, max_chars: int = 1_500) -> str:
+    """A review trace as markdown (for a Prefect artifact or the terminal): every call with
+    its usage and tool calls, every tool result cut to `max_chars`, and how it ended."""
+    lines = [f"# Agentic review `{Path(path).name}`", ""]
+    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+        r = json.loads(raw)
+        kind = r["kind"]
+        if kind == "start":
+            lines += [f"Model `{r['model']}`; tools {', '.join(r['tools'])}; budget: {r['budget']['max_steps']} "
+                      f"replies, {r['budget']['max_review_tokens']:,} tokens", "", "## Task", "", r["task"], ""]
+        elif kind == "call":
+            calls = "; ".join(f"`{c['name']}({c['arguments'][:300]})`" for c in r["calls"]) or "(no tool call)"
+            lines += [f"### Call {r['call']}: {r['prompt_tokens']:,} + {r['completion_tokens']:,} tokens, "
+                      f"${r['cost_usd']:.4f}, finish {r['finish_reason']}", "", calls, ""]
+            if r.get("text"):
+                lines += [f"> {r['text'][:max_chars]}", ""]
+        elif kind == "tool":
+            body = r["content"] if len(r["content"]) <= max_chars else \
+                r["content"][:max_chars] + f"\n...[{len(r['content']) - max_chars} more characters]"
+            lines += [f"**{r['name']}** {'ok' if r['ok'] else 'error'}:", "", "```", body, "```", ""]
+        elif kind in ("note", "error"):
+            lines += [f"*{kind}: {r.get('text') or r.get('message')}*", ""]
+        elif kind == "elided":
+            lines += [f"*{len(r['turns'])} old tool output(s) elided; context ~{r['context_tokens']:,} tokens*", ""]
+        elif kind == "end":
+            t = r["totals"]
+            lines += [f"## End: {r['verdict']} (stopped by {r['stop_reason']})", "",
+                      f"{t['calls']} calls, {t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} completion "
+                      f"tokens, ${t['cost_usd']:.4f}"]
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ import pytest
 
 from agent_core.meta import MetaLLMConfig
 from agent_core.models.config import ModelConfig
-from agent_core.review.agentic import AgentBudget
+from agent_core.review.agentic import AgentBudget, render_review_trace
 from agent_core.scaffold import Scaffold
 from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
 
@@ -55,6 +55,15 @@ def test_agentic_reviewer_reads_the_archive_and_its_candidate_is_gated(tmp_path)
     assert lines[-1]["stop_reason"] == "submitted"
     proposal = json.loads((record / "proposal.json").read_text())
     assert proposal["analysis"].startswith("Hypothesis: the agent never looks up")
+    shown = render_review_trace(record / "agent-0.jsonl")
+    assert "**sql** ok:" in shown and "## End: submitted (stopped by submitted)" in shown
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["agentic-review-agent-0"])), limit=1)
+    assert "**sql** ok:" in artifact.data
 
 
 def test_agentic_reviewer_that_never_submits_is_no_revision(tmp_path):
