@@ -18,7 +18,8 @@ step showed that line for the room it stands in. By choice it never looks anythi
 under the v0 scaffold it never takes the key. Under a scaffold with `consult_before_write`
 the grammar of a LOG turn holds only look-ups until one has run, so its own first choice
 (write, then DONE) is not allowed: it looks up (its second choice), sees the line in the
-next turn once written, and takes the key (then opens the door when it sees it).
+next turn once written, and takes the key (then opens the door when it sees it). In free
+text (`constrain` off) the agent refuses its write instead, and nothing makes it look up.
 
 `tiny_recall` plays `tiny/recall`. It writes down which door leads out when it is told, and
 at the doors looks it up (a SEARCH that ends its PLAN reply), then opens the door the result

@@ -1,9 +1,19 @@
 """The training loop end to end: the local model plays (grammar-constrained), a scripted
 meta-LLM curates, real LoRA training, the trained adapter plays the memory role on the local
-model beside the base for actions, gate; the next night's incumbent is the promoted adapter."""
+model beside the base for actions, gate; a registered adapter is the next night's incumbent.
+
+The adapter is registered by hand (`registry.promote`), not by the flow's gate: on CPU the
+local model cannot make training change play. The adapter plays the memory role only; the
+base 135M model plays every action, and it copies the prompt's examples. Measured on
+tiny/recall (v0 scaffold, constrained, seed 0): LOG wrote `<|CREATE|>name.md|text<|END|>` (the
+command help's example), and the action was `go forward` (the action example) on every
+step, at the doors as well, so the episode sits at 0.5 and never opens a door; no pool reply,
+which is all the SFT data there is, writes or looks up the way out. Every seed ties and the
+gate cannot promote. (Steps took 12-117 s each on the shared 2-core machine.)"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -81,7 +91,8 @@ def test_the_trained_adapter_plays_on_the_local_model_and_becomes_the_next_incum
     finally:
         unload_lora_adapter(server_url, adapter.name)
 
-    # a promoted adapter is the incumbent the next night's specialists must beat
+    # a registered adapter is the incumbent the next night's specialists must beat (registered
+    # by hand: see the module docstring for why the gate cannot promote one on CPU)
     promote(ws, "adapters", "tiny", str(adapter), reason="test")
     stamp = (adapter / "train_result.json").stat().st_mtime_ns
     again = training_loop(params(ws, models=local))
@@ -122,8 +133,15 @@ def test_train_base_is_checked_against_what_the_server_serves(tmp_path, local_mo
     from flows.training_loop import check_served_base
 
     check_served_base(server_url, local_model.model_id, str(local_model.path))  # the same weights: fine
-    other = tmp_path / "gemma-3-270m"
-    with pytest.raises(ValueError, match=r"train_base '.*gemma-3-270m' is not the base the server serves.*reports root"):
+    config = json.loads((local_model.path / "config.json").read_text())
+    renamed = tmp_path / "any-folder-name"  # the same configuration under another name: the same base
+    renamed.mkdir()
+    (renamed / "config.json").write_text(json.dumps(config))
+    check_served_base(server_url, local_model.model_id, str(renamed))
+    other = tmp_path / local_model.path.name  # the served folder's name, another model: refused
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 18}))
+    with pytest.raises(ValueError, match=r"is not the base the server serves.*num_hidden_layers: served 30, train_base 18"):
         check_served_base(server_url, local_model.model_id, str(other))
 
 
