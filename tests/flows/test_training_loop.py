@@ -5,7 +5,7 @@ model beside the base for actions, gate; a registered adapter is the next night'
 The adapter is registered by hand (`registry.promote`), not by the flow's gate: on CPU the
 local model cannot make training change play. The adapter plays the memory role only; the
 base 135M model plays every action, and it copies the prompt's examples. Measured on
-tiny/recall (v0 scaffold, constrained, seed 0): LOG wrote `<|CREATE|>name.md|text<|END|>` (the
+tiny/recall (v0 scaffold, constrained, greedy as the scaffold sets it, seed 0): LOG wrote `<|CREATE|>name.md|text<|END|>` (the
 command help's example), and the action was `go forward` (the action example) on every
 step, at the doors as well, so the episode sits at 0.5 and never opens a door; no pool reply,
 which is all the SFT data there is, writes or looks up the way out. Every seed ties and the
