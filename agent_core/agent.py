@@ -238,6 +238,9 @@ class MemoryAgent:
         if routine == "plan":
             return f"{routine.upper()} continues: {end}." if last or ops_left <= 0 else \
                 f"{routine.upper()} continues: look up more, or {end}."
+        if self.cfg.log.consult_before_write and not self._consulted:  # no write can run yet
+            return f"{routine.upper()} continues: {end}." if last or ops_left <= 0 else \
+                f"{routine.upper()} continues: look up first (writes are refused until then), or {end}."
         if last or ops_left <= 0:
             return f"{routine.upper()} continues: write what is new, then {end}."
         return f"{routine.upper()} continues: write what is new, look up more, or {end}."
