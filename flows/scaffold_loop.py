@@ -1,6 +1,7 @@
 """`scaffold_loop`: outer loop 1. Rollout incumbent (cached) -> archive -> bundle -> review
--> validate -> evaluate candidate on the same seeds -> gate -> confirm a winner on held-out
-seeds -> promote; K iterations, or until M iterations in a row bring no promotion."""
+-> validate -> (optional screen on a few seeds) -> evaluate candidate on the same seeds ->
+gate -> confirm a winner on held-out seeds -> promote; K iterations, or until M iterations
+in a row bring no promotion."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import difflib
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent_core.gate import GateConfig, GateVerdict
 from agent_core.loop_records import IterationRecord
@@ -17,6 +18,19 @@ from agent_core.scaffold import Scaffold
 from flows.common import GameParams, check_disjoint, check_seeds, run_episodes, sync
 from tasks.archive import archive_traces
 from tasks.review import confirm_candidate, gate_candidate, promote_incumbent, review_scaffold
+
+
+class ScreenConfig(BaseModel):
+    """Staged evaluation: a candidate first plays the first `seeds` evaluation seeds; only
+    one whose mean progression there beats the incumbent's by at least `min_delta` plays
+    the rest (then the paired gate, then the confirmation seeds). The screen's episodes are
+    the gate's own (same seeds and steps, reused), so a passing candidate costs nothing more."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: int = Field(2, ge=1, description="How many of the evaluation seeds (the first ones) the screen plays.")
+    min_delta: float = Field(0.0, ge=-1.0, le=1.0, description="Mean progression, candidate minus incumbent, on "
+                             "the screen seeds that passes (>=).")
 
 
 class ScaffoldLoopParams(GameParams):
@@ -31,6 +45,8 @@ class ScaffoldLoopParams(GameParams):
     attempts: int = Field(3, ge=1, le=10, description="Reviewer attempts per iteration (rejections are fed back).")
     token_budget: int = Field(12_000, ge=1_000, le=1_000_000, description="Review bundle size in tokens.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test.")
+    screen: ScreenConfig | None = Field(None, description="Staged evaluation (None: every candidate plays "
+                                        "all evaluation seeds).")
 
     @field_validator("seeds", "confirm_seeds")
     @classmethod
@@ -42,7 +58,29 @@ class ScaffoldLoopParams(GameParams):
         check_disjoint(seeds=self.seeds, confirm_seeds=self.confirm_seeds)
         self.gate.check_seeds(len(self.seeds), "evaluation seeds")
         self.gate.check_seeds(len(self.confirm_seeds), "confirmation seeds")
+        if self.screen and self.screen.seeds >= len(self.seeds):
+            raise ValueError(f"screen.seeds ({self.screen.seeds}) must be fewer than the {len(self.seeds)} "
+                             "evaluation seeds")
         return self
+
+
+def screen_candidate(params: ScaffoldLoopParams, candidate: Scaffold, incumbent_runs: list) -> str | None:
+    """None when the candidate passes the screen (or there is none); else why it failed,
+    with the environment steps it saved."""
+    if params.screen is None:
+        return None
+    n = params.screen.seeds
+    screen = run_episodes(params.specs(str(candidate.root), params.seeds[:n]), params, label="candidate, screen")
+    sync(params.workspace, candidate.root, *archive_traces([s.trace_path for s in screen], str(params.root() / "archive")))
+    inc = sum(s.progression for s in incumbent_runs[:n]) / n
+    cand = sum(s.progression for s in screen) / n
+    if cand - inc >= params.screen.min_delta:
+        return None
+    skipped = len(params.seeds) - n
+    return (f"failed the screen on seeds {params.seeds[:n]}: mean progression {cand:.3f} vs incumbent {inc:.3f} "
+            f"(needs a difference of at least {params.screen.min_delta:g}); the screen played "
+            f"{sum(s.steps for s in screen)} environment steps; {skipped} candidate episodes not played, up to "
+            f"{skipped * params.max_steps} environment steps saved")
 
 
 def scaffold_diff(old: Scaffold, new: Scaffold) -> str:
@@ -78,12 +116,18 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
                                    params.attempts, params.token_budget, feedback)
         entry = dict(iteration=iteration, incumbent=incumbent.hash, reviewer=proposal.reviewer,
                      attempts=proposal.attempts)
-        if proposal.candidate_dir is None:
+        candidate = Scaffold.load(proposal.candidate_dir) if proposal.candidate_dir else None
+        screened_out = screen_candidate(params, candidate, runs) if candidate else None
+        if candidate is None:
             reasons = "; ".join(a.get("reason", "") for a in proposal.attempts)
             logger.info("iteration %d: no valid candidate (%s)", iteration, reasons)
             history.append(IterationRecord(**entry, verdict="no valid candidate", reason=reasons))
+        elif screened_out:  # the full seeds, the gate and the confirmation seeds are not played
+            logger.info("iteration %d: %s", iteration, screened_out)
+            history.append(IterationRecord(**entry, candidate=candidate.hash, verdict="kept incumbent",
+                                           reason=screened_out))
+            feedback.append(f"candidate {candidate.hash} ({'; '.join(proposal.changes)}) {screened_out}")
         else:
-            candidate = Scaffold.load(proposal.candidate_dir)
             cand_runs = run_episodes(params.specs(str(candidate.root), params.seeds), params,
                                      label="candidate")
             sync(params.workspace, candidate.root, *archive_traces([s.trace_path for s in cand_runs], str(root / "archive")))
