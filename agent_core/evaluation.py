@@ -82,8 +82,8 @@ def estimate(results: list[tuple[str, int, float]], resamples: int = 10_000, see
     est = Estimate(n=n, episodes=len(results), mean=statistics.fmean(seeds.values()),
                    se=balrog_se([v for _, _, v in results]))
     if n < MIN_SEEDS_FOR_INTERVAL:
-        est.ci_note = (f"no interval over {n} seed{'s' if n > 1 else ''}: a bootstrap needs at least "
-                       f"{MIN_SEEDS_FOR_INTERVAL} seeds to be more than the range of the data")
+        est.ci_note = (f"no interval over {n} seed{'s' if n > 1 else ''}: needs at least {MIN_SEEDS_FOR_INTERVAL} "
+                       "seeds (fewer only give the data's range)")
     else:
         est.ci_low, est.ci_high = bootstrap_ci(list(seeds.values()), resamples, seed)
     return est

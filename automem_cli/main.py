@@ -356,10 +356,14 @@ def evaluate(
     except (ValueError, RuntimeError, ConnectionError) as exc:
         _fail(str(exc))
     result = evaluate_flow(params)
-    table = Table("arm", "game", "seeds", "progression", "95% CI")
+    table = Table("arm", "game", "seeds", "progression", "BALROG SE", "95% CI")
     for r in result["table"]:
-        table.add_row(r["arm"], r["game"], str(r["n"]), f"{r['mean']:.3f}", f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+        ci = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None else f"- ({r['ci_note']})"
+        table.add_row(r["arm"], r["game"], str(r["n"]), f"{r['mean']:.3f}", f"{r['se']:.3f}", ci)
     console.print(table)
+    for c in result["comparisons"]:  # two-sided, Holm over all pairs and games
+        console.print(f"{c['game']}: {c['b']} - {c['a']} {c['delta']:+.3f}, p {c['p']:.3f}, Holm p {c['p_holm']:.3f}: "
+                      f"{c['direction']}")
     console.print(f"report: {result['report']}")
 
 

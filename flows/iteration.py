@@ -107,6 +107,16 @@ def night_rows(root: Path, game: str, max_steps: int, seeds: list[int], memory_m
             for night, h, k, p, *rest in found]
 
 
+def best_per_night(rows: list[dict]) -> list[tuple[str, float]]:
+    """(night, best mean progression) over the `night_rows` of scaffolds that were ever the
+    incumbent and played every seed; candidates the gate kept out never count."""
+    by_night: dict[str, list[float]] = {}
+    for r in rows:
+        if r["promoted"] and r["all_seeds"]:
+            by_night.setdefault(r["night"], []).append(r["progression"])
+    return [(night, max(v)) for night, v in sorted(by_night.items())]
+
+
 def night_history(root: Path, game: str, max_steps: int, seeds: list[int], memory_model: str,
                   promoted: set[str]) -> tuple[str, list[Figure]]:
     """The history across nights (`night_rows`) as a labelled table and plots: the best
@@ -127,11 +137,7 @@ def night_history(root: Path, game: str, max_steps: int, seeds: list[int], memor
     table += [f"| {r['night']} | {r['scaffold']} | {'yes' if r['promoted'] else 'no'} | "
               f"{r['seeds']}{'' if r['all_seeds'] else f' of {len(set(seeds))}'} | {r['progression']:.3f} | "
               f"{r['growth_chars_per_step'] or 0.0:.1f} | {ratio(r)} |" for r in rows]
-    by_night: dict[str, list[float]] = {}
-    for r in rows:
-        if r["promoted"] and r["all_seeds"]:
-            by_night.setdefault(r["night"], []).append(r["progression"])
-    points = [(i, max(v)) for i, (_, v) in enumerate(sorted(by_night.items()))]
+    points = [(i, best) for i, (_, best) in enumerate(best_per_night(rows))]
     nan = float("nan")
     labels = [(f"{r['night'][5:]} {r['scaffold'][:6]}{'*' if r['promoted'] else ''}",
                r["growth_chars_per_step"] if r["growth_chars_per_step"] is not None else nan,

@@ -21,7 +21,7 @@ from agent_core.scaffold import Scaffold
 from environments import make_env
 from flows.common import summary_markdown
 from flows.evaluate import summarise
-from flows.iteration import night_rows
+from flows.iteration import best_per_night, night_rows
 from flows.training_loop import side_by_side
 
 
@@ -95,3 +95,29 @@ def test_every_report_gives_the_same_two_diagnostics(played):
     assert f"| {growth} | {ratio} {used}" in rollout
     text = archive_report(work / "archive", work / "report.md").read_text()
     assert f"| {growth} | {ratio} {used}" in text
+
+
+def test_best_per_night_counts_promoted_scaffolds_that_played_every_seed():
+    rows = [{"night": "2026-12-01", "promoted": True, "all_seeds": True, "progression": 0.2},
+            {"night": "2026-12-01", "promoted": False, "all_seeds": True, "progression": 0.9},  # a rejected candidate
+            {"night": "2026-12-02", "promoted": True, "all_seeds": False, "progression": 1.0},  # 2 of 4 seeds
+            {"night": "2026-12-02", "promoted": True, "all_seeds": True, "progression": 0.4}]
+    assert best_per_night(rows) == [("2026-12-01", 0.2), ("2026-12-02", 0.4)]
+
+
+def test_promoted_scaffolds_come_from_the_registry_and_include_v0(tmp_path):
+    import yaml
+
+    from agent_core.registry import promote
+    from flows.iteration import promoted_scaffolds
+
+    v0 = Scaffold.builtin("tiny")
+    revised = v0.write_copy(tmp_path / "scaffolds" / "revised")
+    raw = yaml.safe_load((revised / "scaffold.yaml").read_text())
+    raw["log"]["consult_before_write"] = True
+    (revised / "scaffold.yaml").write_text(yaml.safe_dump(raw))
+    assert promoted_scaffolds(tmp_path, "tiny") == set()  # nothing promoted, no start given
+    assert promoted_scaffolds(tmp_path, "tiny", start="abc") == {"abc"}
+    promote(tmp_path, "scaffolds", "tiny", str(revised), reason="test")
+    assert promoted_scaffolds(tmp_path, "tiny") == {v0.hash, Scaffold.load(revised).hash}
+    assert promoted_scaffolds(tmp_path, "crafter") == set()  # another game's promotions do not count
