@@ -76,3 +76,23 @@ def test_query_time_limit(tmp_path, traces):
     archive_trace(traces[0], tmp_path)
     with pytest.raises(QueryError, match="time limit"):
         run_query(tmp_path, "select count(*) from range(100000000000) a", timeout_s=0.5)
+
+
+def test_episodes_carry_the_diagnostics_and_old_files_gain_them(tmp_path, traces):
+    import pyarrow.parquet as pq
+
+    from agent_core.diagnostics import ARCHIVE_COLUMNS, diagnose_path
+
+    files = archive_trace(traces[0], tmp_path)
+    con = connect(tmp_path)
+    try:
+        row = con.execute(f"SELECT {', '.join(ARCHIVE_COLUMNS)} FROM episodes").fetchone()
+    finally:
+        con.close()
+    d = diagnose_path(traces[0])
+    assert row == tuple(getattr(d, c) for c in ARCHIVE_COLUMNS)  # the same definition, as columns
+    # an archive written before the columns existed: the finished trace is archived again
+    episodes = next(f for f in files if "/episodes/" in f.as_posix())
+    pq.write_table(pq.read_table(episodes).drop_columns(list(ARCHIVE_COLUMNS)), episodes)
+    archive_trace(traces[0], tmp_path)
+    assert set(ARCHIVE_COLUMNS) <= set(pq.read_schema(episodes).names)
