@@ -96,9 +96,10 @@ class ModelConfig(BaseModel):
         "auto", description="Local backend: the torch device, auto (CUDA when "
         "torch sees a GPU, else CPU), cpu, cuda or cuda:N. Its kind and the dtype are part of the "
         "model id (e.g. @cuda-bf16).")
-    policy: Literal["routine-script", "tiny-explorer"] = Field(
+    policy: Literal["routine-script", "tiny-explorer", "tiny-recall"] = Field(
         "routine-script", description="Scripted backend: replay `script` by routine, or a rule-based "
-        "agent whose play depends on its memory (`agent_core.models.policies`).")
+        "agent whose play depends on its memory (`agent_core.models.policies`): tiny-explorer plays "
+        "tiny/key-door, tiny-recall plays tiny/recall.")
 
     @field_validator("temperature")
     @classmethod
@@ -159,10 +160,10 @@ class ModelConfig(BaseModel):
         return (base, base)
 
     def _policy_model(self, model_id: str) -> ChatModel:
-        from agent_core.models.policies import tiny_explorer
+        from agent_core.models.policies import tiny_explorer, tiny_recall
         from agent_core.models.scripted import ScriptedModel
 
-        return ScriptedModel(tiny_explorer, model_id=model_id)
+        return ScriptedModel(tiny_recall if self.policy == "tiny-recall" else tiny_explorer, model_id=model_id)
 
     def check(self) -> None:
         """Fail fast (before any episode) when the backend cannot work."""
