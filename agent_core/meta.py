@@ -30,11 +30,12 @@ class MetaLLMConfig(BaseModel):
     max_tokens: int = Field(8192, ge=256, le=200_000, description="Reply budget (a whole scaffold).")
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     replies: list[str] = Field(default_factory=list, description="Scripted backend: replies in order "
-                               "(agentic reviewer: each a JSON tool call {\"name\": ..., \"arguments\": {...}}).")
-    reviewer: Literal["single-call", "agentic"] = Field(
-        "single-call", description="single-call: one prompt holding the review bundle; agentic: the meta-LLM "
-        "reads the trace store through tools under `agent`'s budget (needs an endpoint with tool calls).")
-    agent: AgentBudget = Field(default_factory=AgentBudget, description="Budget of the agentic reviewer.")
+                               "(agentic mode: each a JSON tool call {\"name\": ..., \"arguments\": {...}}).")
+    mode: Literal["single-call", "agentic"] = Field(
+        "single-call", description="single-call: one prompt holding the review bundle (reviewer) or the pool "
+        "digest (curator); agentic: the meta-LLM reads the trace store through tools under `agent`'s budget "
+        "(needs an endpoint with tool calls).")
+    agent: AgentBudget = Field(default_factory=AgentBudget, description="Budget of the agentic reviewer or curator.")
 
     def resolved(self) -> "MetaLLMConfig":
         base_url = self.base_url or os.environ.get("AUTOMEM_META_BASE_URL")
@@ -72,8 +73,8 @@ class MetaLLMConfig(BaseModel):
     def identity(self) -> str:
         """What distinguishes this meta-LLM's output (part of review and curation cache keys)."""
         cfg = self.resolved()
-        # the single-call reviewer's identity is what it was before the agentic option existed
-        plain = {"reviewer", "agent"} if cfg.reviewer == "single-call" else set()
+        # the single-call meta-LLM's identity is what it was before the agentic option existed
+        plain = {"mode", "agent"} if cfg.mode == "single-call" else set()
         return cfg.model_dump_json(exclude={"api_key_env"} | plain)
 
 

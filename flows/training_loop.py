@@ -146,7 +146,8 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
         trial = TrialRecord(trial=n)
         trials.append(trial)
         program = curate(str(scaffold.root), digest, params.meta, [t.data() for t in trials[:-1]], params.train_base,
-                         params.models.max_lora_rank)
+                         params.models.max_lora_rank, str(pool_archive),
+                         str(pool_archive.parent / "curation" / f"trial-{n}"))
         if isinstance(program, str):
             trial.error = program
             continue

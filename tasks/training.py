@@ -29,10 +29,13 @@ def digest_pool(archive_root: str) -> dict:
 
 @task(name="curate", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_on_transient_error)
 def curate(scaffold_dir: str, digest: dict, meta: MetaLLMConfig, trials: list[dict],
-           base_path: str | None, max_lora_rank: int | None = None) -> CurationProgram | str:
+           base_path: str | None, max_lora_rank: int | None = None, archive_root: str | None = None,
+           record_dir: str | None = None) -> CurationProgram | str:
     """The next trial's curation program, or the reason it was rejected (fed back).
-    `max_lora_rank`: the model server's limit (programs it cannot serve are refused)."""
-    curator = make_curator(meta, Path(base_path) if base_path else None)
+    `max_lora_rank`: the model server's limit (programs it cannot serve are refused);
+    `archive_root`, `record_dir`: the pool's archive and where an agentic curator's trace goes."""
+    curator = make_curator(meta, Path(base_path) if base_path else None,
+                           Path(archive_root) if archive_root else None, Path(record_dir) if record_dir else None)
     try:
         program = curator.program(Scaffold.load(scaffold_dir), digest, trials)
         if max_lora_rank is not None:

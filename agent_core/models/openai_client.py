@@ -266,7 +266,7 @@ class OpenAIChatModel:
             if exc.status_code in (400, 404, 422, 501) and "tool" in message.lower():
                 raise ModelError(
                     f"model server at {self.base_url} does not serve tool calls ({message}): use the "
-                    "single-call reviewer (meta-LLM `reviewer: single-call`), or a server with tool calling "
+                    "single-call reviewer or curator (meta-LLM `mode: single-call`), or a server with tool calling "
                     "(`automem serve`, vLLM with --enable-auto-tool-choice --tool-call-parser)") from exc
             raise (TransientModelError if _transient(exc.status_code) else ModelError)(
                 f"model server at {self.base_url} answered {exc.status_code} for model {self.model!r}: "

@@ -416,18 +416,30 @@ class AgenticCurator:
         self.runs.append(run)
         if run.accepted is None:
             raise ProgramError(f"no program: {run.summary()}")
-        return run.accepted["program"]
+        program = run.accepted["program"]
+        hypothesis = run.accepted.get("hypothesis")
+        return program.model_copy(update={"rationale": hypothesis}) if hypothesis else program
 
 
 def make_agentic_reviewer(config: Any, model: Any, archive_root: Path | str | None,
                           scaffolds_root: Path | str | None, record_dir: Path | str | None) -> AgenticReviewer:
-    """The agentic reviewer of a meta-LLM config (`reviewer: agentic`) over the archive. With
+    """The agentic reviewer of a meta-LLM config (`mode: agentic`) over the archive. With
     the scripted backend, `replies` are JSON tool calls replayed in order (the last repeats)."""
     if archive_root is None or scaffolds_root is None or record_dir is None:
         raise ValueError("the agentic reviewer needs the archive, the scaffold store and a record folder")
     if config.resolved().backend == "scripted":
         model = _scripted_tools(tuple(config.replies))
     return AgenticReviewer(model, archive_root, scaffolds_root, record_dir, config.agent)
+
+
+def make_agentic_curator(config: Any, model: Any, archive_root: Path | str | None, record_dir: Path | str | None,
+                         base_path: Path | None = None) -> AgenticCurator:
+    """The agentic curator of a meta-LLM config (`mode: agentic`) over the pool's archive."""
+    if archive_root is None or record_dir is None:
+        raise ValueError("the agentic curator needs the pool's archive and a record folder")
+    if config.resolved().backend == "scripted":
+        model = _scripted_tools(tuple(config.replies))
+    return AgenticCurator(model, archive_root, record_dir, base_path, config.agent)
 
 
 _SCRIPTS: dict[tuple[str, ...], Any] = {}

@@ -54,12 +54,12 @@ class MetaLLMReviewer:
 def make_reviewer(config: MetaLLMConfig, archive_root: Path | None = None, scaffolds_root: Path | None = None,
                   record_dir: Path | None = None) -> Reviewer:
     """The meta-LLM reviewer when an endpoint is configured: single-call (one prompt holding
-    the bundle), or with `reviewer: agentic` the agent over the trace store at `archive_root`
+    the bundle), or with `mode: agentic` the agent over the trace store at `archive_root`
     (`agentic.py`); else the rule-based one."""
     model = config.chat_model()
     if model is None:
         return RuleBasedReviewer()
-    if config.reviewer == "agentic":
+    if config.mode == "agentic":
         from agent_core.review.agentic import make_agentic_reviewer
 
         return make_agentic_reviewer(config, model, archive_root, scaffolds_root, record_dir)

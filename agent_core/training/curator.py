@@ -149,9 +149,19 @@ class RuleBasedCurator:
                                                        f"after {len(trials)} trial(s)"})
 
 
-def make_curator(config: MetaLLMConfig, base_path: Path | None = None) -> Curator:
+def make_curator(config: MetaLLMConfig, base_path: Path | None = None, archive_root: Path | None = None,
+                 record_dir: Path | None = None) -> Curator:
+    """The meta-LLM curator when an endpoint is configured: single-call (one prompt holding the
+    pool digest), or with `mode: agentic` the agent over the pool's archive at `archive_root`
+    (`review/agentic.py`); else the rule-based one."""
     model = config.chat_model()
-    return MetaLLMCurator(model, config.params(), base_path) if model else RuleBasedCurator()
+    if model is None:
+        return RuleBasedCurator()
+    if config.mode == "agentic":
+        from agent_core.review.agentic import make_agentic_curator
+
+        return make_agentic_curator(config, model, archive_root, record_dir, base_path)
+    return MetaLLMCurator(model, config.params(), base_path)
 
 
 __all__ = ["Curator", "MetaLLMCurator", "RuleBasedCurator", "make_curator", "describe_trial", "held_out_loss",

@@ -178,6 +178,7 @@ def test_curator_agent_inspects_the_pool_then_submits(store, tmp_path):
     curator = AgenticCurator(model, root / "archive", tmp_path)
     out = curator.program(TINY, {}, [])
     assert out.selection_sql == OK_TURNS_SQL and curator.runs[0].replies == 3
+    assert out.rationale == "ok turns only"  # the hypothesis stays with the program
     assert "call_id" in model.calls[2][-1].content  # the rejection it fixed
 
 

@@ -36,7 +36,7 @@ def test_agentic_reviewer_reads_the_archive_and_its_candidate_is_gated(tmp_path)
     ws = tmp_path / "ws"
     yaml_text = Scaffold.builtin("tiny").files["scaffold.yaml"].decode().replace(
         "log:\n", "log:\n  consult_before_write: true\n", 1)
-    reviewer = MetaLLMConfig(backend="scripted", reviewer="agentic", agent=AgentBudget(max_steps=5), replies=[
+    reviewer = MetaLLMConfig(backend="scripted", mode="agentic", agent=AgentBudget(max_steps=5), replies=[
         call("sql", query="select count(*) as looked from memory_ops where op in ('read', 'search', 'tail')"),
         call("submit_revision", hypothesis={"failure": "the agent never looks up where it noted the key",
                                             "episode": "any", "step": 0, "why": "a look-up before writing"},
@@ -68,9 +68,35 @@ def test_agentic_reviewer_reads_the_archive_and_its_candidate_is_gated(tmp_path)
 
 def test_agentic_reviewer_that_never_submits_is_no_revision(tmp_path):
     ws = tmp_path / "ws"
-    reviewer = MetaLLMConfig(backend="scripted", reviewer="agentic", agent=AgentBudget(max_steps=3),
+    reviewer = MetaLLMConfig(backend="scripted", mode="agentic", agent=AgentBudget(max_steps=3),
                              replies=[call("grep", pattern="key")])
     result = scaffold_loop(params(ws, reviewer))
     [entry] = result["history"]
     assert entry["verdict"] == "no valid candidate" and entry["attempts"][0]["verdict"] == "no revision"
     assert "stopped by max_steps after 3 replies" in entry["reason"]
+
+
+def test_agentic_curator_is_the_training_loops_option(tmp_path):
+    """Loop 2 with `mode: agentic`: the curator inspects the pool's archive through the tools;
+    one that never submits a program is a rejected trial (nothing is trained)."""
+    from agent_core.models.config import RoutineScript
+    from agent_core.training.curator import make_curator
+    from flows.training_loop import TrainingLoopParams, training_loop
+
+    meta = MetaLLMConfig(backend="scripted", mode="agentic", agent=AgentBudget(max_steps=2),
+                         replies=[call("sql", query="select routine, count(*) as n from calls group by all")])
+    assert type(make_curator(meta, None, tmp_path, tmp_path)).__name__ == "AgenticCurator"
+    agent = ModelConfig(backend="scripted", script=RoutineScript(
+        log="<|UPSERT|>map.md|hall|exits north<|END|><|SEARCH|>hall<|END|>", plan="<|READ|>map.md<|END|>"))
+    ws = tmp_path / "ws"
+    result = training_loop(TrainingLoopParams(game="tiny", pool_seeds=[10, 11], eval_seeds=[0, 1, 2],
+                                              confirm_seeds=[20, 21], max_steps=4, models=agent, meta=meta,
+                                              trials=1, gate={"alpha": 0.25}, concurrency=2, workspace=str(ws)))
+    [trial] = result["trials"]
+    assert trial["error"].startswith("program rejected: no program: no revision: stopped by max_steps after 2 "
+                                     "replies"), trial["error"]
+    [trace] = list(ws.glob("pools/*/curation/trial-0/curator-0.jsonl"))
+    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    sql = [x for x in lines if x["kind"] == "tool"]
+    assert len(sql) == 2 and sql[0]["ok"] and sql[0]["content"].startswith("routine\tn")
+    assert result["promoted"] is None
