@@ -11,7 +11,7 @@ training):
   episode started with, i.e. the scaffold's seeded files) / steps.
 
 Over several episodes both are pooled: total writes / total look-ups, total growth / total
-steps (`aggregate`; `SQL_AGGREGATE` is the same over the archive's `episodes` columns,
+steps (`aggregate`; `sql_aggregate` is the same over the archive's `episodes` columns,
 which `agent_core.archive` fills from `diagnose`). Every report, the nightly history,
 `evaluate`, the archive and the plots use these.
 
@@ -195,7 +195,7 @@ class GroupDiagnostics(BaseModel):
 
 
 def aggregate(diagnostics: list[Diagnostics]) -> GroupDiagnostics:
-    """Pool per-episode diagnostics (`SQL_AGGREGATE` is the same over the archive)."""
+    """Pool per-episode diagnostics (`sql_aggregate` is the same over the archive)."""
     d = diagnostics
     steps, writes, consults = sum(x.steps for x in d), sum(x.writes for x in d), sum(x.consults for x in d)
     growth = sum(x.memory_growth_chars for x in d)
