@@ -185,7 +185,7 @@ def test_curator_agent_inspects_the_pool_then_submits(store, tmp_path):
 def test_planted_defect_in_2000_steps_found_through_the_tools_not_in_the_bundle(tmp_path):
     """A duplicate-write storm from step 1,400 of a 2,000-step trace: the scripted reviewer
     finds the step with sql, reads it, and submits a hypothesis naming it; the candidate is
-    validated. The single-call bundle of the same trace does not show that step."""
+    validated and gated. The single-call bundle of the same trace does not show that step."""
     trace = write_synthetic_trace(tmp_path / "ep", TINY, steps=2000, defect_at=1400)
     archive_trace(trace, tmp_path / "archive")
 
@@ -215,6 +215,18 @@ def test_planted_defect_in_2000_steps_found_through_the_tools_not_in_the_bundle(
     assert proposal.candidate_dir and Scaffold.load(proposal.candidate_dir).config.log.consult_before_write
     assert "(episode synthetic2000, step 1400)" in proposal.analysis
     assert reviewer.runs[0].replies == 4
+    # gated like any candidate: incumbent and candidate play the same tiny seeds (a scripted
+    # agent that takes the key only when a look-up confirmed where it noted it), paired test
+    from agent_core.gate import gate
+    from agent_core.models.config import ModelConfig
+
+    def play(scaffold):
+        roles = ModelConfig(backend="scripted", policy="tiny-explorer").build()
+        return [run_episode(make_env("tiny"), scaffold, roles, seed, 20, tmp_path / "gate" / scaffold.hash / str(seed))
+                .progression for seed in range(4)]
+
+    verdict = gate(list(range(4)), play(TINY), play(Scaffold.load(proposal.candidate_dir)))
+    assert verdict.promote and verdict.mean_candidate > verdict.mean_incumbent, verdict.reason
     # the gap this closes: the bundle's excerpts never reach the defect
     rendered = bundle.render()
     assert "### step 1400:" not in rendered and DUPLICATE_TEXT not in rendered.split("# Step-log excerpts")[1]
