@@ -16,8 +16,8 @@ from agent_core.review.agentic import AgentBudget
 
 class MetaLLMConfig(BaseModel):
     """The meta-LLM endpoint comes from the environment unless given: AUTOMEM_META_BASE_URL,
-    AUTOMEM_META_MODEL, and the key in AUTOMEM_META_API_KEY. Without an endpoint the
-    rule-based reviewer / curator is used."""
+    AUTOMEM_META_MODEL, the key in AUTOMEM_META_API_KEY, and AUTOMEM_META_MODE (`mode`).
+    Without an endpoint the rule-based reviewer / curator is used."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -46,7 +46,10 @@ class MetaLLMConfig(BaseModel):
         if backend == "openai" and not (base_url and model):
             raise ValueError("the meta-LLM reviewer needs base_url and model (or AUTOMEM_META_BASE_URL "
                              "and AUTOMEM_META_MODEL)")
-        return self.model_copy(update=dict(backend=backend, base_url=base_url, model=model))
+        mode = self.mode if "mode" in self.model_fields_set else os.environ.get("AUTOMEM_META_MODE", self.mode)
+        if mode not in ("single-call", "agentic"):
+            raise ValueError(f"AUTOMEM_META_MODE must be single-call or agentic, not {mode!r}")
+        return self.model_copy(update=dict(backend=backend, base_url=base_url, model=model, mode=mode))
 
     def check(self) -> None:
         cfg = self.resolved()

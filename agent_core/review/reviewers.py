@@ -59,7 +59,7 @@ def make_reviewer(config: MetaLLMConfig, archive_root: Path | None = None, scaff
     model = config.chat_model()
     if model is None:
         return RuleBasedReviewer()
-    if config.mode == "agentic":
+    if config.resolved().mode == "agentic":
         from agent_core.review.agentic import make_agentic_reviewer
 
         return make_agentic_reviewer(config, model, archive_root, scaffolds_root, record_dir)

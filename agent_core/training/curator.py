@@ -157,7 +157,7 @@ def make_curator(config: MetaLLMConfig, base_path: Path | None = None, archive_r
     model = config.chat_model()
     if model is None:
         return RuleBasedCurator()
-    if config.mode == "agentic":
+    if config.resolved().mode == "agentic":
         from agent_core.review.agentic import make_agentic_curator
 
         return make_agentic_curator(config, model, archive_root, record_dir, base_path)

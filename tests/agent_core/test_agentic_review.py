@@ -293,3 +293,21 @@ def test_the_next_review_sees_hypotheses_diffs_and_per_seed_outcomes(store, tmp_
     # a workspace without verdicts has no history
     other = AgenticReviewer(ScriptedToolModel([]), root / "archive", tmp_path / "elsewhere" / "scaffolds", tmp_path)
     assert "candidate " not in other.task_prompt(bundle, TINY, [])
+
+
+def test_the_mode_comes_from_the_environment_unless_given(store, tmp_path, monkeypatch):
+    from agent_core.meta import MetaLLMConfig
+    from agent_core.review.reviewers import MetaLLMReviewer, RuleBasedReviewer, make_reviewer
+
+    root, _ = store
+    where = (root / "archive", root / "scaffolds", tmp_path)
+    monkeypatch.setenv("AUTOMEM_META_MODE", "agentic")
+    scripted = MetaLLMConfig(backend="scripted", replies=['{"name": "sql", "arguments": {"query": "select 1"}}'])
+    assert isinstance(make_reviewer(scripted, *where), AgenticReviewer)
+    assert '"mode":"agentic"' in scripted.identity()
+    explicit = MetaLLMConfig(backend="scripted", mode="single-call", replies=["x"])
+    assert isinstance(make_reviewer(explicit, *where), MetaLLMReviewer) and '"mode":' not in explicit.identity()
+    assert isinstance(make_reviewer(MetaLLMConfig(backend="rules"), *where), RuleBasedReviewer)
+    monkeypatch.setenv("AUTOMEM_META_MODE", "clever")
+    with pytest.raises(ValueError, match="single-call or agentic"):
+        scripted.resolved()
