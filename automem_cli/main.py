@@ -176,6 +176,21 @@ def trace_show(path: Path, full: bool = typer.Option(False, help="Show whole rep
     _print_diagnostics(diagnose(trace).model_dump(exclude={"progression_curve"}))
 
 
+@trace_app.command("review")
+def trace_review(path: Path, max_chars: int = typer.Option(1500, min=100, help="Characters per tool result.")) -> None:
+    """An agentic review's trace (`reviews/<key>/agent-N.jsonl`): every call, tool result and
+    how it ended."""
+    from agent_core.review.agentic import render_review_trace
+
+    if not Path(path).is_file():
+        _fail(f"no review trace at {path}")
+    try:
+        text = render_review_trace(path, max_chars)
+    except (ValueError, KeyError) as exc:
+        _fail(f"{path} is not a review trace: {exc}")
+    console.print(text, markup=False, highlight=False)
+
+
 @traces_app.command("query")
 def traces_query(
     sql: str = typer.Argument(..., help="One SELECT over the views episodes, steps, calls, memory_ops."),

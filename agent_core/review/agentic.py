@@ -465,9 +465,11 @@ def render_review_trace(path: Path | str, max_chars: int = 1_500) -> str:
     """A review trace as markdown (for a Prefect artifact or the terminal): every call with
     its usage and tool calls, every tool result cut to `max_chars`, and how it ended."""
     lines = [f"# Agentic review `{Path(path).name}`", ""]
-    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+    for n, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
         r = json.loads(raw)
-        kind = r["kind"]
+        kind = r.get("kind")
+        if n == 0 and kind != "start":
+            raise ValueError(f"its first record is {kind!r}, not the review's start")
         if kind == "start":
             lines += [f"Model `{r['model']}`; tools {', '.join(r['tools'])}; budget: {r['budget']['max_steps']} "
                       f"replies, {r['budget']['max_review_tokens']:,} tokens", "", "## Task", "", r["task"], ""]

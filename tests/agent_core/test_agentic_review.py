@@ -311,3 +311,19 @@ def test_the_mode_comes_from_the_environment_unless_given(store, tmp_path, monke
     monkeypatch.setenv("AUTOMEM_META_MODE", "clever")
     with pytest.raises(ValueError, match="single-call or agentic"):
         scripted.resolved()
+
+
+def test_the_cli_shows_a_review_trace(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from automem_cli.main import app
+
+    _, traces = store
+    run, _ = agent(store, ScriptedToolModel([("sql", {"query": "select 7 as seven"}), submission()]),
+                   tmp_path=tmp_path)
+    out = CliRunner().invoke(app, ["trace", "review", run.trace_path])
+    assert out.exit_code == 0, out.output
+    assert "`sql({\"query\": \"select 7 as seven\"})`" in out.output and "seven\n7" in out.output
+    assert "## End: submitted (stopped by submitted)" in out.output
+    bad = CliRunner().invoke(app, ["trace", "review", str(traces[0])])
+    assert bad.exit_code == 2 and "not the review's start" in bad.output
