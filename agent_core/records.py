@@ -14,7 +14,11 @@ Role = Literal["system", "user", "assistant"]
 Routine = Literal["log", "plan"]
 #: who produced a reply: the memory role (LOG + PLAN consultation) or the action role
 AgentRole = Literal["memory", "action"]
-FinishReason = Literal["stop", "length"]
+#: why a reply ended, as the server said: "stop" (by itself), "length" (max_tokens or the
+#: context), "tool_calls"/"function_call" (a tool call), "content_filter" (the server's
+#: filter cut it), "abort" (vLLM: the request was aborted); "unknown" when the server gave
+#: none or a value not listed here. Only "stop" is a reply known to be complete.
+FinishReason = Literal["stop", "length", "tool_calls", "function_call", "content_filter", "abort", "unknown"]
 
 
 class Message(BaseModel):
@@ -69,7 +73,8 @@ class Completion(BaseModel):
     completion_tokens: int = 0
     latency_s: float = 0.0
     model: str = ""
-    #: "stop": the reply ended by itself; "length": cut off by max_tokens or the context
+    #: "stop": the reply ended by itself; "length": cut off by max_tokens or the context;
+    #: the others as the server gave them (`FinishReason`)
     finish_reason: FinishReason = "stop"
 
 

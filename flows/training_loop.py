@@ -75,14 +75,34 @@ class TrainingLoopParams(GameParams):
 
 
 def check_served_base(base_url: str, model: str, train_base: str) -> None:
-    """The server must serve the base the adapters are trained on: `/v1/models` reports the
-    served base's `root` (its weights folder or hub name); the folder names must agree."""
-    from agent_core.models.openai_client import served_root
+    """The server must serve the base the adapters are trained on, identified by its
+    configuration (architecture and sizes, `weights.base_signature`), never by its folder's
+    name: `automem serve` reports it in `/v1/models`; for another server (vLLM) the reported
+    `root` must be a folder readable here."""
+    from agent_core.models.openai_client import served_card
+    from agent_core.models.weights import base_signature
 
-    root = served_root(base_url, model)
-    if root is None or Path(root.rstrip("/")).name != Path(train_base.rstrip("/")).name:
-        raise ValueError(f"train_base {train_base!r} is not the base the server serves: {model!r} at "
-                         f"{base_url} reports root {root!r}; train on the same weights")
+    card = served_card(base_url, model)
+    if card is None:
+        raise ValueError(f"{model!r} is not served at {base_url}; train_base cannot be checked against it")
+    try:
+        want = base_signature(train_base)
+    except FileNotFoundError as exc:
+        raise ValueError(f"train_base {train_base!r} is not a model folder: {exc}") from exc
+    served, source = card.get("config"), "its /v1/models card"
+    if not isinstance(served, dict):
+        root = card.get("root")
+        try:
+            served, source = base_signature(root), f"{root}/config.json"
+        except (FileNotFoundError, TypeError, OSError):
+            raise ValueError(
+                f"cannot tell which base {model!r} at {base_url} serves: it reports no configuration and its "
+                f"root {root!r} is not a model folder readable here; serve it with `automem serve`, or from a "
+                "folder this machine can read, to check train_base against it") from None
+    differs = [f"{k}: served {served.get(k)!r}, train_base {want[k]!r}" for k in want if served.get(k) != want[k]]
+    if differs:
+        raise ValueError(f"train_base {train_base!r} is not the base the server serves: {model!r} at {base_url} "
+                         f"has another configuration ({source}): {'; '.join(differs)}; train on the same weights")
 
 
 def pool_key(params: TrainingLoopParams, scaffold_hash: str) -> str:

@@ -162,13 +162,13 @@ class LocalModel:
     def adapters(self) -> dict[str, Path]:
         """Loaded adapters, name -> folder."""
         with self._lock:
-            return dict(self._adapters)
+            return {n: p for n, p in self._adapters.items() if n not in self._staged}
 
     @property
     def names(self) -> list[str]:
         """Every model name this instance answers to: the base first, then the adapters."""
         with self._lock:
-            return [self.model_id, *self._adapters]
+            return [self.model_id, *(n for n in self._adapters if n not in self._staged)]
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a peft LoRA adapter from `path` under `name`; `ModelError` if the name is taken."""
@@ -193,6 +193,76 @@ class LocalModel:
             self._peft.eval()
             self._adapters[name] = path
             self._prefixes.pop(name, None)
+
+    #: adapters loaded by `stage_adapter`, not served until `swap_adapter` (never in `names`)
+    _staged: frozenset[str] = frozenset()
+
+    def stage_adapter(self, path: str | Path) -> str:
+        """Load a peft adapter under a fresh internal name that is not served (not in
+        `names`), for `swap_adapter`; `ModelError` when it cannot be loaded (nothing is left
+        behind: the adapters served are untouched)."""
+        from uuid import uuid4
+
+        staged = f"automem-staged-{uuid4().hex[:12]}"  # peft forbids "." in adapter names
+        with self._lock:
+            try:
+                self.load_adapter(staged, path)
+            except Exception as exc:  # a half-made adapter is dropped
+                if self._peft is not None and staged in self._peft.peft_config:
+                    self._peft.delete_adapter(staged)
+                self._adapters.pop(staged, None)
+                if isinstance(exc, ModelError):
+                    raise
+                raise ModelError(f"cannot load adapter from {path}: {type(exc).__name__}: {exc}") from exc
+            self._staged = self._staged | {staged}
+        return staged
+
+    def swap_adapter(self, name: str, staged: str) -> None:
+        """Serve the staged adapter's weights as `name`, replacing the adapter loaded under
+        `name` (if any), in one step under the lock: no call finds `name` missing, and each
+        forward pass runs with the old or the new weights. The staged name is gone after. On
+        failure the old adapter is restored and `ModelError` raised."""
+        import copy
+
+        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+        with self._lock:
+            if staged not in self._staged:
+                raise ModelError(f"no staged adapter {staged!r}")
+            try:
+                old = None
+                if name in self._adapters:  # kept until the new one is in, to restore it on failure
+                    old = (self._peft.peft_config[name], get_peft_model_state_dict(self._peft, adapter_name=name),
+                           self._adapters[name])
+                    self._peft.delete_adapter(name)
+                    del self._adapters[name]
+                try:  # peft has no rename: the staged configuration and weights under `name`
+                    self._peft.add_adapter(name, copy.deepcopy(self._peft.peft_config[staged]))
+                    set_peft_model_state_dict(self._peft, get_peft_model_state_dict(self._peft, adapter_name=staged),
+                                              adapter_name=name)
+                    self._adapters[name] = self._adapters[staged]
+                except Exception as exc:
+                    if name in self._peft.peft_config:
+                        self._peft.delete_adapter(name)
+                    if old is not None:
+                        self._peft.add_adapter(name, old[0])
+                        set_peft_model_state_dict(self._peft, old[1], adapter_name=name)
+                        self._adapters[name] = old[2]
+                    raise ModelError(f"cannot swap in adapter {name!r}: {type(exc).__name__}: {exc}") from exc
+                finally:
+                    self._prefixes.pop(name, None)  # KV caches made with the old weights
+                    self._peft.eval()
+            finally:
+                self._peft.delete_adapter(staged)
+                self._adapters.pop(staged, None)
+                self._prefixes.pop(staged, None)
+                self._staged = self._staged - {staged}
+
+    def replace_adapter(self, name: str, path: str | Path) -> None:
+        """Reload adapter `name` from `path` in place (`stage_adapter`, then `swap_adapter`):
+        the old adapter serves until the new one is loaded, and a load that fails raises
+        `ModelError` and keeps it; loads it as new when `name` is not loaded."""
+        self.swap_adapter(name, self.stage_adapter(path))
 
     def unload_adapter(self, name: str) -> None:
         """Drop an adapter and its KV caches; `ModelError` if it is not loaded."""

@@ -17,7 +17,7 @@ import os
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 # openai's own HTTP library (a fork of httpx): always installed along with openai
 import httpx2
@@ -26,7 +26,7 @@ import openai
 from agent_core.grammar import Grammar
 from agent_core.models.base import ModelError, TransientModelError
 from agent_core.models.tool_calls import ChatTurn, ToolCall, ToolChoice, ToolCompletion
-from agent_core.records import Completion, Message, SamplingParams
+from agent_core.records import Completion, FinishReason, Message, SamplingParams
 
 
 def server_root(base_url: str) -> str:
@@ -93,14 +93,25 @@ def list_models(base_url: str, api_key: str | None = None, timeout_s: float = 10
     return [item["id"] for item in response.json().get("data", [])]
 
 
-def served_root(base_url: str, model: str, api_key: str | None = None, timeout_s: float = 10.0) -> str | None:
-    """The `root` that `GET /v1/models` reports for `model` (vLLM: the path or hub name the
-    base was loaded from); None when the server does not name one."""
+def served_card(base_url: str, model: str, api_key: str | None = None, timeout_s: float = 10.0) -> dict | None:
+    """The card `GET /v1/models` gives for `model` (vLLM: `root`, the path or hub name the
+    base was loaded from; `automem serve` also `config`, the base's architecture and sizes);
+    None when the server does not serve `model`."""
     response = _request("GET", api_url(base_url) + "/models", api_key, timeout_s)
     for item in response.json().get("data", []):
         if item.get("id") == model:
-            return item.get("root")
+            return item
     return None
+
+
+_FINISH_REASONS = frozenset(get_args(FinishReason)) - {"unknown"}
+
+
+def finish_reason(raw: str | None) -> FinishReason:
+    """The server's finish reason as it gave it; "unknown" when it gave none (None) or one
+    that `FinishReason` does not list (never mapped to "stop": a reply that did not end by
+    itself must not pass for complete)."""
+    return raw if raw in _FINISH_REASONS else "unknown"  # type: ignore[return-value]
 
 
 def check_reachable(base_url: str, api_key: str | None = None, timeout_s: float = 3.0) -> list[str]:
@@ -227,7 +238,9 @@ class OpenAIChatModel:
         usage = response.usage
         choice = response.choices[0]
         text = choice.message.content or ""
-        finish = "length" if choice.finish_reason == "length" else "stop"
+        finish = finish_reason(choice.finish_reason)
+        # only a reply that ended by itself must match: "length", "abort", "content_filter",
+        # "unknown" may stop mid-sentence under a grammar the server did enforce
         if constraint is not None and finish == "stop" and constraint.kind == "regex" \
                 and not constraint.matches(text):
             raise ModelError(
@@ -282,4 +295,4 @@ class OpenAIChatModel:
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             latency_s=time.perf_counter() - started, model=self.model_id,
-            finish_reason="length" if choice.finish_reason == "length" else "stop")
+            finish_reason=finish_reason(choice.finish_reason))

