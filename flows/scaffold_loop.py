@@ -47,6 +47,10 @@ class ScaffoldLoopParams(GameParams):
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test.")
     screen: ScreenConfig | None = Field(None, description="Staged evaluation (None: every candidate plays "
                                         "all evaluation seeds).")
+    max_meta_tokens: int | None = Field(None, ge=1, description="No further review once the reviews of this "
+                                        "run have spent this many meta-LLM tokens (agentic reviewer's ledger).")
+    max_meta_cost_usd: float | None = Field(None, gt=0.0, description="No further review once the reviews of "
+                                            "this run have cost this many dollars (agentic reviewer's ledger).")
 
     @field_validator("seeds", "confirm_seeds")
     @classmethod
@@ -62,6 +66,24 @@ class ScaffoldLoopParams(GameParams):
             raise ValueError(f"screen.seeds ({self.screen.seeds}) must be fewer than the {len(self.seeds)} "
                              "evaluation seeds")
         return self
+
+
+def meta_usage(attempts: list[dict], into: dict[str, float]) -> None:
+    """Add review attempts' ledger totals (`usage`, agentic reviewer) into `into`."""
+    for a in attempts:
+        u = a.get("usage") or {}
+        into["tokens"] += u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
+        into["cost_usd"] += u.get("cost_usd", 0.0)
+        into["calls"] += u.get("calls", 0)
+
+
+def meta_budget_spent(params: ScaffoldLoopParams, spent: dict[str, float]) -> str | None:
+    """Which loop-level meta-LLM cap this run has reached, if any."""
+    if params.max_meta_tokens is not None and spent["tokens"] >= params.max_meta_tokens:
+        return f"max_meta_tokens: the reviews spent {int(spent['tokens'])} tokens (cap {params.max_meta_tokens})"
+    if params.max_meta_cost_usd is not None and spent["cost_usd"] >= params.max_meta_cost_usd:
+        return f"max_meta_cost_usd: the reviews cost ${spent['cost_usd']:.4f} (cap ${params.max_meta_cost_usd:g})"
+    return None
 
 
 def screen_candidate(params: ScaffoldLoopParams, candidate: Scaffold, incumbent_runs: list) -> str | None:
@@ -108,7 +130,13 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
     history: list[IterationRecord] = []
     feedback: list[str] = []  # what became of earlier candidates for the current incumbent
     misses = 0
+    spent = {"tokens": 0, "cost_usd": 0.0, "calls": 0}  # the meta-LLM's ledger over this run
+    stopped = None
     for iteration in range(params.iterations):
+        stopped = meta_budget_spent(params, spent)
+        if stopped:
+            logger.info("stopping before iteration %d: %s", iteration, stopped)
+            break
         runs = run_episodes(params.specs(str(incumbent.root), params.seeds), params, label="incumbent")
         traces = [s.trace_path for s in runs]
         sync(params.workspace, *archive_traces(traces, str(root / "archive")))
@@ -116,6 +144,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
                                    params.attempts, params.token_budget, feedback)
         entry = dict(iteration=iteration, incumbent=incumbent.hash, reviewer=proposal.reviewer,
                      attempts=proposal.attempts)
+        meta_usage(proposal.attempts, spent)
         candidate = Scaffold.load(proposal.candidate_dir) if proposal.candidate_dir else None
         screened_out = screen_candidate(params, candidate, runs) if candidate else None
         if candidate is None:
@@ -159,7 +188,8 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
         if misses >= params.patience:
             logger.info("stopping: %d iterations in a row without promotion", misses)
             break
-    return {"game": params.game, "incumbent": str(incumbent.root), "history": [h.data() for h in history]}
+    return {"game": params.game, "incumbent": str(incumbent.root), "history": [h.data() for h in history],
+            "meta_usage": spent, "stopped": stopped}
 
 
 def _publish(params: ScaffoldLoopParams, iteration: int, incumbent: Scaffold, candidate: Scaffold,

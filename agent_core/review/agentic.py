@@ -351,6 +351,12 @@ class AgenticReviewer:
         self.runs: list[AgentRun] = []
         self.name = f"agentic:{model.model_id}"
 
+    def last_usage(self) -> dict[str, Any]:
+        """The last review's ledger totals and what stopped it ({} before any review)."""
+        if not self.runs:
+            return {}
+        return {**self.runs[-1].ledger.totals(), "stop_reason": self.runs[-1].stop_reason}
+
     def system_prompt(self, incumbent: Any) -> str:
         from agent_core.review.candidate import HOOK_IMPORTS, HOOK_NAMES
 

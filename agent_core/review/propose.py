@@ -38,7 +38,7 @@ def propose(reviewer: Reviewer, bundle: ReviewBundle, incumbent: Scaffold, scaff
         try:
             reply = reviewer.review(bundle, incumbent, feedback)
         except NoRevision as exc:
-            attempts.append({"attempt": n, "verdict": "no revision", "reason": str(exc)})
+            attempts.append({"attempt": n, "verdict": "no revision", "reason": str(exc), **_usage(reviewer)})
             break
         (record_dir / f"attempt-{n}.reply.txt").write_text(reply)
         try:
@@ -47,15 +47,22 @@ def propose(reviewer: Reviewer, bundle: ReviewBundle, incumbent: Scaffold, scaff
         except CandidateError as exc:
             reason = str(exc)
             log.info("candidate rejected (attempt %d): %s", n, reason)
-            attempts.append({"attempt": n, "verdict": "rejected", "reason": reason})
+            attempts.append({"attempt": n, "verdict": "rejected", "reason": reason, **_usage(reviewer)})
             feedback.append(reason)
             continue
-        attempts.append({"attempt": n, "verdict": "valid", "candidate": candidate.hash})
+        attempts.append({"attempt": n, "verdict": "valid", "candidate": candidate.hash, **_usage(reviewer)})
         found = dict(candidate_dir=str(candidate.root), analysis=revision.analysis, changes=revision.changes)
         break
     proposal = Proposal(**{"candidate_dir": None, **found}, attempts=attempts, reviewer=reviewer.name)
     (record_dir / "proposal.json").write_text(json.dumps(proposal.model_dump(), indent=2))
     return proposal
+
+
+def _usage(reviewer: Reviewer) -> dict:
+    """The attempt's ledger totals (tokens, dollars, calls), for reviewers that keep one
+    (the agentic reviewer); {} for the others."""
+    usage = getattr(reviewer, "last_usage", None)
+    return {"usage": usage()} if callable(usage) and usage() else {}
 
 
 def review_key(incumbent: Scaffold, episode_ids: list[str], reviewer_identity: str, max_attempts: int,

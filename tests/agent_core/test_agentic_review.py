@@ -111,7 +111,8 @@ def test_never_submitting_ends_at_the_step_budget_as_no_revision(store, tmp_path
     proposal = propose(reviewer, bundle, TINY, root / "scaffolds", tmp_path / "rec", max_attempts=3)
     assert proposal.candidate_dir is None and len(model.calls) == 4
     assert proposal.attempts == [{"attempt": 0, "verdict": "no revision",
-                                  "reason": f"no revision: {reviewer.runs[0].summary()}"}]
+                                  "reason": f"no revision: {reviewer.runs[0].summary()}",
+                                  "usage": {**reviewer.runs[0].ledger.totals(), "stop_reason": "max_steps"}}]
     assert "stopped by max_steps after 4 replies" in proposal.attempts[0]["reason"]
     ledger = json.loads((tmp_path / "rec" / "agent-0.ledger.json").read_text())
     assert ledger["verdict"] == "no revision" and ledger["totals"]["calls"] == 4

@@ -100,3 +100,15 @@ def test_agentic_curator_is_the_training_loops_option(tmp_path):
     sql = [x for x in lines if x["kind"] == "tool"]
     assert len(sql) == 2 and sql[0]["ok"] and sql[0]["content"].startswith("routine\tn")
     assert result["promoted"] is None
+
+
+def test_a_loop_level_token_cap_stops_further_reviews(tmp_path):
+    ws = tmp_path / "ws"
+    reviewer = MetaLLMConfig(backend="scripted", mode="agentic", agent=AgentBudget(max_steps=2),
+                             replies=[call("grep", pattern="key")])
+    p = params(ws, reviewer).model_copy(update={"iterations": 3, "patience": 3, "max_meta_tokens": 1})
+    result = scaffold_loop(p)
+    assert len(result["history"]) == 1  # the first review spent the budget; no second one
+    usage = result["history"][0]["attempts"][0]["usage"]
+    assert usage["calls"] == 2 and result["meta_usage"]["tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert result["stopped"].startswith("max_meta_tokens: the reviews spent")
