@@ -262,6 +262,9 @@ def _card(program: CurationProgram, examples: list[dict[str, Any]], stats: Count
         "context_messages": _length_stats([len(e["messages"]) for e in examples]),
         "query": program.selection_sql,
         "program": program.model_dump(mode="json"),
+        # where every example comes from, in train.jsonl's order: [episode_id, step, call_id, routine]
+        "provenance": [[e["meta"]["episode_id"], e["meta"]["step"], e["meta"]["call_id"], e["meta"]["routine"]]
+                       for e in examples],
     }
     if tokenizer is not None:
         def ntok(text: str) -> int:
@@ -272,6 +275,10 @@ def _card(program: CurationProgram, examples: list[dict[str, Any]], stats: Count
         card["context_tokens"] = _length_stats([ntok(tokenizer.apply_chat_template(
             e["messages"], add_generation_prompt=True, tokenize=False)) for e in examples])
     return card
+
+
+#: examples listed in the markdown card (the JSON card lists them all)
+PROVENANCE_ROWS = 200
 
 
 def _card_markdown(card: dict[str, Any]) -> str:
@@ -288,6 +295,11 @@ def _card_markdown(card: dict[str, Any]) -> str:
     for key in ("target_chars", "context_chars", "target_tokens", "context_tokens"):
         if card.get(key):
             lines += table(key.replace("_", " ").capitalize(), card[key])
+    shown = card.get("provenance", [])[:PROVENANCE_ROWS]
+    lines += ["### Provenance", "", f"Every example's episode, step and model call (train.jsonl's order"
+              + (f"; the first {len(shown)} of {card['examples']}, all in data_card.json" if len(shown) < card["examples"]
+                 else "") + ").", "", "| episode | step | call | routine |", "|---|---|---|---|",
+              *[f"| {e} | {s} | {c} | {r} |" for e, s, c, r in shown], ""]
     lines += ["### Selection query", "", "```sql", card["query"], "```", "",
               "### Program", "", "The program that first built this dataset (its LoRA settings do not "
               "affect the data; a program with other LoRA settings reuses the folder).", "",

@@ -328,3 +328,23 @@ def test_the_cli_shows_a_review_trace(store, tmp_path):
     assert "## End: submitted (stopped by submitted)" in out.output
     bad = CliRunner().invoke(app, ["trace", "review", str(traces[0])])
     assert bad.exit_code == 2 and "not the review's start" in bad.output
+
+
+def test_every_sft_example_keeps_its_provenance_in_the_data_card(store, tmp_path):
+    from agent_core.training.curator import OK_TURNS_SQL
+    from agent_core.training.dataset import build_dataset, load_examples
+    from agent_core.training.program import rule_based_program
+
+    root, _ = store
+    program = rule_based_program({})
+    program = program.model_copy(update={"selection_sql": OK_TURNS_SQL, "composition": program.composition.model_copy(
+        update={"min_examples": 1})})
+    info = build_dataset(root / "archive", program, tmp_path / "sft")
+    card = json.loads((info.path / "data_card.json").read_text())
+    examples = load_examples(info.path)
+    assert len(card["provenance"]) == len(examples) == info.examples > 0
+    assert card["provenance"] == [[e["meta"]["episode_id"], e["meta"]["step"], e["meta"]["call_id"],
+                                   e["meta"]["routine"]] for e in examples]
+    md = (info.path / "data_card.md").read_text()
+    episode, step, call_id, routine = card["provenance"][0]
+    assert f"| {episode} | {step} | {call_id} | {routine} |" in md
