@@ -454,14 +454,18 @@ def _unshare_prefix() -> list[str]:
         if _UNSHARE is None:
             exe = shutil.which("unshare")
             prefix = [exe, "--user", "--net", "--"] if exe else []
+            # what the worker needs, as the namespace's unmapped user: the interpreter,
+            # RestrictedPython and this file readable
+            probe = f"import RestrictedPython; open({str(Path(__file__).resolve())!r}).close()"
             try:
-                ok = bool(exe) and subprocess.run([*prefix, sys.executable, "-I", "-c", "pass"],
+                ok = bool(exe) and subprocess.run([*prefix, sys.executable, "-I", "-c", probe],
                                                   capture_output=True, timeout=20).returncode == 0
             except (OSError, subprocess.TimeoutExpired):
                 ok = False
             if not ok:
                 log.warning("hook workers run without a network namespace: `unshare --user --net` "
-                            "is not available on this machine")
+                            "is not available on this machine (or the worker cannot read the "
+                            "interpreter or this checkout as the namespace's user)")
             _UNSHARE = prefix if ok else []
         return _UNSHARE
 
@@ -585,9 +589,13 @@ class HookRunner:
         w.scratch = tempfile.mkdtemp(prefix="automem-hook-")
         os.chmod(w.scratch, 0o500)  # nothing may be created in the working directory
         cmd = [*_unshare_prefix(), sys.executable, "-I", str(Path(__file__).resolve())]
-        w.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, cwd=w.scratch, env={"LC_ALL": "C.UTF-8"},
-                                  bufsize=0, start_new_session=True, close_fds=True)
+        try:
+            w.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, cwd=w.scratch, env={"LC_ALL": "C.UTF-8"},
+                                      bufsize=0, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            w.stop()
+            raise HookError(f"the hook worker could not start: {exc}") from exc
         _LIVE_PIDS.add(w.proc.pid)
         lim = self.limits
         setup = {"source": self.source, "filename": self.filename, "memory_mb": lim.memory_mb,

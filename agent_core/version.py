@@ -23,11 +23,12 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 #: digest of `episode_sources()` recorded with each protocol version (add a line per raise)
 SOURCES_DIGESTS: dict[int, str] = {
     3: "bbef08dbfdcd3baa",
     4: "73c26dcafd7f0128",  # finish reasons passed through; in-place adapter reloads
+    5: "63f6ac138d85961d",  # the hook worker's namespace probe; the SFT data card's provenance
 }
 
 _ROOT = Path(__file__).resolve().parents[1]

@@ -308,3 +308,19 @@ def test_a_crashing_hook_is_recorded_and_the_write_goes_on(tmp_path):
     steps, _ = _episode(tmp_path, hooks, steps=1)
     appends = [op for op in steps[0].memory_ops if op.op == "append"]
     assert appends and all(op.ok and "KeyError" in (op.hook_error or "") for op in appends)
+
+
+def test_scaffold_hooks_keep_their_signatures(tmp_path):
+    import inspect
+
+    Scaffold.builtin("tiny").write_copy(tmp_path / "s")
+    (tmp_path / "s" / "hooks.py").write_text("def validate_write(op, args, files):\n    return None\n")
+    scaffold = Scaffold(tmp_path / "s")
+    try:
+        assert scaffold.hook("postprocess_observation") is None  # not defined: no hook, no worker
+        assert scaffold.hooks.pid is None
+        validate = scaffold.hook("validate_write")
+        assert list(inspect.signature(validate).parameters) == ["op", "args", "files"]
+        assert validate("append", {"file": "a", "text": "x"}, {"a": ""}) is None
+    finally:
+        scaffold.close_hooks()
