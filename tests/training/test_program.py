@@ -89,7 +89,9 @@ def test_pool_digest_and_rule_based_program(archive):
     tiny = digest["games"]["tiny"]
     assert tiny["steps"] == 24 and tiny["progression"]["max"] == pytest.approx(1 / 3)
     assert tiny["progression"]["min"] == 0.0
-    assert digest["memory_calls"] == {"log": 24, "plan": 24}
+    # consult: 16 steps x (LOG look-up, LOG write, PLAN look-up, PLAN DONE); PLAN-acts: 8 steps x
+    # (LOG write, PLAN look-up, PLAN action)
+    assert digest["memory_calls"] == {"log": 40, "plan": 48}
     assert tiny["calls"]["plan/action"]["calls"] == 16  # the 2 PLAN-acts episodes need no action call
     ops = tiny["memory_ops"]
     assert ops["writes"] == 24 and ops["searches"] == 16 + 24 and ops["write_to_search"] == pytest.approx(0.6)
@@ -98,7 +100,7 @@ def test_pool_digest_and_rule_based_program(archive):
     program = rule_based_program(digest)
     assert program.selection_sql == RULE_BASED_SQL
     assert program.composition.top_episode_share == 0.5  # progression varies
-    assert program.composition.routine_mix.log == 0.5
+    assert program.composition.routine_mix.log == 0.45  # 40 / 88, as in the pool
     assert (program.lora.rank, program.lora.alpha, program.lora.target_modules) == (8, 16, ["q_proj", "v_proj"])
     assert program.lora.learning_rate == 2e-4
     assert parse_program(program.model_dump_json()) == program
