@@ -86,14 +86,16 @@ def meta_budget_spent(params: ScaffoldLoopParams, spent: dict[str, float]) -> st
     return None
 
 
-def screen_candidate(params: ScaffoldLoopParams, candidate: Scaffold, incumbent_runs: list) -> str | None:
+def screen_candidate(params: ScaffoldLoopParams, candidate: Scaffold, incumbent_runs: list,
+                     env_steps: dict[str, int]) -> str | None:
     """None when the candidate passes the screen (or there is none); else why it failed,
-    with the environment steps it saved."""
+    with the environment steps it saved. The screen's steps are added to `env_steps`."""
     if params.screen is None:
         return None
     n = params.screen.seeds
     screen = run_episodes(params.specs(str(candidate.root), params.seeds[:n]), params, label="candidate, screen")
     sync(params.workspace, candidate.root, *archive_traces([s.trace_path for s in screen], str(params.root() / "archive")))
+    env_steps[candidate.hash] = env_steps.get(candidate.hash, 0) + sum(s.steps for s in screen)
     inc = sum(s.progression for s in incumbent_runs[:n]) / n
     cand = sum(s.progression for s in screen) / n
     if cand - inc >= params.screen.min_delta:
@@ -131,6 +133,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
     feedback: list[str] = []  # what became of earlier candidates for the current incumbent
     misses = 0
     spent = {"tokens": 0, "cost_usd": 0.0, "calls": 0}  # the meta-LLM's ledger over this run
+    env_steps: dict[str, int] = {}  # environment steps played to evaluate each candidate (screen episodes once)
     stopped = None
     for iteration in range(params.iterations):
         stopped = meta_budget_spent(params, spent)
@@ -146,7 +149,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
                      attempts=proposal.attempts)
         meta_usage(proposal.attempts, spent)
         candidate = Scaffold.load(proposal.candidate_dir) if proposal.candidate_dir else None
-        screened_out = screen_candidate(params, candidate, runs) if candidate else None
+        screened_out = screen_candidate(params, candidate, runs, env_steps) if candidate else None
         if candidate is None:
             reasons = "; ".join(a.get("reason", "") for a in proposal.attempts)
             logger.info("iteration %d: no valid candidate (%s)", iteration, reasons)
@@ -160,6 +163,8 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
             cand_runs = run_episodes(params.specs(str(candidate.root), params.seeds), params,
                                      label="candidate")
             sync(params.workspace, candidate.root, *archive_traces([s.trace_path for s in cand_runs], str(root / "archive")))
+            played = cand_runs[params.screen.seeds if params.screen else 0:]  # the screen's are counted
+            env_steps[candidate.hash] = env_steps.get(candidate.hash, 0) + sum(s.steps for s in played)
             verdict_path = str(root / "verdicts" / f"{incumbent.hash}-vs-{candidate.hash}.json")
             verdict = gate_candidate(params.seeds, [s.progression for s in runs],
                                      [s.progression for s in cand_runs], params.gate, verdict_path)
@@ -171,6 +176,8 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
                                             params, label="candidate, confirmation seeds")
                 verdict = confirm_candidate(verdict, params.confirm_seeds, [s.progression for s in inc_confirm],
                                             [s.progression for s in cand_confirm], params.gate, verdict_path)
+                env_steps[candidate.hash] = env_steps.get(candidate.hash, 0) + sum(
+                    s.steps for s in inc_confirm + cand_confirm)
             _publish(params, iteration, incumbent, candidate, proposal, verdict)
             history.append(IterationRecord(**entry, candidate=candidate.hash, reason=verdict.reason,
                                            verdict=verdict.outcome))
@@ -189,7 +196,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
             logger.info("stopping: %d iterations in a row without promotion", misses)
             break
     return {"game": params.game, "incumbent": str(incumbent.root), "history": [h.data() for h in history],
-            "meta_usage": spent, "stopped": stopped}
+            "meta_usage": spent, "env_steps": env_steps, "stopped": stopped}
 
 
 def _publish(params: ScaffoldLoopParams, iteration: int, incumbent: Scaffold, candidate: Scaffold,

@@ -412,7 +412,8 @@ class AgenticCurator:
                          max_steps=self.budget.max_steps, schema=json.dumps(CurationProgram.model_json_schema()),
                          example=rule_based_program(digest).model_dump_json(indent=1))
         task = _render("agentic_curator_task.jinja", digest=json.dumps(digest, indent=1, default=str),
-                       trials=[{"trial": t["trial"], "outcome": describe_trial(t)} for t in trials])
+                       trials=[{"trial": t["trial"], "outcome": describe_trial(t),
+                                "hypothesis": (t.get("program") or {}).get("rationale", "")} for t in trials])
         toolbox = CuratorToolbox(self.archive_root, scaffold, self.base_path, self.caps)
         try:
             run = run_agent(self.model, toolbox, system, task, self.budget,

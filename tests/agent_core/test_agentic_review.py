@@ -14,6 +14,7 @@ import pytest
 from agent_core.agent import Roles
 from agent_core.archive import archive_trace
 from agent_core.episode import run_episode
+from agent_core.models.base import ModelError
 from agent_core.models.config import RoutineScript
 from agent_core.models.scripted import ScriptedModel
 from agent_core.models.tool_calls import ScriptedToolModel, ToolCall, ToolCompletion
@@ -181,6 +182,13 @@ def test_curator_agent_inspects_the_pool_then_submits(store, tmp_path):
     assert out.selection_sql == OK_TURNS_SQL and curator.runs[0].replies == 3
     assert out.rationale == "ok turns only"  # the hypothesis stays with the program
     assert "call_id" in model.calls[2][-1].content  # the rejection it fixed
+    # the next curation sees each earlier trial's hypothesis beside its outcome
+    trial = {"trial": 0, "program": out.model_dump(mode="json"), "examples": 12, "final_loss": 0.5}
+    again = AgenticCurator(ScriptedToolModel([]), root / "archive", tmp_path)
+    with pytest.raises(ModelError):  # the empty script: only the prompt matters here
+        again.program(TINY, {}, [trial])
+    task = again.model.calls[0][1].content
+    assert 'trial 0: hypothesis "ok turns only"; 12 examples' in task and "final training loss 0.500" in task
 
 
 def test_planted_defect_in_2000_steps_found_through_the_tools_not_in_the_bundle(tmp_path):

@@ -45,6 +45,7 @@ def test_a_candidate_failing_the_screen_plays_nothing_more(tmp_path):
     assert entry["verdict"] == "kept incumbent" and entry["reason"].startswith("failed the screen on seeds [0, 1]")
     assert "2 candidate episodes not played, up to 40 environment steps saved" in entry["reason"]
     assert played(ws) == {entry["incumbent"]: [0, 1, 2, 3], entry["candidate"]: [0, 1]}
+    assert result["env_steps"] == {entry["candidate"]: 40}  # two 20-step screen episodes
     assert not (ws / "verdicts").exists() or not list((ws / "verdicts").iterdir())
 
 
@@ -59,6 +60,12 @@ def test_a_candidate_passing_the_screen_plays_the_full_gate_and_confirmation(tmp
     assert verdict["seeds"] == [0, 1, 2, 3] and verdict["confirmation"]["seeds"] == [10, 11, 12, 13]
     # each seed played once: the screen's two episodes were the gate's own, reused
     assert played(ws)[entry["candidate"]] == [0, 1, 2, 3, 10, 11, 12, 13]
+    # every episode played for it counted once: its 4 + 4 and the incumbent's 4 confirmation episodes
+    steps = {json.loads(t.read_text().splitlines()[-1]).get("episode_id"): json.loads(t.read_text().splitlines()[-1])
+             for t in ws.glob("episodes/*/*/trace.jsonl")}
+    confirm = sum(v["steps"] for v in steps.values() if v["seed"] >= 10)
+    own = sum(v["steps"] for v in steps.values() if v["scaffold_hash"] == entry["candidate"] and v["seed"] < 10)
+    assert result["env_steps"] == {entry["candidate"]: own + confirm}
 
 
 def test_screen_must_be_smaller_than_the_evaluation_seeds(tmp_path):
