@@ -26,7 +26,7 @@ from pathlib import Path
 PROTOCOL_VERSION = 5
 #: digest of `episode_sources()` recorded with each protocol version (add a line per raise)
 SOURCES_DIGESTS: dict[int, str] = {
-    3: "bbef08dbfdcd3baa",
+    3: "2579851e129ef9a9",
     4: "73c26dcafd7f0128",  # finish reasons passed through; in-place adapter reloads
     5: "63f6ac138d85961d",  # the hook worker's namespace probe; the SFT data card's provenance
 }

@@ -6,8 +6,8 @@ enter the vault. The layout, the key's room and the door's room all come from
 `random.Random(seed)`.
 
 `recall` (`RecallEnv`): a game that needs memory. Which of four coloured doors leads out is
-said once, in the first observation; a corridor of 6 to 9 steps follows (longer than the
-scaffolds' history window, and nothing in it repeats the fact); at its end a wrong door ends
+said once, in the first observation; a corridor of 17 to 20 steps follows (longer than every shipped
+scaffold's history window, the baseline's included, and nothing in it repeats the fact); at its end a wrong door ends
 the game. An agent that wrote the fact down and looks it up finishes; one that cannot see it
 any more guesses (1 in 4).
 """
@@ -191,9 +191,10 @@ def _opposite(d: str) -> str:
 
 
 COLOURS = ("red", "green", "blue", "yellow")
-#: corridor length range (steps between the fact and the choice): every scaffold's history
-#: window is shorter than the shortest corridor except the context-window baseline's
-CORRIDOR_STEPS = (6, 9)
+#: corridor length range (steps between the fact and the choice): longer than every shipped
+#: scaffold's history window, the context-window baseline's 16 steps included, so only an
+#: agent that wrote the fact down can know it at the doors
+CORRIDOR_STEPS = (17, 20)
 RECALL_MILESTONES = ("reached the doors", "opened the way out")
 #: what the corridor shows, one line a step, drawn per seed; none names a colour
 _SIGHTS = ("Dust lies thick on the floor.", "A cold draught blows past.", "Your steps echo.",

@@ -69,13 +69,13 @@ def test_scripted_model_answers_only_what_the_grammar_allows():
 # -- tiny/recall: memory changes the outcome ---------------------------------------------------
 
 def test_recall_finishes_with_memory_and_only_guesses_without(tmp_path):
-    """v0 (history window 2, the fact 6-9 steps back): the policy writes the fact, looks it up at
+    """v0 (history window 2, the fact 17-20 steps back): the policy writes the fact, looks it up at
     the doors and opens the right one on every seed. The same scaffold with LOG writes
     disallowed: the look-up finds nothing and the policy guesses."""
     v0 = Scaffold.builtin("tiny")
     no_writes = variant(tmp_path, "no-writes", allowed_ops=list(READ_OPS))
-    with_memory = [play(tmp_path, tiny_recall, v0, s, "recall", 12) for s in SEEDS]
-    without = [play(tmp_path, tiny_recall, no_writes, s, "recall", 12) for s in SEEDS]
+    with_memory = [play(tmp_path, tiny_recall, v0, s, "recall", 24) for s in SEEDS]
+    without = [play(tmp_path, tiny_recall, no_writes, s, "recall", 24) for s in SEEDS]
 
     assert [s.progression for s, _ in with_memory] == [1.0] * len(SEEDS)
     guessed = [s.progression for s, _ in without]
@@ -123,5 +123,5 @@ def test_explorer_takes_the_key_only_where_the_scaffold_makes_it_look_up(tmp_pat
 def test_recall_without_memory_finishes_when_the_window_still_holds_the_fact(tmp_path):
     """The policy uses whatever the conversation shows: with writes disallowed but a history
     window longer than the corridor, the game's own words are still in view at the doors."""
-    wide = variant(tmp_path, "no-writes-wide", top={"history_window": 16}, allowed_ops=list(READ_OPS))
-    assert [play(tmp_path, tiny_recall, wide, s, "recall", 12)[0].progression for s in SEEDS] == [1.0] * len(SEEDS)
+    wide = variant(tmp_path, "no-writes-wide", top={"history_window": 24}, allowed_ops=list(READ_OPS))
+    assert [play(tmp_path, tiny_recall, wide, s, "recall", 24)[0].progression for s in SEEDS] == [1.0] * len(SEEDS)

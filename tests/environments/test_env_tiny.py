@@ -151,7 +151,8 @@ def test_recall_fact_is_shown_once_then_a_corridor_longer_than_the_history_windo
     assert len(corridor) == len(plan) - 1 and not any(c in t for t in corridor for c in COLOURS)
     gap = len(plan) - 1  # steps from the fact to the choice
     assert gap >= CORRIDOR_STEPS[0] >= 6
-    assert gap > Scaffold.builtin("tiny").config.history_window  # out of the v0 scaffold's window
+    for shipped in ("tiny", "baseline"):  # out of every shipped scaffold's window
+        assert gap > Scaffold.builtin(shipped).config.history_window
     assert all(c in texts[len(plan)] for c in COLOURS)  # at the doors, all four named
 
 

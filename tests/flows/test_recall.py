@@ -23,18 +23,18 @@ def _no_writes(tmp_path: Path) -> str:
     return str(dest)
 
 
-def test_memory_decides_tiny_recall_and_a_long_window_sees_the_fact_too(tmp_path):
+def test_memory_decides_tiny_recall_and_the_context_window_baseline_can_only_guess(tmp_path):
     ws = tmp_path / "ws"
     params = EvaluateParams(arms=[Arm(scaffold="v0"), Arm(scaffold=_no_writes(tmp_path), name="no-writes"),
                                   Arm(scaffold="baseline")],
-                            games=["tiny/recall"], seeds=list(range(8)), max_steps=12, models=RECALL,
+                            games=["tiny/recall"], seeds=list(range(8)), max_steps=24, models=RECALL,
                             workspace=str(ws), concurrency=4)
     result = evaluate(params)
     rows = {r["arm"]: r for r in result["table"]}
     assert rows["v0"]["mean"] == 1.0  # wrote the way out, looked it up at the doors
     assert 0.5 <= rows["no-writes"]["mean"] < 0.75  # reached the doors, then guessed
-    # the context-window baseline keeps 16 steps in view, more than the 6-9 step corridor: the
-    # game's own words are still there at the doors
-    assert rows["baseline"]["mean"] == 1.0
+    # the context-window baseline keeps 16 steps in view, fewer than the 17-20 step corridor:
+    # at the doors the game's words are gone, and it guesses like the agent that cannot write
+    assert 0.5 <= rows["baseline"]["mean"] < 0.75
     traces = [read_trace(t) for t in ws.glob("episodes/tiny/*/trace.jsonl")]
     assert len(traces) == 24 and {t.header.task for t in traces} == {"recall"}
