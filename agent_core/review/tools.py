@@ -308,9 +308,13 @@ class Toolbox:
     # -- sql -------------------------------------------------------------------------------
 
     def sql(self, args: SqlArgs) -> str:
-        table = run_query(self.archive_root, args.query, timeout_s=self.caps.sql_timeout_s)
+        # wrapped so no more rows than can be shown are materialised; anything but one query
+        # no longer parses, and run_query refuses what is not one SELECT
+        query = args.query.strip().rstrip(";").strip()
+        table = run_query(self.archive_root, f"SELECT * FROM ({query}) AS q LIMIT {self.caps.max_rows + 1}",
+                          timeout_s=self.caps.sql_timeout_s)
         names = table.column_names
-        total = table.num_rows
+        more = table.num_rows > self.caps.max_rows
         rows = table.slice(0, self.caps.max_rows).to_pylist()
         lines = ["\t".join(names)]
         used = len(lines[0])
@@ -322,8 +326,10 @@ class Toolbox:
             lines.append(line)
             used += len(line) + 1
             shown += 1
-        note = f"\n[{shown} of {total} rows shown" + ("" if shown == total else
-                                                     "; narrow the query (WHERE, LIMIT) or select fewer columns") + "]"
+        complete = shown == len(rows) and not more
+        note = f"\n[{shown} rows shown" + ("" if complete else ("; more rows exist" if more or shown == len(rows)
+                                                                 else f" of the first {len(rows)}")
+                                          + "; narrow the query (WHERE, LIMIT, aggregates) or select fewer columns") + "]"
         return "\n".join(lines) + note
 
     # -- trace -----------------------------------------------------------------------------

@@ -53,11 +53,14 @@ def test_specs_are_openai_function_tools_with_plain_schemas(box):
 
 def test_sql_caps_rows_and_reads_tables(box, store):
     box.caps.max_rows = 3
-    r = box.call("sql", {"query": "select episode_id, step from steps order by episode_id, step"})
+    r = box.call("sql", {"query": "select episode_id, step from steps order by step desc, episode_id;"})
     assert r.ok
     lines = r.content.splitlines()
     assert lines[0] == "episode_id\tstep" and len(lines) == 1 + 3 + 1
-    assert "[3 of 12 rows shown" in lines[-1]
+    assert [int(x.split("\t")[1]) for x in lines[1:4]] == [5, 5, 4]  # the query's order kept
+    assert lines[-1].startswith("[3 rows shown; more rows exist")
+    all_rows = box.call("sql", {"query": "select count(*) as n from steps"})
+    assert all_rows.content.splitlines() == ["n", "12", "[1 rows shown]"]
 
 
 @pytest.mark.parametrize("query", [
@@ -68,6 +71,7 @@ def test_sql_caps_rows_and_reads_tables(box, store):
     "COPY (select 1) TO '/tmp/automem-copy.csv'",
     "SET enable_external_access = true",
     "select 1; drop view steps",
+    "select 1) as q; ATTACH '/tmp/x.db' AS x; select * from (select 1",
 ])
 def test_sql_refuses_files_writes_and_attach(box, query):
     r = box.call("sql", {"query": query})
