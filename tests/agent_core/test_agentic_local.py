@@ -44,7 +44,7 @@ def test_serve_returns_a_schema_valid_tool_call(local_model: Any, server_url: st
     out = client.complete_tools([ChatTurn(role="system", content="You review an agent's episodes."),
                                  ChatTurn(role="user", content="Show me the memory after step 1.")],
                                 SamplingParams(max_tokens=64, temperature=0.0, seed=0), specs, "required")
-    assert out.finish_reason == "stop" and len(out.tool_calls) == 1, out
+    assert out.finish_reason in ("stop", "tool_calls") and len(out.tool_calls) == 1, out
     call = out.tool_calls[0]
     assert call.name in ("trace", "memory_at")
     box.tools[call.name].args.model_validate(json.loads(call.arguments))  # valid by construction
