@@ -15,6 +15,7 @@ CONSTRAIN_HELP = ("on: decode every reply under the command grammar (vLLM struct
                   "off: free text, parsed forgivingly.")
 
 # Before torch can be imported: offline, and OpenMP threads that sleep when idle.
+from agent_core.models.batching import DEFAULT_MAX_BATCH  # noqa: E402
 from agent_core.models.devices import DEVICE_HELP  # noqa: E402
 from agent_core.models.weights import set_runtime_env  # noqa: E402
 
@@ -221,6 +222,8 @@ def serve(
     port: int = 8000,
     adapter: list[str] = typer.Option([], help="NAME=PATH of a peft adapter to serve (repeatable)."),
     device: Device = "auto",
+    max_batch: int = typer.Option(DEFAULT_MAX_BATCH, min=1, max=256, help="Concurrent requests decoded together "
+                                  "(continuous batching); 1: one at a time."),
 ) -> None:
     """A local OpenAI-compatible server (vLLM's surface) over the local model."""
     from agent_core.models.server import serve as run_server
@@ -237,7 +240,7 @@ def serve(
         resolve_device(device)
     except ValueError as exc:
         _fail(str(exc))
-    run_server(host=host, port=port, adapters=adapters, device=device)
+    run_server(host=host, port=port, adapters=adapters, device=device, max_batch=max_batch)
 
 
 def parse_seeds(text: str) -> list[int]:

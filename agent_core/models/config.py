@@ -19,6 +19,7 @@ from agent_core.agent import Roles
 from agent_core.grammar import Grammar
 from agent_core.models.devices import DeviceSetting, INFERENCE_DTYPE, kind, resolve_device, short_dtype
 from agent_core.models.base import ChatModel
+from agent_core.models.batching import DEFAULT_MAX_BATCH
 from agent_core.records import (Completion, Message, SamplingParams, check_temperature, check_top_p,
                                  override_sampling)
 
@@ -96,6 +97,11 @@ class ModelConfig(BaseModel):
         "auto", description="Local backend: the torch device, auto (CUDA when "
         "torch sees a GPU, else CPU), cpu, cuda or cuda:N. Its kind and the dtype are part of the "
         "model id (e.g. @cuda-bf16).")
+    max_batch: int = Field(
+        DEFAULT_MAX_BATCH, ge=1, le=256, description="Local backend: replies decoded together by the "
+        "continuous-batching scheduler (episodes in threads share each forward pass); 1: one reply "
+        "at a time under a lock. Not part of the model id: a reply is the same batched or alone "
+        "(in fp32; see docs/architecture.md).")
     policy: Literal["routine-script", "tiny-explorer", "tiny-recall"] = Field(
         "routine-script", description="Scripted backend: replay `script` by routine, or a rule-based "
         "agent whose play depends on its memory (`agent_core.models.policies`): tiny-explorer plays "
@@ -225,7 +231,7 @@ class ModelConfig(BaseModel):
                 return Roles(memory=base)
             return Roles(memory=OpenAIChatModel(base_url=self.base_url, model=self.specialist, api_key=key),
                          action=base)
-        local = shared_local_model(self.device)
+        local = shared_local_model(self.device, self.max_batch)
         if not self.specialist:
             return Roles(memory=local)
         name = self._base_ids()[0]
@@ -259,12 +265,15 @@ def _local_model(device: str):
     return LocalModel(dtype=INFERENCE_DTYPE, device=device)
 
 
-def shared_local_model(device: str = "auto"):
+def shared_local_model(device: str = "auto", max_batch: int = DEFAULT_MAX_BATCH):
     """One in-process model per process and device: episodes running in threads share its
-    weights. The lock makes the first load happen once: concurrent first calls would each
+    weights and, with `max_batch` > 1, its forward passes (the last caller's `max_batch`
+    applies). The lock makes the first load happen once: concurrent first calls would each
     load a model, racing in transformers' lazy imports and torch's default dtype."""
     with _LOCAL_LOCK:
-        return _local_model(resolve_device(device))
+        model = _local_model(resolve_device(device))
+        model.max_batch = max_batch
+        return model
 
 
 def _dir_digest(path: Path) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from agent_core.grammar import Grammar
 from agent_core.models.base import ChatModel, ModelError
+from agent_core.models.batching import DEFAULT_MAX_BATCH
 from agent_core.models.devices import INFERENCE_DTYPE, resolve_device
 from agent_core.models.weights import LOCAL_MODEL_NAME, local_model_path, set_runtime_env
 from agent_core.records import Completion, Message, SamplingParams
@@ -49,6 +50,8 @@ class Generation:
     reused_tokens: int
     #: model forward passes (one per generated token, fewer with jump-forward decoding)
     forward_passes: int = 0
+    #: the raw logit of each sampled token (forced tokens have none): batched vs alone checks
+    token_logits: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +61,35 @@ class _PrefixEntry:
     tokens: list[int]
     cache: Any  # transformers DynamicCache
     last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Row:
+    """One reply being decoded: its request, its KV entry and its decoding state."""
+
+    prompt: list[int]
+    params: SamplingParams
+    name: str
+    matcher: Any  # llguidance.LLMatcher or None
+    budget: int
+    entry: _PrefixEntry | None = None
+    reused: int = 0
+    #: tokens to feed at the next forward pass (the prompt's rest, then sampled + forced ones)
+    feed: list[int] = field(default_factory=list)
+    out: list[int] = field(default_factory=list)
+    token_logits: list[float] = field(default_factory=list)
+    passes: int = 0
+    finish: str = "length"
+    done: bool = False
+    generator: Any = None
+
+    def seed(self, torch: Any) -> None:
+        """Its own generator, seeded by the request (or from the OS): rows sample independently."""
+        self.generator = torch.Generator()
+        if self.params.seed is not None:
+            self.generator.manual_seed(self.params.seed)
+        else:
+            self.generator.seed()
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -96,6 +128,11 @@ class LocalModel:
         prefix_reuse: reuse the KV cache of a previous call's common token prefix.
         cache_slots: prefix caches kept per handle (several episodes may share a handle).
         jump_forward: under a grammar, feed the tokens the grammar forces in one forward pass.
+        max_batch: replies decoded together (continuous batching, `batching.Batcher`):
+            concurrent calls share each forward pass. 1: one reply at a time under a lock
+            (the baseline the batching benchmark compares against).
+        prefill_chunk: with batching, prompt tokens prefilled per scheduler step, so a long
+            new prompt does not stall the rows already decoding.
     """
 
     def __init__(
@@ -108,6 +145,8 @@ class LocalModel:
         prefix_reuse: bool = True,
         cache_slots: int = 4,
         jump_forward: bool = True,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        prefill_chunk: int = 256,
     ) -> None:
         set_runtime_env()
         import torch
@@ -119,6 +158,10 @@ class LocalModel:
         self.prefix_reuse = prefix_reuse
         self.jump_forward = jump_forward
         self.cache_slots = max(1, cache_slots)
+        if max_batch < 1 or prefill_chunk < 1:
+            raise ValueError(f"max_batch and prefill_chunk must be >= 1; got {max_batch} and {prefill_chunk}")
+        self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if not isinstance(torch_dtype, torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}")
@@ -133,8 +176,11 @@ class LocalModel:
         self._peft: Any = None  # PeftModel, created with the first adapter
         self._adapters: dict[str, Path] = {}
         self._prefixes: dict[str, list[_PrefixEntry]] = {}
-        # generation mutates shared state (active adapter, KV caches): one call at a time
+        # generation mutates shared state (active adapter, KV caches): one forward pass (or,
+        # with max_batch 1, one reply) at a time; adapters change between them
         self._lock = threading.RLock()
+        self._tokenizer_lock = threading.Lock()  # the fast tokenizer is not re-entrant
+        self._batcher: Any = None  # batching.Batcher, started by the first batched call
         vocab = self.tokenizer.get_vocab()
         eos = self._model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
@@ -153,6 +199,9 @@ class LocalModel:
         #: totals over this model's life (benchmarks read them)
         self.forward_passes = 0
         self.generated_tokens = 0
+        #: rows summed over batched decoding passes (rows per pass = this / batched_passes)
+        self.batched_rows = 0
+        self.batched_passes = 0
         for name, adapter_path in (adapters or {}).items():
             self.load_adapter(name, adapter_path)
 
@@ -351,105 +400,159 @@ class LocalModel:
 
     def generate(
         self, messages: list[Message], params: SamplingParams, model: str | None = None,
-        constraint: Grammar | None = None,
+        constraint: Grammar | None = None, timeout_s: float | None = None,
     ) -> Generation:
         """Complete `messages` with adapter `model` (None: base); the details of `complete`.
 
         With a `constraint`, every token is drawn from those the grammar allows next
         (llguidance fills the mask); where the grammar allows exactly one continuation (the
         rest of a tag, an action name's remaining tokens), those tokens are fed in the same
-        forward pass as the sampled one (jump-forward), not generated one by one."""
-        torch = self._torch
-        from transformers import DynamicCache
+        forward pass as the sampled one (jump-forward), not generated one by one.
 
+        With `max_batch` > 1 the reply is decoded in the shared batch, next to the other
+        calls in flight; `timeout_s` then bounds the wait (ModelError, and the row is freed)."""
         name = model or self.model_id
         started = time.perf_counter()
-        with self._lock:
+        with self._tokenizer_lock:
             prompt = self.encode(messages)
-            budget = min(params.max_tokens, self.max_context - len(prompt))
-            if budget < 1:
-                raise ModelError(
-                    f"prompt of {len(prompt)} tokens leaves no room in the "
-                    f"{self.max_context}-token context of {self.model_id}"
-                )
             matcher = self._matcher(constraint) if constraint is not None else None
-            gen = torch.Generator()
-            if params.seed is not None:
-                gen.manual_seed(params.seed)
-            else:
-                gen.seed()
-            passes = 0
-            with self._select(name), torch.inference_mode():
-                entry, reused = self._take_prefix(name, prompt) if self.prefix_reuse else (None, 0)
-                # at least one prompt token must be fed to get the next-token logits
-                reused = min(reused, len(prompt) - 1)
-                if entry is None or reused == 0:
-                    entry = _PrefixEntry([], DynamicCache(config=self._model.config))
-                    reused = 0
-                elif len(entry.tokens) > reused:
-                    entry.cache.crop(reused - len(entry.tokens))  # negative: tokens to drop
-                    del entry.tokens[reused:]
-                feed = prompt[reused:]
-                out_ids: list[int] = []
-                finish = "length"
-                while len(out_ids) < budget:
-                    if matcher is not None and budget - len(out_ids) <= self.close_reserve:
-                        closing = self._closing(matcher, budget - len(out_ids), late=True)
-                        if closing:
-                            out_ids.extend(closing)
-                            finish = "stop"
-                            break
-                    logits = self._model(
-                        input_ids=torch.tensor([feed], device=self.device),
-                        cache=entry.cache,
-                        use_cache=True,
-                        logits_to_keep=1,  # the vocab projection of every prompt token is waste
-                    ).logits[0, -1].cpu()  # masking and sampling on the CPU (no-op there)
-                    passes += 1
-                    entry.tokens.extend(feed)
-                    if matcher is not None:
-                        logits = self._mask(matcher, logits)
-                    token = self._next_token(logits, params, gen)
-                    out_ids.append(token)
-                    if token in self._stop_ids:
-                        finish = "stop"
-                        break
-                    feed = [token]
-                    if matcher is not None:
-                        if not matcher.consume_token(token):
-                            raise ModelError(f"grammar engine refused token {token}: {matcher.get_error()}")
-                        if matcher.is_stopped():  # complete: only end-of-turn may follow
-                            finish = "stop"
-                            break
-                        forced = matcher.compute_ff_tokens()[: budget - len(out_ids)] \
-                            if self.jump_forward else []
-                        if forced:
-                            matcher.consume_tokens(forced)
-                            out_ids.extend(forced)
-                            feed.extend(forced)
-                            if matcher.is_stopped():
-                                finish = "stop"
-                                break
-                if finish == "length" and matcher is not None:
-                    finish, kept = self._close_by_rollback(matcher, out_ids, budget)
-                    if len(entry.tokens) > len(prompt) + kept:  # forget the keys of tokens taken back
-                        entry.cache.crop(len(prompt) + kept - len(entry.tokens))
-                        del entry.tokens[len(prompt) + kept:]
-            if self.prefix_reuse:
-                entry.last_used = time.monotonic()
-                self._keep_prefix(name, entry)
-            self.forward_passes += passes
-            self.generated_tokens += len(out_ids)
+        budget = min(params.max_tokens, self.max_context - len(prompt))
+        if budget < 1:
+            raise ModelError(
+                f"prompt of {len(prompt)} tokens leaves no room in the "
+                f"{self.max_context}-token context of {self.model_id}"
+            )
+        row = _Row(prompt=prompt, params=params, name=name, matcher=matcher, budget=budget)
+        row.seed(self._torch)
+        if self.max_batch <= 1:
+            self._generate_alone(row)
+        else:
+            if self._batcher is None:
+                from agent_core.models.batching import Batcher
+
+                with self._lock:
+                    if self._batcher is None:
+                        self._batcher = Batcher(self)
+            self._batcher.run(row, timeout_s)
+        out_ids = row.out
         text_ids = out_ids[:-1] if out_ids and out_ids[-1] in self._stop_ids else out_ids
+        with self._tokenizer_lock:
+            text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
         completion = Completion(
-            text=self.tokenizer.decode(text_ids, skip_special_tokens=True),
+            text=text,
             prompt_tokens=len(prompt),
             completion_tokens=len(out_ids),  # counts the end-of-turn token, as vLLM does
             latency_s=time.perf_counter() - started,
             model=name,
-            finish_reason=finish,
+            finish_reason=row.finish,
         )
-        return Generation(completion, finish, reused, passes)
+        return Generation(completion, row.finish, row.reused, row.passes, row.token_logits)
+
+    def _generate_alone(self, row: "_Row") -> None:
+        """One reply under the lock, batch of one (max_batch 1: the baseline)."""
+        torch = self._torch
+        with self._lock:
+            self._check_model(row.name)
+            self._start_row(row)
+            with self._select(row.name), torch.inference_mode():
+                while not self._before_forward(row):
+                    logits = self._model(
+                        input_ids=torch.tensor([row.feed], device=self.device),
+                        cache=row.entry.cache,
+                        use_cache=True,
+                        logits_to_keep=1,  # the vocab projection of every prompt token is waste
+                    ).logits[0, -1].cpu()  # masking and sampling on the CPU (no-op there)
+                    row.passes += 1
+                    self.forward_passes += 1
+                    row.entry.tokens.extend(row.feed)
+                    self._after_forward(row, logits)
+            entry = row.entry
+            if entry.cache.get_seq_length() > len(entry.tokens):  # tokens taken back
+                entry.cache.crop(len(entry.tokens) - entry.cache.get_seq_length())
+            self._finish_row(row)
+
+    def _check_model(self, name: str) -> None:
+        if name != self.model_id and name not in self._adapters:
+            raise ModelError(f"unknown model {name!r}; loaded: {self.names}")
+
+    def _start_row(self, row: "_Row") -> None:
+        """Give `row` its KV cache: the cached entry with the longest common prefix (cropped
+        to it), or an empty one; what is left of the prompt is its first feed."""
+        from transformers import DynamicCache
+
+        prompt = row.prompt
+        entry, reused = self._take_prefix(row.name, prompt) if self.prefix_reuse else (None, 0)
+        # at least one prompt token must be fed to get the next-token logits
+        reused = min(reused, len(prompt) - 1)
+        if entry is None or reused == 0:
+            entry = _PrefixEntry([], DynamicCache(config=self._model.config))
+            reused = 0
+        elif len(entry.tokens) > reused:
+            entry.cache.crop(reused - len(entry.tokens))  # negative: tokens to drop
+            del entry.tokens[reused:]
+        row.entry, row.reused = entry, reused
+        row.feed = prompt[reused:]
+
+    def _before_forward(self, row: "_Row") -> bool:
+        """Whether `row` is over before its next forward pass: its budget spent, or so nearly
+        spent that the reply is closed now (see `_closing`)."""
+        if row.done:
+            return True
+        if len(row.out) >= row.budget:
+            self._end_row(row, "length")
+            return True
+        if row.matcher is not None and row.budget - len(row.out) <= self.close_reserve:
+            closing = self._closing(row.matcher, row.budget - len(row.out), late=True)
+            if closing:
+                row.out.extend(closing)
+                self._end_row(row, "stop")
+                return True
+        return False
+
+    def _after_forward(self, row: "_Row", logits: Any) -> None:
+        """Draw `row`'s next token from the last position's `logits` (masked by its grammar),
+        then queue what it feeds next: that token and the tokens its grammar forces."""
+        raw = logits
+        if row.matcher is not None:
+            logits = self._mask(row.matcher, logits)
+        token = self._next_token(logits, row.params, row.generator)
+        row.token_logits.append(float(raw[token]))
+        row.out.append(token)
+        if token in self._stop_ids:
+            self._end_row(row, "stop")
+            return
+        row.feed = [token]
+        matcher = row.matcher
+        if matcher is None:
+            return
+        if not matcher.consume_token(token):
+            raise ModelError(f"grammar engine refused token {token}: {matcher.get_error()}")
+        if matcher.is_stopped():  # complete: only end-of-turn may follow
+            self._end_row(row, "stop")
+            return
+        forced = matcher.compute_ff_tokens()[: row.budget - len(row.out)] if self.jump_forward else []
+        if forced:
+            matcher.consume_tokens(forced)
+            row.out.extend(forced)
+            row.feed.extend(forced)
+            if matcher.is_stopped():
+                self._end_row(row, "stop")
+
+    def _end_row(self, row: "_Row", finish: str) -> None:
+        """Mark `row` over; a constrained reply cut off by its budget is closed by rollback
+        where possible, and its KV entry forgets the tokens taken back."""
+        if finish == "length" and row.matcher is not None:
+            finish, kept = self._close_by_rollback(row.matcher, row.out, row.budget)
+            del row.entry.tokens[len(row.prompt) + kept:]
+        row.finish, row.done = finish, True
+
+    def _finish_row(self, row: "_Row") -> None:
+        """Keep `row`'s KV entry for prefix reuse (its cache holds exactly its tokens) and
+        count its tokens."""
+        if self.prefix_reuse:
+            row.entry.last_used = time.monotonic()
+            self._keep_prefix(row.name, row.entry)
+        self.generated_tokens += len(row.out)
 
     # -- constrained decoding ---------------------------------------------------------------
 

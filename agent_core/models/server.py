@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent_core.grammar import Grammar
 from agent_core.models.base import ModelError
+from agent_core.models.batching import DEFAULT_MAX_BATCH
 from agent_core.models.devices import INFERENCE_DTYPE
 from agent_core.models.weights import base_signature
 from agent_core.records import Message, SamplingParams
@@ -182,7 +183,7 @@ def create_app(model: LocalModel) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat_completions(req: ChatRequest) -> dict[str, Any] | JSONResponse:
-        # a plain `def`: FastAPI runs it in its thread pool; LocalModel serialises generation
+        # a plain `def`: FastAPI runs it in its thread pool; LocalModel batches concurrent calls
         if req.model not in model.names:
             return _error(404, f"The model `{req.model}` does not exist.", param="model")
         if req.stream:
@@ -264,12 +265,14 @@ def serve(
     dtype: str = INFERENCE_DTYPE,
     device: str = "auto",
     log_level: str = "info",
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> None:
     """Load the local model (default: the prepared SmolLM2) on `device` and serve it until
-    interrupted."""
+    interrupted. Concurrent requests (FastAPI runs each in its thread pool) are decoded
+    together, up to `max_batch` at once (1: one at a time)."""
     import uvicorn
 
     from agent_core.models.local import LocalModel
 
-    model = LocalModel(path=model_path, adapters=adapters, dtype=dtype, device=device)
+    model = LocalModel(path=model_path, adapters=adapters, dtype=dtype, device=device, max_batch=max_batch)
     uvicorn.run(create_app(model), host=host, port=port, log_level=log_level)

@@ -1,0 +1,386 @@
+"""Continuous batching for `LocalModel`: concurrent replies share each forward pass.
+
+Calls from many threads (episodes of a flow, clients of `automem serve`) are queued; one
+scheduler thread decodes them together. Each scheduler step:
+
+1. admits queued requests while fewer than `max_batch` rows are in flight; a new row takes
+   its cached prefix (prefix KV reuse) exactly as a call alone would;
+2. prefills one chunk (`prefill_chunk` tokens) of one new row in its own forward pass, so a
+   long prompt does not stall the others; a row whose prompt is prefilled joins the batch;
+3. runs one forward pass over every decoding row, each feeding its sampled token and the
+   tokens its grammar forces (jump-forward), and hands each row its last-position logits.
+
+Per-row state stays the row's own (`local._Row`): its grammar matcher and mask, sampling
+settings and `torch.Generator`, budget and reply closing. Rows with different adapters run in
+one pass through peft's mixed-adapter batches (`adapter_names=`, "__base__" for the base).
+
+The batch's KV cache is one transformers `DynamicCache` of shape [rows, heads, length, dim]:
+a row shorter than the batch is padded on the left, and within a step a row that feeds fewer
+tokens than another is padded on the left too; a 2-D attention mask hides every pad and
+`position_ids` give each row its own positions, so rotary embeddings and attention see each
+row as if it ran alone. A row that ends leaves the batch at once; its valid positions are
+gathered back into a compact cache for prefix reuse. Columns every row pads are trimmed, and
+the cache is re-packed when pads are most of it.
+
+Faults stay with their row: a request whose prompt overflows the context fails before it is
+queued; one that times out or is cancelled frees its row at the next step; a row whose
+adapter is unloaded or replaced while it decodes fails with a clear error (never a silent
+switch of weights); an error in one row's grammar or sampling fails that row only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from agent_core.models.base import ModelError
+
+if TYPE_CHECKING:
+    from agent_core.models.local import LocalModel, _Row
+
+#: rows decoded together by default, on CPU and CUDA (`ModelConfig.max_batch`, `automem serve`)
+DEFAULT_MAX_BATCH = 8
+#: peft's name for "no adapter" in a mixed-adapter batch
+BASE_ADAPTER = "__base__"
+
+
+class _Request:
+    """A row plus how its caller waits for it."""
+
+    def __init__(self, row: _Row) -> None:
+        self.row = row
+        self.event = threading.Event()
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.adapter_tag: Any = None  # identity of the adapter's weights when the row started
+        self.fed = 0  # prompt tokens prefilled so far
+
+
+class Batcher:
+    """The scheduler of one `LocalModel` (created by its first batched call)."""
+
+    def __init__(self, owner: LocalModel) -> None:
+        self.owner = owner
+        self._cond = threading.Condition()
+        self._queue: deque[_Request] = deque()
+        self._joining: list[_Request] = []
+        self._active: list[_Request] = []
+        self._cache: Any = None  # DynamicCache over the active rows
+        self._mask: Any = None  # bool [rows, length]: which cache positions hold a row's tokens
+        self._thread = threading.Thread(target=self._loop, name="local-model-batcher", daemon=True)
+        self._thread.start()
+
+    # -- callers ------------------------------------------------------------------------------
+
+    def run(self, row: _Row, timeout_s: float | None = None) -> None:
+        """Decode `row` in the batch; returns when its reply is over. ModelError if it failed
+        or did not finish within `timeout_s` (its row is then freed at the next step)."""
+        req = _Request(row)
+        with self._cond:
+            self._queue.append(req)
+            self._cond.notify()
+        try:
+            finished = req.event.wait(timeout_s)
+        except BaseException:
+            req.cancelled = True  # interrupted caller: free the row
+            raise
+        if not finished:
+            req.cancelled = True
+            raise ModelError(f"local model reply did not finish within {timeout_s} s; its row was freed")
+        if req.error is not None:
+            raise req.error
+
+    @property
+    def in_flight(self) -> int:
+        """Rows queued, prefilling or decoding."""
+        with self._cond:
+            return len(self._queue) + len(self._joining) + len(self._active)
+
+    # -- the scheduler thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        owner = self.owner
+        while True:
+            with self._cond:
+                while not (self._queue or self._joining or self._active):
+                    self._cond.wait()
+                while self._queue and len(self._joining) + len(self._active) < owner.max_batch:
+                    self._joining.append(self._queue.popleft())
+            try:
+                with owner._lock, owner._torch.inference_mode():
+                    self._step()
+            except BaseException as exc:  # a fault of the batch as a whole: fail its rows, go on
+                for req in [*self._joining, *self._active]:
+                    self._fail(req, ModelError(f"local model batch step failed: {exc!r}"))
+                self._joining, self._active = [], []
+                self._cache = self._mask = None
+
+    def _step(self) -> None:
+        owner = self.owner
+        self._drop_stale()
+        if self._joining:
+            self._prefill(self._joining[0])
+        if self._active:
+            self._decode()
+
+    def _drop_stale(self) -> None:
+        """Free cancelled rows and fail rows whose adapter changed under them."""
+        gone = []
+        for req in [*self._joining, *self._active]:
+            if req.cancelled:
+                gone.append(req)
+            elif req.row.entry is not None:  # started: its adapter must still be the same
+                tag = self._adapter_tag(req.row.name)
+                if tag is not req.adapter_tag:
+                    self._fail(req, ModelError(
+                        f"adapter {req.row.name!r} was unloaded or replaced while this reply was "
+                        "being decoded with it; the reply is abandoned rather than finished with "
+                        "other weights"))
+                    gone.append(req)
+        for req in gone:
+            self._remove(req, keep_prefix=False)
+
+    def _adapter_tag(self, name: str) -> Any:
+        owner = self.owner
+        if name == owner.model_id:
+            return None
+        if name not in owner._adapters:
+            return False
+        return owner._peft.peft_config.get(name)
+
+    def _forward_kwargs(self, names: list[str]) -> tuple[Any, dict[str, Any]]:
+        owner = self.owner
+        if not owner._adapters:  # no LoRA layer holds an adapter: the plain model
+            return owner._model, {}
+        if owner._peft.active_adapter not in owner._adapters:
+            # peft keeps a deleted adapter as the active one, and its mixed-batch hooks look it up
+            owner._peft.set_adapter(next(iter(owner._adapters)))
+        return owner._peft, {"adapter_names": [BASE_ADAPTER if n == owner.model_id else n for n in names]}
+
+    def _prefill(self, req: _Request) -> None:
+        """One chunk of a new row's prompt, in its own cache; the last chunk yields its first
+        token and the row joins the batch (or ends at once)."""
+        owner, torch, row = self.owner, self.owner._torch, req.row
+        try:
+            if row.entry is None:
+                owner._check_model(row.name)
+                req.adapter_tag = self._adapter_tag(row.name)
+                owner._start_row(row)
+                if owner._before_forward(row):
+                    self._joining.remove(req)
+                    self._complete(req)
+                    return
+            chunk = row.feed[req.fed: req.fed + owner.prefill_chunk]
+            model, kwargs = self._forward_kwargs([row.name])
+            logits = model(
+                input_ids=torch.tensor([chunk], device=owner.device), cache=row.entry.cache,
+                use_cache=True, logits_to_keep=1, **kwargs,
+            ).logits[0, -1].cpu()
+            owner.forward_passes += 1
+            row.passes += 1
+            row.entry.tokens.extend(chunk)
+            req.fed += len(chunk)
+            if req.fed < len(row.feed):
+                return
+            owner._after_forward(row, logits)
+        except Exception as exc:  # noqa: BLE001 (this row's fault only)
+            self._fail(req, exc)
+            self._joining.remove(req)
+            return
+        self._joining.remove(req)
+        if row.done:
+            self._crop_entry(row)
+            self._complete(req)
+        else:
+            self._join(req)
+
+    def _decode(self) -> None:
+        """One forward pass over every active row."""
+        owner, torch = self.owner, self.owner._torch
+        done = [req for req in self._active if self._over(req)]
+        for req in done:
+            self._remove(req, keep_prefix=True)
+        if not self._active:
+            return
+        rows = [req.row for req in self._active]
+        width = max(len(r.feed) for r in rows)
+        length = self._mask.shape[1]
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        step_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n, start = len(r.feed), len(r.entry.tokens)
+            ids[i, width - n:] = torch.tensor(r.feed)
+            step_mask[i, width - n:] = True
+            positions[i, width - n:] = torch.arange(start, start + n)
+            positions[i, : width - n] = start  # pads: any position, they are masked
+        mask = torch.cat([self._mask, step_mask], dim=1)
+        model, kwargs = self._forward_kwargs([r.name for r in rows])
+        logits = model(
+            input_ids=ids.to(owner.device), attention_mask=mask.to(owner.device, torch.long),
+            position_ids=positions.to(owner.device), cache=self._cache, use_cache=True,
+            logits_to_keep=1, **kwargs,
+        ).logits[:, -1].cpu()
+        self._mask = mask
+        owner.forward_passes += 1
+        owner.batched_passes += 1
+        owner.batched_rows += len(rows)
+        assert self._cache.get_seq_length() == length + width
+        for i, req in enumerate(list(self._active)):
+            r = req.row
+            r.passes += 1
+            r.entry.tokens.extend(r.feed)
+            try:
+                owner._after_forward(r, logits[i])
+            except Exception as exc:  # noqa: BLE001 (this row's fault only)
+                self._fail(req, exc)
+                self._remove(req, keep_prefix=False)
+        for req in [q for q in self._active if q.row.done]:
+            self._remove(req, keep_prefix=True)
+        self._repack_if_sparse()
+
+    def _over(self, req: _Request) -> bool:
+        try:
+            return self.owner._before_forward(req.row)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(req, exc)
+            req.cancelled = True
+            return True
+
+    # -- the batch's KV cache -----------------------------------------------------------------
+
+    def _layers(self, cache: Any) -> list[Any]:
+        return list(cache.layers)
+
+    def _join(self, req: _Request) -> None:
+        """Move a prefilled row's own cache into the batch (left-padded to a common length)."""
+        torch = self.owner._torch
+        row = req.row
+        own = row.entry.cache
+        n = own.get_seq_length()
+        row_mask = torch.ones((1, n), dtype=torch.bool)
+        if not self._active:
+            self._cache, self._mask = own, row_mask
+        else:
+            length = self._mask.shape[1]
+            if n < length:
+                self._pad_cache(own, length - n)
+                row_mask = torch.cat([torch.zeros((1, length - n), dtype=torch.bool), row_mask], dim=1)
+            elif n > length:
+                self._pad_cache(self._cache, n - length)
+                self._mask = torch.cat(
+                    [torch.zeros((self._mask.shape[0], n - length), dtype=torch.bool), self._mask], dim=1)
+            for mine, theirs in zip(self._layers(self._cache), self._layers(own), strict=True):
+                mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
+                mine.values = torch.cat([mine.values, theirs.values], dim=0)
+            self._mask = torch.cat([self._mask, row_mask], dim=0)
+        row.entry.cache = None  # its keys live in the batch until it leaves
+        self._active.append(req)
+
+    def _pad_cache(self, cache: Any, n: int) -> None:
+        torch = self.owner._torch
+        for layer in self._layers(cache):
+            k, v = layer.keys, layer.values
+            layer.keys = torch.cat([k.new_zeros((*k.shape[:2], n, k.shape[3])), k], dim=2)
+            layer.values = torch.cat([v.new_zeros((*v.shape[:2], n, v.shape[3])), v], dim=2)
+
+    def _extract(self, index: int, count: int) -> Any:
+        """Row `index`'s first `count` valid positions as a compact cache of its own."""
+        from transformers import DynamicCache
+
+        owner = self.owner
+        where = self._mask[index].nonzero().squeeze(1)[:count].to(owner.device)
+        cache = DynamicCache(config=owner._model.config)
+        for mine, theirs in zip(self._layers(cache), self._layers(self._cache), strict=True):
+            k = theirs.keys[index: index + 1].index_select(2, where)
+            v = theirs.values[index: index + 1].index_select(2, where)
+            mine.lazy_initialization(k, v)
+            mine.keys, mine.values = k, v
+        return cache
+
+    def _remove(self, req: _Request, keep_prefix: bool) -> None:
+        """Take a row out of the queue, the new rows or the batch; finish it if asked."""
+        if req in self._joining:
+            self._joining.remove(req)
+            if keep_prefix:
+                self._complete(req)
+            return
+        if req not in self._active:
+            return
+        index = self._active.index(req)
+        row = req.row
+        if keep_prefix and self.owner.prefix_reuse:
+            row.entry.cache = self._extract(index, len(row.entry.tokens))
+        self._active.pop(index)
+        if not self._active:
+            self._cache = self._mask = None
+        else:
+            torch = self.owner._torch
+            keep = torch.tensor([i for i in range(self._mask.shape[0]) if i != index])
+            on_device = keep.to(self.owner.device)
+            for layer in self._layers(self._cache):
+                layer.keys = layer.keys.index_select(0, on_device)
+                layer.values = layer.values.index_select(0, on_device)
+            self._mask = self._mask.index_select(0, keep)
+            self._trim()
+        if keep_prefix:
+            self._complete(req)
+
+    def _trim(self) -> None:
+        """Drop leading columns that are padding in every row."""
+        used = self._mask.any(dim=0).nonzero()
+        first = int(used[0]) if len(used) else self._mask.shape[1]
+        if first:
+            self._mask = self._mask[:, first:]
+            for layer in self._layers(self._cache):
+                layer.keys = layer.keys[:, :, first:]
+                layer.values = layer.values[:, :, first:]
+
+    def _repack_if_sparse(self, threshold: float = 0.5) -> None:
+        """Re-pack the batch (each row's positions contiguous, left-padded) when pads, left by
+        rows that fed fewer tokens than others in a step, are over `threshold` of it."""
+        if self._mask is None or self._mask.shape[1] < 64:
+            return
+        if float(self._mask.float().mean()) >= 1.0 - threshold:
+            return
+        torch = self.owner._torch
+        counts = self._mask.sum(dim=1)
+        length = int(counts.max())
+        order = []
+        for i in range(self._mask.shape[0]):
+            valid = self._mask[i].nonzero().squeeze(1)
+            pad = length - len(valid)
+            order.append(torch.cat([valid.new_zeros(pad), valid]))
+        index = torch.stack(order).to(self.owner.device)  # [rows, length]
+        new_mask = torch.zeros((self._mask.shape[0], length), dtype=torch.bool)
+        for i, c in enumerate(counts.tolist()):
+            new_mask[i, length - c:] = True
+        for layer in self._layers(self._cache):
+            k, v = layer.keys, layer.values
+            gather = index[:, None, :, None].expand(k.shape[0], k.shape[1], length, k.shape[3])
+            layer.keys = torch.gather(k, 2, gather)
+            layer.values = torch.gather(v, 2, gather)
+        self._mask = new_mask
+
+    # -- ends ---------------------------------------------------------------------------------
+
+    def _crop_entry(self, row: _Row) -> None:
+        cache = row.entry.cache
+        if cache is not None and cache.get_seq_length() > len(row.entry.tokens):
+            cache.crop(len(row.entry.tokens) - cache.get_seq_length())
+
+    def _complete(self, req: _Request) -> None:
+        owner = self.owner
+        if req.cancelled:
+            return
+        if owner.prefix_reuse and req.row.entry is not None and req.row.entry.cache is not None:
+            owner._finish_row(req.row)
+        else:
+            owner.generated_tokens += len(req.row.out)
+        req.event.set()
+
+    def _fail(self, req: _Request, exc: BaseException) -> None:
+        req.error = exc if isinstance(exc, ModelError) else ModelError(f"local model reply failed: {exc!r}")
+        req.row.done = True
+        req.event.set()
