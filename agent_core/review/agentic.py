@@ -30,6 +30,7 @@ from typing import Any, Literal
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent_core.models.base import ModelError
 from agent_core.models.tool_calls import ChatTurn, ToolChatModel, ToolCompletion
 from agent_core.records import SamplingParams
 from agent_core.review.tools import Toolbox, ToolResult
@@ -242,6 +243,13 @@ def run_agent(model: ToolChatModel, toolbox: Toolbox, system: str, task: str, bu
                 turns.append(ChatTurn(role="user", content=note))
                 trace.write("note", text=note)
                 continue
+            if not reply.tool_calls and budget.tool_choice == "required":
+                # a server that honours tool_choice "required" never answers without a call
+                message = (f"the meta-LLM endpoint answered without a tool call under tool_choice 'required' "
+                           f"({reply.text[:80]!r}): it does not serve tool calls; use the single-call mode "
+                           "(meta-LLM `mode: single-call`) or a server with tool calling")
+                trace.write("error", message=message)
+                raise ModelError(message)
             if not reply.tool_calls:
                 turns.append(ChatTurn(role="assistant", content=reply.text))
                 note = f"Call a tool. Finish by calling {submit_tool}."
@@ -271,7 +279,7 @@ def run_agent(model: ToolChatModel, toolbox: Toolbox, system: str, task: str, bu
         trace.close()
 
 
-def _usage(index: int, reply: ToolCompletion, price: Any) -> CallUsage:
+def _usage(index: int, reply: ToolCompletion, price: Price) -> CallUsage:
     return CallUsage(call=index, model=reply.model, prompt_tokens=reply.prompt_tokens,
                      completion_tokens=reply.completion_tokens,
                      cost_usd=price.cost(reply.prompt_tokens, reply.completion_tokens),

@@ -138,7 +138,7 @@ def test_bad_calls_come_back_as_errors_and_the_loop_goes_on(store, tmp_path):
         ("submit_revision", {"analysis": "missing everything"}),
         submission(),
     ])
-    run, records = agent(store, model, tmp_path=tmp_path)
+    run, records = agent(store, model, AgentBudget(tool_choice="auto"), tmp_path=tmp_path)
     tools = [r for r in records if r["kind"] == "tool"]
     assert [t["ok"] for t in tools] == [False, False, False, True] and run.stop_reason == "submitted"
     assert "unknown tool" in tools[0]["content"] and "not valid JSON" in tools[1]["content"]
@@ -356,3 +356,10 @@ def test_every_sft_example_keeps_its_provenance_in_the_data_card(store, tmp_path
     md = (info.path / "data_card.md").read_text()
     episode, step, call_id, routine = card["provenance"][0]
     assert f"| {episode} | {step} | {call_id} | {routine} |" in md
+
+
+def test_an_endpoint_that_ignores_required_tool_calls_gets_one_clear_error(store, tmp_path):
+    with pytest.raises(ModelError, match="does not serve tool calls; use the single-call mode"):
+        agent(store, ScriptedToolModel(["Here is my review: all good."]), tmp_path=tmp_path)
+    end = [json.loads(x) for x in (tmp_path / "review.jsonl").read_text().splitlines()][-1]
+    assert end["kind"] == "error"
