@@ -11,8 +11,9 @@
   overflows its context, and the model can call a tool again. The size is estimated in
   characters / 4, scaled by the ratio of the server's prompt-token count to that estimate
   at the last call (a small model's tokenizer counts trace text ~1.7x denser).
-- A reply cut off at its token limit is never used: its calls may be incomplete, so none
-  is run and the model is told so. A submission inside it is never adopted.
+- A reply cut off at its token limit (or aborted, or filtered) is never used: its calls may
+  be incomplete, so none is run and the model is told so. A submission inside it is never
+  adopted.
 - A reply without a tool call gets a reminder to call one.
 
 `AgenticReviewer` is the scaffold reviewer built on it (a `Reviewer`: its accepted
@@ -38,6 +39,8 @@ from agent_core.review.tools import Toolbox, ToolResult
 PROMPTS = Path(__file__).parent / "prompts"
 CHARS_PER_TOKEN = 4  # the budget unit of `bundle.py`; servers report exact usage per call
 StopReason = Literal["submitted", "max_steps", "max_review_tokens", "max_cost_usd"]
+#: finish reasons of a reply that did not end by itself: its calls may be incomplete, never run
+UNFINISHED = frozenset({"length", "abort", "content_filter"})
 
 
 class Price(BaseModel):
@@ -236,10 +239,10 @@ def run_agent(model: ToolChatModel, toolbox: Toolbox, system: str, task: str, bu
             ledger.calls.append(usage)
             trace.write("call", **usage.model_dump(), text=reply.text,
                         calls=[c.model_dump() for c in reply.tool_calls])
-            if reply.finish_reason == "length":
-                note = (f"Your last reply was cut off at its token limit ({params.max_tokens} tokens) and was "
-                        "discarded: nothing in it was run. Reply shorter (for a revision, send only the files "
-                        "you change).")
+            if reply.finish_reason in UNFINISHED:
+                note = (f"Your last reply did not end by itself (finish reason {reply.finish_reason!r}; 'length': "
+                        f"cut off at its token limit of {params.max_tokens} tokens) and was discarded: nothing in "
+                        "it was run. Reply shorter (for a revision, send only the files you change).")
                 turns.append(ChatTurn(role="user", content=note))
                 trace.write("note", text=note)
                 continue

@@ -119,14 +119,15 @@ def test_never_submitting_ends_at_the_step_budget_as_no_revision(store, tmp_path
     assert ledger["verdict"] == "no revision" and ledger["totals"]["calls"] == 4
 
 
-def test_truncated_reply_is_never_adopted(store, tmp_path):
+@pytest.mark.parametrize("finish", ["length", "abort"])
+def test_truncated_reply_is_never_adopted(store, tmp_path, finish):
     name, args = submission()
-    cut = ToolCompletion(tool_calls=[ToolCall(name=name, arguments=json.dumps(args))], finish_reason="length")
+    cut = ToolCompletion(tool_calls=[ToolCall(name=name, arguments=json.dumps(args))], finish_reason=finish)
     model = ScriptedToolModel([cut, ("sql", {"query": "select 1 as x"})], when_exhausted="repeat_last")
     run, records = agent(store, model, AgentBudget(max_steps=3), tmp_path=tmp_path)
     assert run.accepted is None and run.stop_reason == "max_steps"
     assert not [r for r in records if r["kind"] == "tool" and r["name"] == "submit_revision"]
-    assert "cut off at its token limit" in model.calls[1][-1].content
+    assert f"finish reason {finish!r}" in model.calls[1][-1].content and "discarded" in model.calls[1][-1].content
     assert all(not t.tool_calls or t.tool_calls[0].name != "submit_revision" for t in model.calls[1])
 
 
