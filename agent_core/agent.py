@@ -186,7 +186,7 @@ class MemoryAgent:
             grammar = self._grammar(routine, ops_left, decision, last_turn)
             call = self.conv.call(self.roles.memory, self.sampling, routine, "memory", grammar)
             decision.calls.append(call)
-            parsed = parse_reply(call.reply, truncated=call.finish_reason == "length")
+            parsed = parse_reply(call.reply, truncated=call.finish_reason != "stop")  # length, abort, filter: incomplete
             feedback = list(parsed.errors)
             decision.invalid_ops += parsed.error_count
             finished, action, over_cap, looked_up, not_run = False, None, 0, False, 0
@@ -282,7 +282,7 @@ class MemoryAgent:
             grammar = self._grammar("act", 1, decision)
             call = self.conv.call(self.roles.action, self.sampling, "plan", "action", grammar)
             decision.calls.append(call)
-            parsed = parse_reply(call.reply, truncated=call.finish_reason == "length")
+            parsed = parse_reply(call.reply, truncated=call.finish_reason != "stop")  # length, abort, filter: incomplete
             actions = [c for c in parsed.commands if c.op == "action"]
             if actions:
                 return actions[0].args.get("name", "")

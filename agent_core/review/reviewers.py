@@ -45,9 +45,10 @@ class MetaLLMReviewer:
     def review(self, bundle: ReviewBundle, incumbent: Scaffold, feedback: list[str]) -> str:
         messages = [Message(role="user", content=self.prompt(bundle, incumbent, feedback))]
         reply = self.model.complete(messages, self.params)
-        if reply.finish_reason == "length":  # a cut-off scaffold is never a candidate, however it parses
-            raise NoRevision(f"the reply was cut off at its token limit ({self.params.max_tokens} tokens) "
-                             "and is not used; raise the meta-LLM's max_tokens")
+        if reply.finish_reason != "stop":  # a cut-off (or aborted, filtered) scaffold is never a candidate
+            raise NoRevision(f"the reply did not end by itself (finish reason {reply.finish_reason!r}; "
+                             f"'length': cut off at its token limit of {self.params.max_tokens} tokens) and "
+                             "is not used; for 'length', raise the meta-LLM's max_tokens")
         return reply.text
 
 

@@ -98,8 +98,9 @@ class MetaLLMCurator:
     def program(self, scaffold: Scaffold, digest: dict, trials: list[dict]) -> CurationProgram:
         reply = self.model.complete([Message(role="user", content=self.prompt(scaffold, digest, trials))],
                                     self.params)
-        if reply.finish_reason == "length":  # a cut-off program is never adopted, however it parses
-            raise ProgramError(f"the reply was cut off at its token limit ({self.params.max_tokens} tokens); "
+        if reply.finish_reason != "stop":  # a cut-off (or aborted, filtered) program is never adopted
+            raise ProgramError(f"the reply did not end by itself (finish reason {reply.finish_reason!r}; "
+                               f"'length': cut off at its token limit of {self.params.max_tokens} tokens); "
                                "write a shorter program")
         return parse_program(reply.text, self.base_path)
 
