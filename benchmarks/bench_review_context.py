@@ -118,3 +118,5 @@ if tokenizer is not None:
                                                                 add_generation_prompt=True)).input_ids)
     print(f"SmolLM2 tokenizer (as `automem serve` renders each prompt): largest agentic context "
           f"{max(model.real):,} tokens over {len(model.real)} calls; single-call prompt {bundle_tokens:,} tokens")
+    print(f"whole review (ledger): {run.ledger.prompt_tokens:,} prompt + {run.ledger.completion_tokens:,} completion "
+          f"tokens over {len(run.ledger.calls)} calls, against one call of {bundle_tokens:,} prompt tokens")
