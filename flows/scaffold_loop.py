@@ -178,7 +178,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
                                             [s.progression for s in cand_confirm], params.gate, verdict_path)
                 env_steps[candidate.hash] = env_steps.get(candidate.hash, 0) + sum(
                     s.steps for s in inc_confirm + cand_confirm)
-            _publish(params, iteration, incumbent, candidate, proposal, verdict)
+            _publish(params, iteration, incumbent, candidate, proposal, verdict, env_steps.get(candidate.hash, 0))
             history.append(IterationRecord(**entry, candidate=candidate.hash, reason=verdict.reason,
                                            verdict=verdict.outcome))
             logger.info("iteration %d: %s - %s", iteration, history[-1].verdict, verdict.reason)
@@ -200,13 +200,18 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
 
 
 def _publish(params: ScaffoldLoopParams, iteration: int, incumbent: Scaffold, candidate: Scaffold,
-             proposal, verdict: GateVerdict) -> None:
+             proposal, verdict: GateVerdict, env_steps: int = 0) -> None:
     prefix = f"scaffold-loop-{_key(params.game)}"
     create_markdown_artifact(scaffold_diff(incumbent, candidate), key=f"{prefix}-diff",
                              description=f"iteration {iteration}: candidate vs incumbent")
+    usage = [a["usage"] for a in proposal.attempts if a.get("usage")]
+    ledger = [f"**Ledger:** {env_steps} environment steps for this candidate"] + (
+        [f"; meta-LLM {sum(u['calls'] for u in usage)} calls, {sum(u['prompt_tokens'] for u in usage)} prompt + "
+         f"{sum(u['completion_tokens'] for u in usage)} completion tokens, ${sum(u['cost_usd'] for u in usage):.4f}"]
+        if usage else [])
     analysis = "\n".join([f"# Reviewer analysis ({proposal.reviewer})", "", proposal.analysis, "",
                           "## Changes", *[f"- {c}" for c in proposal.changes], "",
-                          f"**Gate ({verdict.outcome}):** {verdict.reason}"])
+                          f"**Gate ({verdict.outcome}):** {verdict.reason}", "", "".join(ledger)])
     create_markdown_artifact(analysis, key=f"{prefix}-analysis", description=f"iteration {iteration}: analysis")
     rows = [{"seed": s, "incumbent": i, "candidate": c, "delta": round(c - i, 4)}
             for s, i, c in zip(verdict.seeds, verdict.incumbent, verdict.candidate)]

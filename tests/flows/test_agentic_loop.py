@@ -13,7 +13,7 @@ from agent_core.meta import MetaLLMConfig
 from agent_core.models.config import ModelConfig
 from agent_core.review.agentic import AgentBudget, render_review_trace
 from agent_core.scaffold import Scaffold
-from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
+from flows.scaffold_loop import ScaffoldLoopParams, _key, scaffold_loop
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +64,12 @@ def test_agentic_reviewer_reads_the_archive_and_its_candidate_is_gated(tmp_path)
         [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["agentic-review-agent-0"])), limit=1)
     assert "**sql** ok:" in artifact.data
+    with get_client(sync_client=True) as client:
+        [analysis] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[f"scaffold-loop-{_key(params(ws, reviewer).game)}-analysis"])), limit=1)
+    usage = entry["attempts"][0]["usage"]
+    assert (f"meta-LLM 2 calls, {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens"
+            in analysis.data) and f"{result['env_steps'][entry['candidate']]} environment steps" in analysis.data
 
 
 def test_agentic_reviewer_that_never_submits_is_no_revision(tmp_path):
