@@ -16,7 +16,6 @@ def test_real_crafter_steps_with_local_smollm2(tmp_path, local_model):
     scaffold_dir = Scaffold.builtin("crafter").write_copy(tmp_path / "scaffold")
     cfg = yaml.safe_load((scaffold_dir / "scaffold.yaml").read_text())
     cfg["model"]["max_tokens"] = 16  # a few tokens per call keeps this test short on a CPU
-    cfg["log"]["max_turns"] = cfg["plan"]["max_turns"] = 1
     (scaffold_dir / "scaffold.yaml").write_text(yaml.safe_dump(cfg))
     env = make_env("crafter", max_steps=50)
     summary = run_episode(env, Scaffold(scaffold_dir), Roles(memory=local_model), seed=3, max_steps=2,
