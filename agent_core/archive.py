@@ -1,9 +1,11 @@
 """The Parquet trace archive: one schema, defined here, for episodes, steps, model calls
-and memory operations.
+and memory operations, and for the meta-LLM's own calls (the agentic reviewer's and
+curator's ledger, `meta_calls`).
 
 Layout (hive partitions, so a query on one game or scaffold touches only its files):
 
     <root>/<table>/game=<game>/scaffold_hash=<hash>/<episode_id>.parquet
+    <root>/meta_calls/game=<game>/scaffold_hash=<hash>/<run>.parquet   (one file per review/curation)
 
 The partition columns (`game`, `scaffold_hash`) live in the path, not in the files; DuckDB
 reads them back as columns (`connect`).
@@ -61,8 +63,21 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("routine", pa.string()), ("op", pa.string()), ("args", pa.map_(pa.string(), pa.string())),
         ("ok", pa.bool_()), ("result", pa.string()), ("delta_chars", pa.int64()),
         ("duplicate", pa.bool_()), ("hook_error", pa.string())]),
+    # one row per meta-LLM call of an agentic review or curation: the ledger's entry
+    # (`review.agentic.CallUsage`, `call` as call_index) and what the run belongs to;
+    # game/scaffold_hash: the reviewed incumbent's, or the curated pool's scaffold
+    "meta_calls": pa.schema([
+        ("run_id", pa.string()), ("role", pa.string()), ("mode", pa.string()),
+        ("call_index", pa.int64()), ("model", pa.string()), ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("latency_s", pa.float64()),
+        ("finish_reason", pa.string()), ("tool_calls", pa.list_(pa.string())),
+        ("stop_reason", pa.string()), ("verdict", pa.string()), ("candidate", pa.string()),
+        ("trial", pa.int64()), ("env_steps", pa.int64())]),
 }
-TABLES = tuple(SCHEMAS)
+#: the tables written per episode (`archive_trace`); `meta_calls` is written per meta-LLM run
+TABLES = ("episodes", "steps", "calls", "memory_ops")
+META_TABLE = "meta_calls"
+META_ROLES = ("reviewer", "curator")
 
 
 def rows(trace: Trace) -> dict[str, list[dict[str, Any]]]:
@@ -123,6 +138,27 @@ def archive_trace(trace_path: Path | str, root: Path | str) -> list[Path]:
     return written
 
 
+def archive_meta_calls(root: Path | str, game: str, scaffold_hash: str, name: str,
+                       rows: list[dict[str, Any]]) -> Path:
+    """Write one meta-LLM run's ledger (`rows`, one per call, columns of `SCHEMAS['meta_calls']`)
+    as one file, atomically; `name` (the file's stem) identifies the run, so writing the same
+    run again replaces its file. A row with a column the table lacks, or a role other than
+    `META_ROLES`, is refused (ValueError)."""
+    schema = SCHEMAS[META_TABLE]
+    for r in rows:
+        unknown = sorted(set(r) - set(schema.names))
+        if unknown:
+            raise ValueError(f"meta_calls has no column(s) {unknown}; its columns: {', '.join(schema.names)}")
+        if r.get("role") not in META_ROLES:
+            raise ValueError(f"meta_calls role must be one of {META_ROLES}, not {r.get('role')!r}")
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ValueError(f"a meta_calls run name must be a plain file stem, not {name!r}")
+    data = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
+    dest = partition_path(Path(root), META_TABLE, game, scaffold_hash, name)
+    _write_atomic(data, dest)
+    return dest
+
+
 def _current(files: list[Path]) -> bool:
     """Whether archived files have every column of today's schema (reads the footers only)."""
     try:
@@ -138,7 +174,7 @@ def _write_atomic(table: pa.Table, dest: Path) -> None:
 
 def connect(root: Path | str, *, sandbox: bool = True):
     """A DuckDB connection with one view per archive table (`episodes`, `steps`, `calls`,
-    `memory_ops`), partition columns included.
+    `memory_ops`, `meta_calls`), partition columns included.
 
     With `sandbox` (the default), file access is limited to the archive and the
     configuration is locked, so SQL cannot read other files or re-enable access. (Writes
@@ -210,5 +246,7 @@ def _duck_type(t: pa.DataType) -> str:
     if pa.types.is_map(t):
         return "MAP(VARCHAR, VARCHAR)"
     if pa.types.is_list(t):
-        return "STRUCT(role VARCHAR, content VARCHAR)[]"
+        return f"{_duck_type(t.value_type)}[]"
+    if pa.types.is_struct(t):
+        return f"STRUCT({', '.join(f'{f.name} {_duck_type(f.type)}' for f in t)})"
     return "VARCHAR"

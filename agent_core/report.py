@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from agent_core.archive import connect
 from agent_core.diagnostics import GroupDiagnostics, group_from_row, sql_aggregate
@@ -24,6 +25,10 @@ def archive_report(archive_root: Path | str, out: Path | str) -> Path:
             "SELECT e.game, e.scaffold_hash, e.memory_model, s.step, avg(s.memory_chars) FROM steps s "
             "JOIN episodes e ON e.episode_id = s.episode_id WHERE e.complete GROUP BY ALL ORDER BY ALL").fetchall()
         diagnostics = agent_diagnostics(con)
+        meta = con.execute(
+            "SELECT role, run_id, any_value(trial), any_value(candidate), count(*), sum(prompt_tokens), "
+            "sum(completion_tokens), sum(cost_usd), any_value(stop_reason) FROM meta_calls "
+            "GROUP BY role, run_id ORDER BY role, run_id").fetchall()
     finally:
         con.close()
     by_agent: dict[tuple[str, str, str], list[tuple[str, int, float]]] = defaultdict(list)
@@ -60,9 +65,36 @@ def archive_report(archive_root: Path | str, out: Path | str) -> Path:
         figures.append(lines(f"memory-{game}.png", f"{game}: memory size over the episode", series, "step",
                              "memory characters"))
         lines_md += ["", "{{figure:progression-" + game + ".png}}", "", "{{figure:memory-" + game + ".png}}", ""]
+    if meta:
+        lines_md += ["## Meta-LLM ledger", "", "The agentic reviewer's and curator's calls (`meta_calls`), per run.",
+                     "", "| role | run | trial | candidate | calls | prompt tokens | completion tokens | dollars | "
+                     "stopped by |", "|---|---|---|---|---|---|---|---|---|"]
+        lines_md += [f"| {role} | {run} | {'-' if trial is None else trial} | {candidate or '-'} | {n} | {p:,} | "
+                     f"{c:,} | {usd:.4f} | {stop} |" for role, run, trial, candidate, n, p, c, usd, stop in meta]
+        lines_md.append("")
     out = Path(out)
     write_report(out, "\n".join(lines_md), figures)
     return out
+
+
+def ledger_totals(ledgers: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The sums of meta-LLM runs' ledgers (`review.agentic.read_ledgers`): calls, tokens in
+    and out, dollars, and what stopped each run."""
+    calls = [c for _, r in ledgers for c in r.calls]
+    return {"calls": len(calls), "prompt_tokens": sum(c.prompt_tokens for c in calls),
+            "completion_tokens": sum(c.completion_tokens for c in calls),
+            "cost_usd": round(sum(c.cost_usd for c in calls), 6),
+            "stop_reason": ", ".join(r.stop_reason for _, r in ledgers) or None}
+
+
+def ledger_line(ledgers: list[tuple[str, Any]], who: str = "Curator") -> str:
+    """One line for a report: `ledger_totals`, and each run's stop reason and verdict."""
+    if not ledgers:
+        return f"{who} ledger: no meta-LLM calls recorded"
+    t = ledger_totals(ledgers)
+    stops = ", ".join(f"{stem} stopped by {r.stop_reason} ({r.verdict})" for stem, r in ledgers)
+    return (f"{who} ledger: {t['calls']} calls, {t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} "
+            f"completion tokens, ${t['cost_usd']:.4f}; {stops}")
 
 
 def agent_diagnostics(con) -> dict[tuple[str, str, str], GroupDiagnostics]:

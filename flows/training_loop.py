@@ -226,7 +226,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     if best:
         promote_incumbent(str(root), "adapters", game, best.adapter, best.verdict)
     figures = _figures(trials, incumbent_label, base_runs, spec_runs_by_trial)
-    report = _report(params, scaffold.hash, trials, best, incumbent_label, figures)
+    report = _report(params, scaffold.hash, trials, best, incumbent_label, figures, pool_archive.parent / "curation")
     sync(params.workspace, report, *report.parent.glob(f"{report.stem}-*.png"),
          *[p for p in (root / "adapters", root / "sft", root / "verdicts",
                                                  root / "registry.json") if p.exists()])
@@ -266,21 +266,32 @@ def _figures(trials: list[TrialRecord], incumbent: str, base_runs: list[EpisodeS
 
 
 def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRecord], best: TrialRecord | None,
-            incumbent: str, figures: list) -> Path:
+            incumbent: str, figures: list, curation_root: Path | None = None) -> Path:
+    """The report; `curation_root`: where each trial's curator records (`trial-<n>/`) are, whose
+    ledgers (the agentic curator's calls, tokens, dollars, stop reason) the report shows."""
     from prefect.runtime import flow_run
 
+    from agent_core.report import ledger_line, ledger_totals
+    from agent_core.review.agentic import read_ledgers
+
+    agentic = params.meta.resolved().mode == "agentic" and curation_root is not None
+    ledgers = {t.trial: read_ledgers(curation_root / f"trial-{t.trial}", "curator") if agentic else []
+               for t in trials}
     rows = [{"trial": t.trial, "examples": t.examples, "final_loss": t.final_loss, "eval_loss": t.eval_loss,
              "incumbent": t.verdict.mean_incumbent if t.verdict else None,
              "specialist": t.verdict.mean_candidate if t.verdict else None,
              "promoted": t.verdict.promote if t.verdict else None,
              "outcome": t.verdict.outcome if t.verdict else None,
-             "note": t.error or (t.verdict.reason if t.verdict else None)}
+             "note": t.error or (t.verdict.reason if t.verdict else None),
+             **{f"curator_{k}": v for k, v in ledger_totals(ledgers[t.trial]).items()}}
             for t in trials]
     create_table_artifact(rows, key="training-loop-trials", description="training trials")
     lines = [f"# Training loop: {params.game}, scaffold {scaffold_hash}", "",
              f"Incumbent: {incumbent}. Promoted: {best.adapter if best else 'nothing (the incumbent stays)'}", ""]
     for t in trials:
         lines.append(f"## Trial {t.trial}")
+        if agentic:
+            lines += [ledger_line(ledgers[t.trial]), ""]
         if t.error:
             lines += [f"Rejected: {t.error}", ""]
             continue

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from agent_core.gate import GateConfig, GateVerdict, confirm, gate
 from agent_core.registry import promote
-from agent_core.review.agentic import render_review_trace
+from agent_core.review.agentic import archive_ledgers, render_review_trace
 from agent_core.review.bundle import build_bundle
 from agent_core.meta import MetaLLMConfig
 from agent_core.review.reviewers import make_reviewer
@@ -27,7 +27,8 @@ def review_scaffold(incumbent_dir: str, trace_paths: list[str], reviewer: MetaLL
     """One review round, recorded under reviews/<key>/ and reused by a re-run. `feedback`:
     what became of earlier candidates for this incumbent."""
     incumbent = Scaffold.load(incumbent_dir)
-    ids = [read_summary(p).episode_id for p in trace_paths]
+    summaries = [read_summary(p) for p in trace_paths]
+    ids = [s.episode_id for s in summaries]
     key = review_key(incumbent, ids, reviewer.identity(), max_attempts, token_budget, feedback)
     record = Path(workspace) / "reviews" / key
     done = load_proposal(record)
@@ -38,6 +39,9 @@ def review_scaffold(incumbent_dir: str, trace_paths: list[str], reviewer: MetaLL
     (record / "bundle.md").write_text(bundle.render())
     reviewer_ = make_reviewer(reviewer, Path(workspace) / "archive", Path(workspace) / "scaffolds", record)
     proposal = propose(reviewer_, bundle, incumbent, Path(workspace) / "scaffolds", record, max_attempts, feedback)
+    archive_ledgers(record, Path(workspace) / "archive", role="reviewer", mode=reviewer.resolved().mode,
+                    game=summaries[0].game if summaries else incumbent.config.game, scaffold_hash=incumbent.hash,
+                    candidates={a["attempt"]: a.get("candidate") for a in proposal.attempts})
     for trace in sorted(record.glob("agent-*.jsonl")):  # the agentic reviewer's calls and tool results
         create_markdown_artifact(render_review_trace(trace), key=f"agentic-review-{trace.stem}",
                                  description=f"review {key}: {trace.stem}")

@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from agent_core.meta import MetaLLMConfig
+from agent_core.review.agentic import archive_ledgers
 from agent_core.scaffold import Scaffold
 from agent_core.training.curator import make_curator
 from agent_core.training.dataset import DatasetInfo, build_dataset
@@ -36,13 +37,20 @@ def curate(scaffold_dir: str, digest: dict, meta: MetaLLMConfig, trials: list[di
     `archive_root`, `record_dir`: the pool's archive and where an agentic curator's trace goes."""
     curator = make_curator(meta, Path(base_path) if base_path else None,
                            Path(archive_root) if archive_root else None, Path(record_dir) if record_dir else None)
+    scaffold = Scaffold.load(scaffold_dir)
     try:
-        program = curator.program(Scaffold.load(scaffold_dir), digest, trials)
+        program = curator.program(scaffold, digest, trials)
         if max_lora_rank is not None:
             check_served_lora(program.lora, max_lora_rank)
         return program
     except ProgramError as exc:
         return f"program rejected: {exc.reason}"
+    finally:  # the agentic curator's ledger, whatever became of its program
+        if archive_root and record_dir:
+            games = sorted(digest.get("games") or {})  # the pool's game, as its episodes name it
+            archive_ledgers(record_dir, archive_root, role="curator", mode=meta.resolved().mode,
+                            game=games[0] if len(games) == 1 else scaffold.config.game,
+                            scaffold_hash=scaffold.hash, trial=len(trials))
 
 
 @task(name="build_sft_dataset")

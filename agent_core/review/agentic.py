@@ -147,6 +147,68 @@ class AgentRun(BaseModel):
                 f"${t['cost_usd']:.4f}")
 
 
+class LedgerRecord(BaseModel):
+    """A finished run's ledger as recorded beside its review trace (`agent-<n>.ledger.json`,
+    `curator-<n>.ledger.json`): how it ended, its totals, every call."""
+
+    stop_reason: StopReason
+    verdict: str
+    totals: dict[str, Any]
+    calls: list[CallUsage]
+    env_steps: dict[str, int] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, run: AgentRun) -> "LedgerRecord":
+        return cls(stop_reason=run.stop_reason, verdict=run.verdict, totals=run.ledger.totals(),
+                   **run.ledger.model_dump())
+
+
+def write_ledger(run: AgentRun, path: Path) -> None:
+    path.write_text(LedgerRecord.of(run).model_dump_json(indent=1))
+
+
+def read_ledgers(record_dir: Path | str, prefix: str) -> list[tuple[str, LedgerRecord]]:
+    """The ledgers in `record_dir` whose file names start with `prefix` ("agent" for the
+    reviewer, "curator"), by run index: (file stem without `.ledger`, record)."""
+    found = []
+    for path in Path(record_dir).glob(f"{prefix}-*.ledger.json"):
+        stem = path.name[: -len(".ledger.json")]
+        index = stem.rsplit("-", 1)[-1]
+        if index.isdigit():
+            found.append((int(index), stem, LedgerRecord.model_validate_json(path.read_text())))
+    return [(stem, record) for _, stem, record in sorted(found, key=lambda x: x[0])]
+
+
+def archive_ledgers(record_dir: Path | str, archive_root: Path | str, *, role: Literal["reviewer", "curator"],
+                    mode: str, game: str, scaffold_hash: str, candidates: dict[int, str | None] | None = None,
+                    trial: int | None = None) -> list[Path]:
+    """Put the ledgers of the finished runs in `record_dir` (the reviewer's `agent-<n>`, or the
+    curator's `curator-<n>`) into the archive's `meta_calls` table, one file per run, one row
+    per call. `candidates`: run index (the review attempt) -> the candidate it produced;
+    `trial`: the training trial a curation belongs to. A run is named by its record folder,
+    its file and a digest of its ledger, so archiving again rewrites the same files, and a
+    later run recorded in the same folder (another night) gets its own."""
+    import hashlib
+
+    from agent_core.archive import archive_meta_calls
+
+    record_dir = Path(record_dir)
+    written = []
+    for stem, record in read_ledgers(record_dir, "agent" if role == "reviewer" else "curator"):
+        if not record.calls:
+            continue
+        digest = hashlib.sha256(record.model_dump_json().encode()).hexdigest()[:8]
+        run_id = f"{record_dir.name}/{stem}@{digest}"
+        candidate = (candidates or {}).get(int(stem.rsplit("-", 1)[-1]))
+        env = record.env_steps.get(candidate) if candidate else None
+        rows = [{**c.model_dump(exclude={"call"}), "call_index": c.call, "run_id": run_id, "role": role,
+                 "mode": mode, "stop_reason": record.stop_reason, "verdict": record.verdict,
+                 "candidate": candidate, "trial": trial, "env_steps": env} for c in record.calls]
+        written.append(archive_meta_calls(archive_root, game, scaffold_hash,
+                                          f"{role}-{record_dir.name}-{stem}-{digest}", rows))
+    return written
+
+
 def context_tokens(turns: list[ChatTurn], tools: list[dict[str, Any]]) -> int:
     """The conversation's size in (estimated) tokens, tool specs included."""
     chars = sum(len(t.content) + sum(len(c.arguments) + len(c.name) for c in t.tool_calls) for t in turns)
@@ -393,9 +455,7 @@ class AgenticReviewer:
         finally:
             toolbox.close()
         self.runs.append(run)
-        (self.record_dir / f"agent-{n}.ledger.json").write_text(json.dumps(
-            {"stop_reason": run.stop_reason, "verdict": run.verdict, "totals": run.ledger.totals(),
-             **run.ledger.model_dump()}, indent=1))
+        write_ledger(run, self.record_dir / f"agent-{n}.ledger.json")
         if run.accepted is None:
             raise NoRevision(f"no revision: {run.summary()}")
         return format_revision(run.accepted["revision"])
@@ -403,7 +463,8 @@ class AgenticReviewer:
 
 class AgenticCurator:
     """The training curator as an agent over the pool's archive (a `Curator`): it inspects
-    the pool with the same tools, then submits the program (validated, selection run)."""
+    the pool with the same tools, then submits the program (validated, selection run). Its
+    review trace and ledger go to `record_dir` (`curator-<n>.jsonl`, `curator-<n>.ledger.json`)."""
 
     def __init__(self, model: ToolChatModel, archive_root: Path | str, record_dir: Path | str,
                  base_path: Path | None = None, budget: AgentBudget | None = None, caps: Any = None) -> None:
@@ -426,12 +487,14 @@ class AgenticCurator:
                        trials=[{"trial": t["trial"], "outcome": describe_trial(t),
                                 "hypothesis": (t.get("program") or {}).get("rationale", "")} for t in trials])
         toolbox = CuratorToolbox(self.archive_root, scaffold, self.base_path, self.caps)
+        n = len(self.runs)
         try:
             run = run_agent(self.model, toolbox, system, task, self.budget,
-                            self.record_dir / f"curator-{len(self.runs)}.jsonl", "submit_program")
+                            self.record_dir / f"curator-{n}.jsonl", "submit_program")
         finally:
             toolbox.close()
         self.runs.append(run)
+        write_ledger(run, self.record_dir / f"curator-{n}.ledger.json")
         if run.accepted is None:
             raise ProgramError(f"no program: {run.summary()}")
         program = run.accepted["program"]

@@ -2,7 +2,8 @@
 OpenAI function-calling form: each tool is a JSON-schema'd function whose arguments are a
 pydantic model (one definition: the schema the model sees and the check its call gets).
 
-- `sql(query)`: one read-only SELECT over the archive's tables (`archive.run_query`: DuckDB
+- `sql(query)`: one read-only SELECT over the archive's tables (episodes, steps, calls,
+  memory_ops, and meta_calls: the meta-LLM's ledger) (`archive.run_query`: DuckDB
   with external access off, files limited to the archive, configuration locked), rows and
   characters capped.
 - `trace(episode, from_step, to_step, offset)`: one episode's steps in full (observation,
@@ -79,7 +80,8 @@ class _Args(BaseModel):
 
 class SqlArgs(_Args):
     query: str = Field(max_length=4000, description="One read-only DuckDB SELECT over the tables episodes, steps, calls, "
-                       "memory_ops (see the system prompt for their columns).")
+                       "memory_ops, meta_calls (the meta-LLM's own earlier calls: tokens, dollars, stop reason; "
+                       "see the system prompt for their columns).")
 
 
 class TraceArgs(_Args):

@@ -364,3 +364,74 @@ def test_an_endpoint_that_ignores_required_tool_calls_gets_one_clear_error(store
         agent(store, ScriptedToolModel(["Here is my review: all good."]), tmp_path=tmp_path)
     end = [json.loads(x) for x in (tmp_path / "review.jsonl").read_text().splitlines()][-1]
     assert end["kind"] == "error"
+
+
+def test_the_ledger_goes_into_the_archive_and_round_trips(store, tmp_path):
+    """Each call's ledger entry becomes a `meta_calls` row (one file per run, written again
+    unchanged); the sums over the table are the ledger's totals, and the reviewer's own sql
+    tool reads it."""
+    import shutil
+
+    from agent_core.archive import archive_meta_calls, run_query
+    from agent_core.review.agentic import archive_ledgers, archive_tables
+
+    root, traces = store
+    archive = tmp_path / "archive"
+    shutil.copytree(root / "archive", archive)
+    model = ScriptedToolModel([("sql", {"query": "select count(*) as n from steps"}), ("grep", {"pattern": "saw"}),
+                               submission()])
+    budget = AgentBudget(prices={"*": Price(input_per_mtok=3.0, output_per_mtok=15.0)})
+    reviewer = AgenticReviewer(model, archive, tmp_path / "scaffolds", tmp_path / "rec", budget)
+    proposal = propose(reviewer, build_bundle(TINY, traces), TINY, tmp_path / "scaffolds", tmp_path / "rec",
+                       max_attempts=1)
+    candidate = proposal.attempts[0]["candidate"]
+    ledger = reviewer.runs[0].ledger
+    files = archive_ledgers(tmp_path / "rec", archive, role="reviewer", mode="agentic", game="tiny",
+                            scaffold_hash=TINY.hash, candidates={0: candidate})
+    assert len(files) == 1 and files[0].parts[-4:-1] == ("meta_calls", "game=tiny", f"scaffold_hash={TINY.hash}")
+    sums = run_query(archive, "SELECT count(*) AS calls, sum(prompt_tokens) AS p, sum(completion_tokens) AS c, "
+                     "sum(cost_usd) AS usd, list_distinct(list(stop_reason)) AS stop, list_distinct(list(candidate)) "
+                     "AS cand, list_distinct(list(role)) AS role FROM meta_calls").to_pylist()[0]
+    assert (sums["calls"], sums["p"], sums["c"]) == (len(ledger.calls), ledger.prompt_tokens, ledger.completion_tokens)
+    assert sums["usd"] == pytest.approx(ledger.cost_usd) and ledger.cost_usd > 0
+    assert sums["stop"] == ["submitted"] and sums["cand"] == [candidate] and sums["role"] == ["reviewer"]
+    calls = run_query(archive, "SELECT call_index, tool_calls, model FROM meta_calls ORDER BY call_index").to_pylist()
+    assert calls == [{"call_index": c.call, "tool_calls": c.tool_calls, "model": "scripted-tools"}
+                     for c in ledger.calls]
+    assert [c["tool_calls"] for c in calls] == [["sql"], ["grep"], ["submit_revision"]]
+    # idempotent: archiving the same ledger again rewrites the same file, no rows added
+    assert archive_ledgers(tmp_path / "rec", archive, role="reviewer", mode="agentic", game="tiny",
+                           scaffold_hash=TINY.hash, candidates={0: candidate}) == files
+    assert run_query(archive, "SELECT count(*) AS n FROM meta_calls").to_pylist() == [{"n": 3}]
+    # the episode tables are untouched, and the agent's own sql tool reads the table
+    assert run_query(archive, "SELECT count(*) AS n FROM episodes").to_pylist() == [{"n": 2}]
+    assert "meta_calls" in archive_tables() and "cost_usd" in archive_tables()["meta_calls"]
+    box = ReviewerToolbox(archive, TINY, tmp_path / "scaffolds")
+    try:
+        out = box.call("sql", json.dumps({"query": "select role, sum(prompt_tokens) as p from meta_calls group by role"}))
+    finally:
+        box.close()
+    assert out.ok and out.content.startswith("role\tp\nreviewer\t") and str(ledger.prompt_tokens) in out.content
+    # the archive's report shows the run's ledger
+    from agent_core.report import archive_report
+
+    text = archive_report(archive, tmp_path / "report.md").read_text()
+    [line] = [x for x in text.splitlines() if x.startswith("| reviewer | rec/agent-0@")]
+    assert line.endswith(f"| - | {candidate} | 3 | {ledger.prompt_tokens:,} | {ledger.completion_tokens:,} | "
+                         f"{ledger.cost_usd:.4f} | submitted |"), line
+    # bad rows are refused with what is valid
+    with pytest.raises(ValueError, match="no column.*'tokens'.*its columns: run_id"):
+        archive_meta_calls(archive, "tiny", TINY.hash, "x", [{"role": "curator", "tokens": 1}])
+    with pytest.raises(ValueError, match="role must be one of"):
+        archive_meta_calls(archive, "tiny", TINY.hash, "x", [{"role": "judge"}])
+
+
+def test_an_archive_without_meta_calls_still_answers_queries_on_them(store):
+    """Before any meta-LLM run is archived the table is empty, with its columns and types."""
+    from agent_core.archive import SCHEMAS, run_query
+
+    root, _ = store
+    empty = run_query(root / "archive", "SELECT * FROM meta_calls WHERE list_contains(tool_calls, 'sql')")
+    assert empty.num_rows == 0
+    assert {f.name: f.type for f in empty.schema if f.name in SCHEMAS["meta_calls"].names} == \
+        {f.name: f.type for f in SCHEMAS["meta_calls"]}

@@ -70,6 +70,14 @@ def test_agentic_reviewer_reads_the_archive_and_its_candidate_is_gated(tmp_path)
     usage = entry["attempts"][0]["usage"]
     assert (f"meta-LLM 2 calls, {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens"
             in analysis.data) and f"{result['env_steps'][entry['candidate']]} environment steps" in analysis.data
+    # the reviewer's ledger is in the archive, one row per call, tied to the candidate it wrote
+    from agent_core.archive import run_query
+
+    rows = run_query(ws / "archive", "SELECT * FROM meta_calls ORDER BY call_index").to_pylist()
+    assert [r["call_index"] for r in rows] == [0, 1] and {r["role"] for r in rows} == {"reviewer"}
+    assert {r["candidate"] for r in rows} == {entry["candidate"]} and {r["stop_reason"] for r in rows} == {"submitted"}
+    assert sum(r["prompt_tokens"] for r in rows) == usage["prompt_tokens"]
+    assert rows[0]["scaffold_hash"] == entry["incumbent"] and rows[0]["game"] == "tiny"
 
 
 def test_agentic_reviewer_that_never_submits_is_no_revision(tmp_path):
@@ -106,6 +114,22 @@ def test_agentic_curator_is_the_training_loops_option(tmp_path):
     sql = [x for x in lines if x["kind"] == "tool"]
     assert len(sql) == 2 and sql[0]["ok"] and sql[0]["content"].startswith("routine\tn")
     assert result["promoted"] is None
+    # the curator's ledger is in the training-loop report and in the pool's archive
+    ledger = json.loads(trace.with_name("curator-0.ledger.json").read_text())
+    prompt = sum(c["prompt_tokens"] for c in ledger["calls"])
+    completion = sum(c["completion_tokens"] for c in ledger["calls"])
+    assert len(ledger["calls"]) == 2 and prompt > 0 and completion > 0
+    report = Path(result["report"]).read_text()
+    trial_section = report.split("## Trial 0", 1)[1]
+    assert (f"Curator ledger: 2 calls, {prompt:,} prompt + {completion:,} completion tokens, $0.0000; "
+            "curator-0 stopped by max_steps (no revision)") in trial_section, report
+    from agent_core.archive import run_query
+
+    [row] = run_query(trace.parents[2] / "archive", "SELECT role, mode, trial, count(*) AS calls, "
+                      "sum(prompt_tokens) AS p, sum(completion_tokens) AS c, any_value(stop_reason) AS stop "
+                      "FROM meta_calls GROUP BY ALL").to_pylist()
+    assert row == {"role": "curator", "mode": "agentic", "trial": 0, "calls": 2, "p": prompt, "c": completion,
+                   "stop": "max_steps"}
 
 
 def test_a_loop_level_token_cap_stops_further_reviews(tmp_path):

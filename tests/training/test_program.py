@@ -85,7 +85,7 @@ def test_settings_are_checked_against_the_base_model(base_path):
 
 def test_pool_digest_and_rule_based_program(archive):
     digest = pool_digest(archive.root)
-    assert digest["episodes"] == 6 and set(digest["tables"]) == {"episodes", "steps", "calls", "memory_ops"}
+    assert digest["episodes"] == 6 and set(digest["tables"]) == {"episodes", "steps", "calls", "memory_ops", "meta_calls"}
     tiny = digest["games"]["tiny"]
     assert tiny["steps"] == 24 and tiny["progression"]["max"] == pytest.approx(1 / 3)
     assert tiny["progression"]["min"] == 0.0
