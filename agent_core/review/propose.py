@@ -38,6 +38,8 @@ def propose(reviewer: Reviewer, bundle: ReviewBundle, incumbent: Scaffold, scaff
         try:
             reply = reviewer.review(bundle, incumbent, feedback)
         except NoRevision as exc:
+            if exc.reply is not None:  # a cut-off reply is never used, but kept for the record
+                (record_dir / f"attempt-{n}.reply.txt").write_text(exc.reply)
             attempts.append({"attempt": n, "verdict": "no revision", "reason": str(exc), **_usage(reviewer)})
             break
         (record_dir / f"attempt-{n}.reply.txt").write_text(reply)

@@ -48,7 +48,7 @@ class MetaLLMReviewer:
         if reply.finish_reason != "stop":  # a cut-off (or aborted, filtered) scaffold is never a candidate
             raise NoRevision(f"the reply did not end by itself (finish reason {reply.finish_reason!r}; "
                              f"'length': cut off at its token limit of {self.params.max_tokens} tokens) and "
-                             "is not used; for 'length', raise the meta-LLM's max_tokens")
+                             "is not used; for 'length', raise the meta-LLM's max_tokens", reply=reply.text)
         return reply.text
 
 
@@ -68,7 +68,12 @@ def make_reviewer(config: MetaLLMConfig, archive_root: Path | None = None, scaff
 
 
 class NoRevision(Exception):
-    """The rule-based reviewer found nothing its remedies address."""
+    """No revision this time: the rule-based reviewer found nothing its remedies address, or a
+    meta-LLM's reply did not end by itself (`reply` keeps its verbatim text for the record)."""
+
+    def __init__(self, message: str, reply: str | None = None):
+        super().__init__(message)
+        self.reply = reply
 
 
 class RuleBasedReviewer:
