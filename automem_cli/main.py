@@ -27,6 +27,9 @@ BaseUrl = Annotated[Optional[str], typer.Option(help="OpenAI-compatible model se
 ServedModel = Annotated[Optional[str], typer.Option("--model", help="Served model name (with --base-url).")]
 MaxTokens = Annotated[Optional[int], typer.Option(min=1, help=MAX_TOKENS_HELP)]
 Constrain = Annotated[str, typer.Option(help=CONSTRAIN_HELP)]
+Temperature = Annotated[Optional[float], typer.Option(help="Sampling temperature over the scaffold's "
+                        "(0: greedy, at most 2); each call is seeded from the episode's seed, step and call. "
+                        "Part of the episode key.")]
 Device = Annotated[str, typer.Option(help=f"Local model's device: {DEVICE_HELP}.")]
 Workspace = Annotated[Optional[Path], typer.Option(help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs).")]
 Dask = Annotated[Optional[str], typer.Option("--dask", help="Play the episodes on an existing Dask cluster: its "
@@ -99,6 +102,7 @@ def play(
     model: ServedModel = None,
     max_tokens: MaxTokens = None,
     constrain: Constrain = "on",
+    temperature: Temperature = None,
     device: Device = "auto",
     workspace: Workspace = None,
 ) -> None:
@@ -118,7 +122,7 @@ def play(
     except ScaffoldError as exc:
         _fail(str(exc))
     try:
-        models = _models(base_url, model, max_tokens, constrain, device, specialist)
+        models = _models(base_url, model, max_tokens, constrain, device, specialist, temperature)
         models.check()
         roles = models.build()
     except (ValueError, ModelError, OSError) as exc:
@@ -258,23 +262,26 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _models(base_url: Optional[str], model: Optional[str], max_tokens: Optional[int], constrain: str,
-            device: str, specialist: Optional[str] = None):
+            device: str, specialist: Optional[str] = None, temperature: Optional[float] = None):
     """The `ModelConfig` the model options describe (ValueError when they do not fit)."""
     from agent_core.models.config import ModelConfig
 
     return ModelConfig(backend="openai" if base_url else "local", base_url=base_url, model=model,
-                       specialist=specialist, max_tokens=max_tokens, constrain=constrain, device=device)
+                       specialist=specialist, max_tokens=max_tokens, constrain=constrain, device=device,
+                       temperature=temperature)
 
 
 def _run_options(concurrency: int, base_url: Optional[str], model: Optional[str], max_tokens: Optional[int],
-                 constrain: str, device: str, dask: Optional[str], workspace: Optional[Path]) -> dict:
+                 constrain: str, device: str, dask: Optional[str], workspace: Optional[Path],
+                 temperature: Optional[float] = None) -> dict:
     """The parameters every flow that plays episodes shares, from the shared options; a Dask
     cluster is checked now (reachable, a Prefect server set), before the flow starts."""
     from flows.runners import RunnerConfig
 
     runner = RunnerConfig(kind="dask", address=dask) if dask else RunnerConfig()
     runner.check()
-    return dict(concurrency=concurrency, runner=runner, models=_models(base_url, model, max_tokens, constrain, device),
+    return dict(concurrency=concurrency, runner=runner,
+                models=_models(base_url, model, max_tokens, constrain, device, temperature=temperature),
                 workspace=str(workspace) if workspace else None)
 
 
@@ -290,6 +297,7 @@ def optimize_scaffold(
     model: ServedModel = None,
     max_tokens: MaxTokens = None,
     constrain: Constrain = "on",
+    temperature: Temperature = None,
     device: Device = "auto",
     workspace: Workspace = None,
     dask: Dask = None,
@@ -304,7 +312,7 @@ def optimize_scaffold(
     try:
         params = ScaffoldLoopParams(game=env, seeds=parse_seeds(seeds), iterations=iterations, patience=patience,
                                     max_steps=steps, **_run_options(concurrency, base_url, model, max_tokens,
-                                                                    constrain, device, dask, workspace))
+                                                                    constrain, device, dask, workspace, temperature))
     except (ValueError, RuntimeError, ConnectionError) as exc:
         _fail(str(exc))
     result = scaffold_loop(params)
@@ -323,6 +331,7 @@ def rollout(
     model: ServedModel = None,
     max_tokens: MaxTokens = None,
     constrain: Constrain = "on",
+    temperature: Temperature = None,
     device: Device = "auto",
     workspace: Workspace = None,
     dask: Dask = None,
@@ -336,7 +345,7 @@ def rollout(
     try:
         params = RolloutParams(games=env, seeds=parse_seeds(seeds), max_steps=steps,
                                **_run_options(concurrency, base_url, model, max_tokens, constrain, device, dask,
-                                              workspace))
+                                              workspace, temperature))
     except (ValueError, RuntimeError, ConnectionError) as exc:
         _fail(str(exc))
     result = rollout_flow(params)
@@ -356,6 +365,7 @@ def evaluate(
     model: ServedModel = None,
     max_tokens: MaxTokens = None,
     constrain: Constrain = "on",
+    temperature: Temperature = None,
     device: Device = "auto",
     workspace: Workspace = None,
     dask: Dask = None,
@@ -370,7 +380,7 @@ def evaluate(
         arms = [Arm(scaffold=a.split("+", 1)[0], adapter=a.split("+", 1)[1] if "+" in a else None) for a in arm]
         params = EvaluateParams(arms=arms, games=env, seeds=parse_seeds(seeds), max_steps=steps,
                                 **_run_options(concurrency, base_url, model, max_tokens, constrain, device, dask,
-                                               workspace))
+                                               workspace, temperature))
     except (ValueError, RuntimeError, ConnectionError) as exc:
         _fail(str(exc))
     result = evaluate_flow(params)

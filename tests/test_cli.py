@@ -105,3 +105,10 @@ def test_every_preset_is_a_valid_nightly_configuration():
     assert len(presets) >= 2
     for preset in presets:
         IterationParams(**yaml.safe_load(preset.read_text())["params"])
+
+
+def test_sampling_options_out_of_range_fail_before_any_episode(tmp_path):
+    for command in (["play", "--env", "tiny"], ["rollout", "--env", "tiny"]):
+        out = runner.invoke(app, [*command, "--temperature", "3", "--workspace", str(tmp_path)])
+        assert out.exit_code != 0 and "temperature must be between 0 and 2" in out.output, out.output
+    assert not (tmp_path / "episodes").exists()
