@@ -11,7 +11,7 @@ Per step: seconds, model calls, prompt tokens, prompt tokens prefilled (not reus
 the prefix cache), forward passes; per episode: look-ups whose results reached a write or the action, distinct actions and
 distinct written texts (`agent_core.diagnostics.memory_use`).
 
-    python benchmarks/bench_memory_turns.py [--steps 6] [--seeds 0 1] [--temperature 0.7]
+    python benchmarks/bench_memory_turns.py [--steps 6] [--seeds 0 1] [--temperature 1.0]
 
 Needs the prepared model (`make model`).
 """
@@ -107,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--temperature", type=float, default=1.0, help="the CPU preset's")
     ap.add_argument("--dtype", default="bfloat16")
     args = ap.parse_args()
 
