@@ -10,6 +10,10 @@ What it measures, in one run so both devices share the machine:
 2. `LocalModel.generate` (the project's inference path): a ~1,000-token conversation, a
    free 64-token reply (tokens/s) and a reply under the LOG grammar with jump-forward
    (seconds per reply, forward passes); the prefix cache is warm after the first call.
+3. Continuous batching (`--batching 1,4,16`): that many concurrent free replies (distinct
+   ~1,000-token conversations, prefixes cached) decoded together (`max_batch` = level), and
+   at level 1 one at a time under the lock (`max_batch` 1): tokens/s and the speed-up over
+   level 1. Target on a GPU: at least 8x at 16.
 
 The base is the prepared SmolLM2-135M when present, else (a GPU machine without it) a
 randomly initialised model of the same architecture built from `--config-dir` (config and
@@ -18,6 +22,7 @@ widens that architecture to SmolLM2-1.7B's shape (random weights, GPU only).
 
     python benchmarks/gpu_check.py --device cpu                # runs anywhere
     python benchmarks/gpu_check.py --device cuda --baseline cpu --out gpu_check.json
+    python benchmarks/gpu_check.py --device cuda --skip-training --skip-generation --batching 1,4,16
 
 Writes every figure as JSON (`--out`) and prints a table.
 """
@@ -166,6 +171,50 @@ def bench_generation(base: Path, device: str, repeats: int) -> dict[str, Any]:
             "grammar_forward_passes_per_reply": round(passes / (repeats + 1), 1)}
 
 
+def bench_batching(base: Path, device: str, levels: list[int], max_tokens: int) -> list[dict[str, Any]]:
+    """Tokens/s of `level` concurrent replies decoded together, against the lock at level 1."""
+    import threading
+
+    from agent_core.models.local import LocalModel
+    from agent_core.records import Message, SamplingParams
+
+    model = LocalModel(path=base, device=device, max_batch=max(levels), cache_slots=2 * max(levels))
+    rng = random.Random(2)
+
+    def conversation(i: int) -> list[Message]:
+        words = " ".join(rng.choice(_WORDS) for _ in range(700))
+        return [Message(role="system", content=f"Episode {i}. You keep a memory of files. " + words),
+                Message(role="user", content="Describe what you see, at length.")]
+
+    def run(convs: list[list[Message]], params: SamplingParams) -> float:
+        threads = [threading.Thread(target=model.generate, args=(c, params)) for c in convs]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - started
+
+    results = []
+    for level in levels:
+        for mode in (("lock", "batched") if level == levels[0] else ("batched",)):
+            model.max_batch = 1 if mode == "lock" else level
+            model.clear_prefix_cache()
+            convs = [conversation(i) for i in range(level)]
+            run(convs, SamplingParams(max_tokens=1, temperature=0.0))  # prefill and warm-up, untimed
+            tokens0, passes0, rows0 = model.generated_tokens, model.batched_passes, model.batched_rows
+            wall = run(convs, SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=3))
+            passes = model.batched_passes - passes0
+            results.append({"device": model.device, "mode": mode, "level": level,
+                            "tokens_per_s": round((model.generated_tokens - tokens0) / wall, 1),
+                            "rows_per_pass": round((model.batched_rows - rows0) / passes, 2) if passes else 1.0})
+            print("batching:", json.dumps(results[-1]), flush=True)
+    base_rate = results[0]["tokens_per_s"]
+    for r in results:
+        r["speedup_over_lock_1"] = round(r["tokens_per_s"] / base_rate, 2)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="device under test: auto, cpu, cuda, cuda:N")
@@ -183,6 +232,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="timed replies per generation case")
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--batching", default=None, help="concurrency levels for the batching check, e.g. 1,4,16")
+    parser.add_argument("--batching-tokens", type=int, default=64, help="tokens per reply in the batching check")
     args = parser.parse_args()
 
     import torch
@@ -199,7 +251,7 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "cpu_threads": torch.get_num_threads()},
-        "training": [], "generation": []}
+        "training": [], "generation": [], "batching": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
@@ -207,7 +259,7 @@ def main() -> None:
         report["base"] = what
         print(f"base: {what}; devices: {devices}", flush=True)
         dataset = synthetic_dataset(work, args.examples, context_words=900)
-        for d in devices:
+        for d in devices if not args.skip_training else []:
             if d.startswith("cuda"):  # kernels, autotuning and the allocator warm up off the clock
                 bench_training(base, dataset, d, 3, args, work / "warm-up")
             steps = args.steps if d == device else args.baseline_steps
@@ -220,6 +272,10 @@ def main() -> None:
             for d in devices:
                 report["generation"].append(bench_generation(base, d, args.repeats))
                 print("generate:", json.dumps(report["generation"][-1]), flush=True)
+        if args.batching:
+            levels = [int(x) for x in args.batching.split(",")]
+            for d in devices:
+                report["batching"] += bench_batching(base, d, levels, args.batching_tokens)
     report["wall_s"] = round(time.perf_counter() - started, 1)
     Path(args.out).write_text(json.dumps(report, indent=2))
 
@@ -232,6 +288,10 @@ def main() -> None:
         print(f"generate on {g['device']}: free {g['free_tokens_per_s']} tok/s ({g['free_s_per_reply']} s/reply), "
               f"LOG grammar {g['grammar_s_per_reply']} s/reply, {g['grammar_forward_passes_per_reply']} passes "
               f"for {g['grammar_tokens_per_reply']} tokens")
+    for b in report["batching"]:
+        print(f"batching on {b['device']}: {b['mode']:7} x{b['level']:<3} {b['tokens_per_s']:8.1f} tok/s "
+              f"{b['speedup_over_lock_1']:6.2f}x over the lock at {report['batching'][0]['level']} "
+              f"({b['rows_per_pass']} rows/pass)")
     print(f"figures: {args.out} ({report['wall_s']} s)")
 
 

@@ -45,6 +45,83 @@ DEFAULT_MAX_BATCH = 8
 BASE_ADAPTER = "__base__"
 
 
+def new_cache(config: Any) -> Any:
+    """An empty KV cache for `config` whose layers append into spare room (`_growing_layer`)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    cls = _growing_layer()
+    cache.layers = [cls() for _ in cache.layers]
+    return cache
+
+
+def copy_prefix(cache: Any, n: int) -> Any:
+    """A new cache holding copies of the first `n` positions of `cache` (batch of one)."""
+    copy = new_cache_like(cache)
+    for mine, theirs in zip(copy.layers, cache.layers, strict=True):
+        k = theirs.keys[:, :, :n].clone()
+        v = theirs.values[:, :, :n].clone()
+        mine.lazy_initialization(k, v)
+        mine.keys, mine.values = k, v
+    return copy
+
+
+def new_cache_like(cache: Any) -> Any:
+    """An empty growing cache with as many layers as `cache`."""
+    from transformers import DynamicCache
+
+    copy = DynamicCache()
+    cls = _growing_layer()
+    copy.layers = [cls() for _ in cache.layers]
+    return copy
+
+
+_GROWING: Any = None
+
+
+def _growing_layer() -> Any:
+    """transformers' `DynamicLayer`, appending new keys/values into spare capacity instead of
+    concatenating (a copy of the whole cache per layer and decoding step: with several rows of
+    ~2,000 tokens that copy rivals the forward pass). Tensors assigned from outside (a crop,
+    a batch join or re-pack) are adopted at the next update."""
+    global _GROWING
+    if _GROWING is not None:
+        return _GROWING
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        _kbuf: Any = None
+        _vbuf: Any = None
+        _kview: Any = None
+        _n = 0
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            if self._kbuf is None or self.keys is not self._kview:  # assigned from outside: adopt
+                self._kbuf, self._vbuf = self.keys, self.values
+                self._n = self.keys.shape[-2] if self.keys.numel() else 0
+            n, t = self._n, key_states.shape[-2]
+            if (self._kbuf.numel() == 0 or n + t > self._kbuf.shape[-2]
+                    or self._kbuf.shape[:2] != key_states.shape[:2]):
+                room = n + t + max(128, (n + t) // 4)
+                shape = (*key_states.shape[:2], room, key_states.shape[-1])
+                keys, values = key_states.new_empty(shape), value_states.new_empty(shape)
+                if n:
+                    keys[:, :, :n] = self._kbuf[:, :, :n]
+                    values[:, :, :n] = self._vbuf[:, :, :n]
+                self._kbuf, self._vbuf = keys, values
+            self._kbuf[:, :, n:n + t] = key_states
+            self._vbuf[:, :, n:n + t] = value_states
+            self._n = n + t
+            self.keys = self._kview = self._kbuf[:, :, :n + t]
+            self.values = self._vbuf[:, :, :n + t]
+            return self.keys, self.values
+
+    _GROWING = GrowingLayer
+    return GrowingLayer
+
+
 class _Request:
     """A row plus how its caller waits for it."""
 
@@ -287,11 +364,9 @@ class Batcher:
 
     def _extract(self, index: int, count: int) -> Any:
         """Row `index`'s first `count` valid positions as a compact cache of its own."""
-        from transformers import DynamicCache
-
         owner = self.owner
         where = self._mask[index].nonzero().squeeze(1)[:count].to(owner.device)
-        cache = DynamicCache(config=owner._model.config)
+        cache = new_cache(owner._model.config)
         for mine, theirs in zip(self._layers(cache), self._layers(self._cache), strict=True):
             k = theirs.keys[index: index + 1].index_select(2, where)
             v = theirs.values[index: index + 1].index_select(2, where)

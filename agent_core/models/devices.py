@@ -19,7 +19,10 @@ from pydantic import AfterValidator
 #: what a device setting may say
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 DEVICE_HELP = "auto (CUDA when torch sees a GPU, else CPU), cpu, cuda or cuda:N"
-#: the local model's weights at inference, on any device
+#: the local model's weights at inference, on any device. On a CPU too: measured with the
+#: batching scheduler (benchmarks/bench_batching.py, local Crafter, a 2-core CPU with AMX),
+#: bf16 played episodes ~1.25x faster than fp32 alone and batched. fp32 is what makes a
+#: reply independent of its batch (tests use it); bf16 replies may vary with it.
 INFERENCE_DTYPE = "bfloat16"
 _SHORT = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from agent_core.grammar import Grammar
 from agent_core.models.base import ChatModel, ModelError
-from agent_core.models.batching import DEFAULT_MAX_BATCH
+from agent_core.models.batching import DEFAULT_MAX_BATCH, copy_prefix, new_cache
 from agent_core.models.devices import INFERENCE_DTYPE, resolve_device
 from agent_core.models.weights import LOCAL_MODEL_NAME, local_model_path, set_runtime_env
 from agent_core.records import Completion, Message, SamplingParams
@@ -92,6 +92,11 @@ class _Row:
             self.generator.seed()
 
 
+#: a cached conversation is handed over (not copied) when a prompt continues it up to this
+#: many of its last tokens
+_MOVE_SLACK = 64
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -121,12 +126,14 @@ class LocalModel:
     Args:
         path: checkpoint folder; default: the prepared SmolLM2 (`weights.local_model_path()`).
         adapters: LoRA adapters to load at start, name -> peft adapter folder.
-        dtype: "bfloat16" (faster on CPU, native on GPU) or "float32" (bit-stable across
-            prefill splits).
+        dtype: "bfloat16" (faster on CPU with AMX, native on GPU) or "float32" (bit-stable
+            across prefill splits and batch compositions).
         device: "auto" (CUDA when torch sees a GPU, else CPU), "cpu", "cuda" or "cuda:N".
         model_id: the base model's name in traces and on the server.
         prefix_reuse: reuse the KV cache of a previous call's common token prefix.
-        cache_slots: prefix caches kept per handle (several episodes may share a handle).
+        cache_slots: prefix caches kept per handle (several episodes may share a handle);
+            None: two per row of `max_batch` (at least 4), so concurrent episodes do not evict
+            each other's conversations.
         jump_forward: under a grammar, feed the tokens the grammar forces in one forward pass.
         max_batch: replies decoded together (continuous batching, `batching.Batcher`):
             concurrent calls share each forward pass. 1: one reply at a time under a lock
@@ -143,7 +150,7 @@ class LocalModel:
         device: str = "auto",
         model_id: str = DEFAULT_MODEL_ID,
         prefix_reuse: bool = True,
-        cache_slots: int = 4,
+        cache_slots: int | None = None,
         jump_forward: bool = True,
         max_batch: int = DEFAULT_MAX_BATCH,
         prefill_chunk: int = 256,
@@ -157,7 +164,7 @@ class LocalModel:
         self.device = resolve_device(device)
         self.prefix_reuse = prefix_reuse
         self.jump_forward = jump_forward
-        self.cache_slots = max(1, cache_slots)
+        self._cache_slots = cache_slots
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError(f"max_batch and prefill_chunk must be >= 1; got {max_batch} and {prefill_chunk}")
         self.max_batch = max_batch
@@ -368,21 +375,31 @@ class LocalModel:
         yield
 
     def _take_prefix(self, name: str, prompt: list[int]) -> tuple[_PrefixEntry | None, int]:
-        """Remove and return the cached entry sharing the longest prefix with `prompt`."""
+        """The cached entry sharing the longest prefix with `prompt`: removed from the store
+        when `prompt` continues all of it but its last `_MOVE_SLACK` tokens (the same
+        conversation; a reply re-tokenised in the template differs at its end), else a copy of
+        just the shared part (another episode's conversation sharing the system prompt:
+        cropping it would destroy the cache of the episode that owns it)."""
         entries = self._prefixes.get(name, [])
         best, best_len = None, 0
         for entry in entries:
             n = _common_prefix(entry.tokens, prompt)
             if n > best_len:
                 best, best_len = entry, n
-        if best is not None:
+        if best is None:
+            return None, 0
+        if len(best.tokens) - best_len <= _MOVE_SLACK:
             entries.remove(best)
-        return best, best_len
+            return best, best_len
+        if best_len < 16:
+            return None, 0
+        return _PrefixEntry(best.tokens[:best_len], copy_prefix(best.cache, best_len)), best_len
 
     def _keep_prefix(self, name: str, entry: _PrefixEntry) -> None:
         entries = self._prefixes.setdefault(name, [])
         entries.append(entry)
-        if len(entries) > self.cache_slots:
+        slots = self._cache_slots or max(4, 2 * self.max_batch)
+        if len(entries) > max(1, slots):
             entries.remove(min(entries, key=lambda e: e.last_used))
 
     def _next_token(self, logits: Any, params: SamplingParams, gen: Any) -> int:
@@ -478,14 +495,12 @@ class LocalModel:
     def _start_row(self, row: "_Row") -> None:
         """Give `row` its KV cache: the cached entry with the longest common prefix (cropped
         to it), or an empty one; what is left of the prompt is its first feed."""
-        from transformers import DynamicCache
-
         prompt = row.prompt
         entry, reused = self._take_prefix(row.name, prompt) if self.prefix_reuse else (None, 0)
         # at least one prompt token must be fed to get the next-token logits
         reused = min(reused, len(prompt) - 1)
         if entry is None or reused == 0:
-            entry = _PrefixEntry([], DynamicCache(config=self._model.config))
+            entry = _PrefixEntry([], new_cache(self._model.config))
             reused = 0
         elif len(entry.tokens) > reused:
             entry.cache.crop(reused - len(entry.tokens))  # negative: tokens to drop
