@@ -31,6 +31,7 @@ switch of weights); an error in one row's grammar or sampling fails that row onl
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +139,8 @@ class Batcher:
     """The scheduler of one `LocalModel` (created by its first batched call)."""
 
     def __init__(self, owner: LocalModel) -> None:
-        self.owner = owner
+        # weak: the scheduler thread must not keep a discarded model (and its weights) alive
+        self._owner = weakref.ref(owner)
         self._cond = threading.Condition()
         self._queue: deque[_Request] = deque()
         self._joining: list[_Request] = []
@@ -147,6 +149,13 @@ class Batcher:
         self._mask: Any = None  # bool [rows, length]: which cache positions hold a row's tokens
         self._thread = threading.Thread(target=self._loop, name="local-model-batcher", daemon=True)
         self._thread.start()
+
+    @property
+    def owner(self) -> LocalModel:
+        owner = self._owner()
+        if owner is None:
+            raise ModelError("the local model was discarded")
+        return owner
 
     # -- callers ------------------------------------------------------------------------------
 
@@ -177,11 +186,15 @@ class Batcher:
     # -- the scheduler thread -----------------------------------------------------------------
 
     def _loop(self) -> None:
-        owner = self.owner
         while True:
             with self._cond:
                 while not (self._queue or self._joining or self._active):
-                    self._cond.wait()
+                    if self._owner() is None:  # the model is gone: so is the scheduler
+                        return
+                    self._cond.wait(timeout=5.0)
+                owner = self._owner()
+                if owner is None:
+                    return
                 while self._queue and len(self._joining) + len(self._active) < owner.max_batch:
                     self._joining.append(self._queue.popleft())
             try:
@@ -192,6 +205,7 @@ class Batcher:
                     self._fail(req, ModelError(f"local model batch step failed: {exc!r}"))
                 self._joining, self._active = [], []
                 self._cache = self._mask = None
+            del owner  # hold no reference while idle
 
     def _step(self) -> None:
         owner = self.owner
