@@ -188,3 +188,30 @@ def test_another_conversations_cache_lends_its_shared_prefix_and_stays(local_mod
         assert local_model.generate(second, greedy).completion.text == got.completion.text
     finally:
         local_model.prefix_reuse = True
+
+
+@pytest.mark.slow
+def test_an_adapter_replaced_in_place_under_a_decoding_row_fails_that_row(batching_model: Any,
+                                                                          lora_dir: Path) -> None:
+    model = batching_model
+    model.batched_passes = 0
+
+    def replace_while_decoding() -> None:
+        deadline = time.monotonic() + 120
+        while model.batched_passes < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        model.replace_adapter(ADAPTER, lora_dir)
+
+    long_reply = SamplingParams(max_tokens=200, temperature=0.0)
+    results = _concurrently([
+        lambda: model.generate(_user("Tell me a long story."), long_reply, model=ADAPTER,
+                               constraint=Grammar("[a-z ]{600,800}")),
+        replace_while_decoding,
+    ])
+    assert isinstance(results[0], ModelError) and "unloaded or replaced" in str(results[0]), results[0]
+    # the replaced adapter serves the next call
+    again = model.generate(_user("Name three colours of the rainbow."), GREEDY_SHORT, model=ADAPTER)
+    assert again.finish_reason in ("stop", "length") and again.completion.model == ADAPTER
+
+
+GREEDY_SHORT = SamplingParams(max_tokens=4, temperature=0.0)
