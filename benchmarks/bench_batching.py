@@ -16,6 +16,10 @@ step, and rows per batched decoding pass. With several dtypes, each is measured 
     python benchmarks/bench_batching.py [--steps 4] [--levels 1,2,4,8] [--dtypes float32,bfloat16]
                                         [--device auto] [--modes lock,batched]
 
+`--adapters`: also one decoding step of 4 rows, two with a LoRA adapter and two without,
+as one peft mixed-adapter pass (`adapter_names=`, what the scheduler does) against one pass
+per adapter group (set_adapter / disable_adapter), in the same run.
+
 Targets (2-core CPU): batched at least 1.8x the episodes per minute of concurrency 1 at 4,
 2.5x at 8. On a GPU (`benchmarks/gpu_check.py --batching`): at least 8x at 16.
 """
@@ -67,6 +71,54 @@ def play_level(model, scaffold, concurrency: int, steps: int, seed0: int, out: P
             "passes_per_step": passes / max(1, sum(played)), "rows_per_pass": brows / bpasses if bpasses else 1.0}
 
 
+def bench_adapters(dtype: str, device: str, context: int = 800, steps: int = 6) -> None:
+    """Milliseconds per decoding step of 4 rows (2 adapter, 2 base): mixed pass vs grouped."""
+    import statistics
+
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from agent_core.models.batching import new_cache
+    from agent_core.models.devices import resolve_device
+    from agent_core.models.weights import local_model_path
+
+    device = resolve_device(device)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(local_model_path(), dtype=getattr(torch, dtype)).to(device)
+    folder = tempfile.mkdtemp(prefix="bench-batching-lora-")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(local_model_path()),
+                   LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(folder)
+    model = PeftModel.from_pretrained(base, folder, adapter_name="mem").eval()
+
+    def filled(rows: int):
+        cache = new_cache(base.config)
+        model(input_ids=torch.randint(0, 40000, (rows, context), device=device), cache=cache, use_cache=True,
+              logits_to_keep=1, adapter_names=["__base__"] * rows)
+        return cache
+
+    def token(rows: int):
+        return torch.randint(0, 40000, (rows, 1), device=device)
+
+    with torch.inference_mode():
+        mixed_cache, adapted, plain = filled(4), filled(2), filled(2)
+        mixed, grouped = [], []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            model(input_ids=token(4), cache=mixed_cache, use_cache=True, logits_to_keep=1,
+                  adapter_names=["mem", "mem", "__base__", "__base__"])
+            mixed.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            model.set_adapter("mem")
+            model(input_ids=token(2), cache=adapted, use_cache=True, logits_to_keep=1)
+            with model.disable_adapter():
+                model(input_ids=token(2), cache=plain, use_cache=True, logits_to_keep=1)
+            grouped.append(time.perf_counter() - t0)
+    m, g = 1000 * statistics.median(mixed), 1000 * statistics.median(grouped)
+    print(f"\nadapters, {dtype}, 4 rows (2 LoRA r=8 + 2 base), {context}-token caches, median of {steps} steps:")
+    print(f"  one mixed-adapter pass {m:7.1f} ms   one pass per group (baseline) {g:7.1f} ms   ({g / m:.2f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4, help="steps per episode")
@@ -74,6 +126,8 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16", help="weights' dtypes to measure")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--modes", default="lock,batched", help="lock (max_batch 1) and/or batched")
+    ap.add_argument("--adapters", action="store_true", help="also time mixed-adapter vs grouped passes")
+    ap.add_argument("--levels-off", action="store_true", help="skip the episode levels (with --adapters)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     modes = args.modes.split(",")
@@ -83,7 +137,12 @@ def main() -> None:
 
     scaffold = Scaffold.builtin("crafter")
     tmp = Path(tempfile.mkdtemp(prefix="bench-batching-"))
-    print(f"local Crafter episodes of {args.steps} steps, v0 scaffold, constrained; levels {levels}")
+    if args.adapters:
+        for dtype in args.dtypes.split(","):
+            bench_adapters(dtype, args.device)
+    if args.levels_off:
+        return
+    print(f"\nlocal Crafter episodes of {args.steps} steps, v0 scaffold, constrained; levels {levels}")
     seed = 1000  # level n plays seeds 1000 .. 1000+n-1: every level holds the games of the smaller ones
     results: dict[tuple[str, str, int], dict] = {}
     for dtype in args.dtypes.split(","):
