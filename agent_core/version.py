@@ -23,13 +23,12 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 3
 #: digest of `episode_sources()` recorded with each protocol version (add a line per raise)
 SOURCES_DIGESTS: dict[int, str] = {
-    3: "2579851e129ef9a9",
-    4: "73c26dcafd7f0128",  # finish reasons passed through; in-place adapter reloads
-    5: "63f6ac138d85961d",  # the hook worker's namespace probe; the SFT data card's provenance
-    6: "c33dff5cd4082ab6",  # local continuous batching, reply closing at the budget, prefix copies
+    # look-ups end the turn, seeded sampling, finish reasons passed through, confined hooks,
+    # reply closing at the budget, continuous batching (2 is the last version of the old list)
+    3: "c33dff5cd4082ab6",
 }
 
 _ROOT = Path(__file__).resolve().parents[1]
