@@ -267,6 +267,7 @@ def pool_digest(archive_root: str | Path) -> dict[str, Any]:
     per game the episodes, progression quantiles, calls per routine/role, memory-op
     statistics (writes, consulting reads, write-to-search ratio, failures, duplicates)."""
     from agent_core.archive import SCHEMAS, connect
+    from agent_core.diagnostics import group_from_row, sql_aggregate
 
     con = connect(archive_root)
     try:
@@ -288,15 +289,18 @@ def pool_digest(archive_root: str | Path) -> dict[str, Any]:
                 "GROUP BY ALL ORDER BY ALL"):
             games.setdefault(game, {"calls": {}, "memory_ops": {}})["calls"][f"{routine}/{role}"] = {
                 "calls": n, "mean_reply_chars": round(chars or 0.0, 1)}
-        for game, writes, consults, searches, failed, dup in rows(
-                f"SELECT game, count(*) FILTER (WHERE op IN ({_WRITES})), "
-                f"count(*) FILTER (WHERE op IN ({_CONSULTS})), count(*) FILTER (WHERE op = 'search'), "
-                "count(*) FILTER (WHERE NOT ok), count(*) FILTER (WHERE duplicate) "
-                "FROM memory_ops GROUP BY game"):
+        for game, searches, failed, dup in rows(
+                "SELECT game, count(*) FILTER (WHERE op = 'search'), count(*) FILTER (WHERE NOT ok), "
+                "count(*) FILTER (WHERE duplicate) FROM memory_ops GROUP BY game"):
             games.setdefault(game, {"calls": {}, "memory_ops": {}})["memory_ops"] = {
-                "writes": writes, "consults": consults, "searches": searches, "failed": failed,
-                "duplicate_writes": dup,
-                "write_to_search": round(writes / searches, 3) if searches else None}
+                "searches": searches, "failed": failed, "duplicate_writes": dup}
+        # the paper's diagnostics by their one definition (`agent_core.diagnostics`), pooled
+        for game, *row in rows(f"SELECT e.game, {sql_aggregate('e')} FROM episodes e GROUP BY e.game"):
+            d = group_from_row(tuple(row))
+            games.setdefault(game, {"calls": {}, "memory_ops": {}})["memory_ops"].update(
+                writes=d.writes, consults=d.consults,
+                write_to_search=None if d.write_search_ratio is None else round(d.write_search_ratio, 3),
+                growth_chars_per_step=None if d.growth_chars_per_step is None else round(d.growth_chars_per_step, 2))
         memory_calls = dict(rows("SELECT routine, count(*) FROM calls WHERE role = 'memory' "
                                  "AND routine IN ('log', 'plan') GROUP BY routine"))
         selectable = dict(rows(f"SELECT c.routine, count(*) FROM calls c JOIN ({RULE_BASED_SQL}) s "
