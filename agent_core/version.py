@@ -28,7 +28,7 @@ PROTOCOL_VERSION = 3
 SOURCES_DIGESTS: dict[int, str] = {
     # look-ups end the turn, seeded sampling, finish reasons passed through, confined hooks,
     # reply closing at the budget, continuous batching (2 is the last version of the old list)
-    3: "597b716578cd300f",
+    3: "a975a1dc3b5f0d50",
 }
 
 _ROOT = Path(__file__).resolve().parents[1]

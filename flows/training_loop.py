@@ -24,7 +24,7 @@ from agent_core.meta import MetaLLMConfig
 from agent_core.models.base import ModelError
 from agent_core.plots import write_report
 from agent_core.records import EpisodeSummary
-from agent_core.training.program import TrainingBudget
+from agent_core.training.program import ProgramError, TrainingBudget
 from flows.common import GameParams, check_disjoint, check_seeds, run_episodes, sync
 from tasks.archive import archive_traces, diagnose_traces
 from tasks.review import confirm_candidate, gate_candidate, promote_incumbent
@@ -178,7 +178,12 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
             trial.error = dataset
             logger.info("trial %d: no training data: %s", n, dataset)
             continue
-        result = train_adapter(dataset, program, str(root / "adapters"), params.train_base, params.train_budget)
+        try:
+            result = train_adapter(dataset, program, str(root / "adapters"), params.train_base, params.train_budget)
+        except ProgramError as exc:  # e.g. no example fits max_seq_len: this trial failed, not the loop
+            trial.error = f"training refused the program: {exc}"
+            logger.warning("trial %d: %s", n, trial.error)
+            continue
         trial.dataset, trial.examples, trial.adapter = str(dataset.path), dataset.examples, str(result.adapter_dir)
         trial.final_loss, trial.eval_loss, trial.eval_examples = result.final_loss, result.eval_loss, result.eval_examples
         trial.loss_curve = result.loss_curve

@@ -369,7 +369,7 @@ def rule_based_program(digest: dict[str, Any]) -> CurationProgram:
             top_episode_share=0.5 if spread else 1.0,
         ),
         lora=LoraSettings(rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"],
-                          learning_rate=2e-4, epochs=2, batch_size=8, grad_accum=1, max_seq_len=1024,
+                          learning_rate=2e-4, epochs=2, batch_size=8, grad_accum=1, max_seq_len=2048,
                           schedule="cosine", warmup_ratio=0.05, seed=0),
         rationale="rule-based baseline: valid memory turns, consult before write, better episodes",
     )

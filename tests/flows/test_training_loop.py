@@ -112,6 +112,19 @@ def test_unusable_programs_train_nothing(tmp_path):
     assert not (ws / "adapters").exists() and result["promoted"] is None
 
 
+def test_a_program_training_refuses_is_a_failed_trial_not_a_failed_loop(tmp_path):
+    """No example fits a 64-token max_seq_len (the system prompt alone is longer): the trial
+    fails with the reason, the next trial still runs, and the loop ends cleanly."""
+    ws = tmp_path / "ws"
+    short = json.loads(program_json())
+    short["lora"]["max_seq_len"] = 64
+    result = training_loop(params(ws, meta=MetaLLMConfig(backend="scripted", replies=[json.dumps(short), "not json"]),
+                                  trials=2))
+    errors = [t["error"] for t in result["trials"]]
+    assert "training refused the program" in errors[0] and "max_seq_len 64" in errors[0]
+    assert "program rejected" in errors[1] and result["promoted"] is None
+
+
 def test_seed_sets_must_be_disjoint_and_large_enough(tmp_path):
     with pytest.raises(ValidationError, match="pool_seeds and eval_seeds must be disjoint"):
         params(tmp_path, pool_seeds=[0, 5])
