@@ -446,16 +446,10 @@ class AgenticReviewer:
         from agent_core.review.reviewers import NoRevision
         from agent_core.review.tools import ReviewerToolbox
 
-        n = len(self.runs)
         toolbox = ReviewerToolbox(self.archive_root, incumbent, self.scaffolds_root, self.caps)
-        try:
-            run = run_agent(self.model, toolbox, self.system_prompt(incumbent),
-                            self.task_prompt(bundle, incumbent, feedback), self.budget,
-                            self.record_dir / f"agent-{n}.jsonl", "submit_revision")
-        finally:
-            toolbox.close()
-        self.runs.append(run)
-        write_ledger(run, self.record_dir / f"agent-{n}.ledger.json")
+        run = _recorded_run(self.model, toolbox, self.system_prompt(incumbent),
+                            self.task_prompt(bundle, incumbent, feedback), self.budget, self.record_dir,
+                            "agent", "submit_revision", self.runs)
         if run.accepted is None:
             raise NoRevision(f"no revision: {run.summary()}")
         return format_revision(run.accepted["revision"])
@@ -487,14 +481,8 @@ class AgenticCurator:
                        trials=[{"trial": t["trial"], "outcome": describe_trial(t),
                                 "hypothesis": (t.get("program") or {}).get("rationale", "")} for t in trials])
         toolbox = CuratorToolbox(self.archive_root, scaffold, self.base_path, self.caps)
-        n = len(self.runs)
-        try:
-            run = run_agent(self.model, toolbox, system, task, self.budget,
-                            self.record_dir / f"curator-{n}.jsonl", "submit_program")
-        finally:
-            toolbox.close()
-        self.runs.append(run)
-        write_ledger(run, self.record_dir / f"curator-{n}.ledger.json")
+        run = _recorded_run(self.model, toolbox, system, task, self.budget, self.record_dir, "curator",
+                            "submit_program", self.runs)
         if run.accepted is None:
             raise ProgramError(f"no program: {run.summary()}")
         program = run.accepted["program"]
@@ -574,3 +562,18 @@ def render_review_trace(path: Path | str, max_chars: int = 1_500) -> str:
                       f"{t['calls']} calls, {t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} completion "
                       f"tokens, ${t['cost_usd']:.4f}"]
     return "\n".join(lines)
+
+
+def _recorded_run(model: Any, toolbox: Any, system: str, task: str, budget: Any, record_dir: Path, stem: str,
+                  submit_tool: str, runs: list) -> "AgentRun":
+    """One agent run of a reviewer or curator: its trace to `<stem>-<n>.jsonl` and its ledger to
+    `<stem>-<n>.ledger.json` in `record_dir` (n: the runs so far), appended to `runs`; the
+    toolbox is closed whatever happens."""
+    n = len(runs)
+    try:
+        run = run_agent(model, toolbox, system, task, budget, record_dir / f"{stem}-{n}.jsonl", submit_tool)
+    finally:
+        toolbox.close()
+    runs.append(run)
+    write_ledger(run, record_dir / f"{stem}-{n}.ledger.json")
+    return run

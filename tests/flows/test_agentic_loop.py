@@ -7,19 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from agent_core.meta import MetaLLMConfig
 from agent_core.models.config import ModelConfig
 from agent_core.review.agentic import AgentBudget, render_review_trace
 from agent_core.scaffold import Scaffold
 from flows.scaffold_loop import ScaffoldLoopParams, _key, scaffold_loop
-
-
-@pytest.fixture(autouse=True)
-def no_meta_endpoint(monkeypatch):
-    monkeypatch.delenv("AUTOMEM_META_BASE_URL", raising=False)
-    monkeypatch.delenv("AUTOMEM_META_MODEL", raising=False)
 
 
 def params(ws: Path, reviewer: MetaLLMConfig) -> ScaffoldLoopParams:

@@ -12,12 +12,6 @@ from agent_core.models.config import ModelConfig
 from flows.iteration import IterationParams, iteration
 
 
-@pytest.fixture(autouse=True)
-def no_meta_endpoint(monkeypatch):
-    monkeypatch.delenv("AUTOMEM_META_BASE_URL", raising=False)
-    monkeypatch.delenv("AUTOMEM_META_MODEL", raising=False)
-
-
 @pytest.mark.slow
 def test_nightly_iteration_promotes_a_scaffold_trains_an_adapter_and_reports_with_plots(tmp_path):
     """Plumbing of the nightly run. The agent is the rule-based explorer (scripted backend),

@@ -17,12 +17,6 @@ GROWING = RoutineScript(log="<|APPEND|>map.md|visited the hall again<|END|>"
                             "<|UPSERT|>map.md|hall|exits north, east<|END|><|SEARCH|>hall<|END|>", plan="<|DONE|>")
 
 
-@pytest.fixture(autouse=True)
-def no_meta_endpoint(monkeypatch):
-    monkeypatch.delenv("AUTOMEM_META_BASE_URL", raising=False)
-    monkeypatch.delenv("AUTOMEM_META_MODEL", raising=False)
-
-
 def params(ws: Path, **kw) -> ScaffoldLoopParams:
     base = dict(game="tiny", seeds=[0, 1, 2, 3], confirm_seeds=[10, 11, 12, 13], max_steps=6, models=ModelConfig(backend="scripted", script=GROWING),
                 iterations=2, patience=1, concurrency=3, workspace=str(ws))
