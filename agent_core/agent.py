@@ -101,7 +101,8 @@ class MemoryAgent:
         self.conv = Conversation(scaffold.render("system", **self._vars), self.cfg.history_window,
                                  call_prefix=f"{episode_id}:",
                                  demonstrations=[(d.user, d.assistant) for d in self.cfg.demonstrations],
-                                 max_reply_chars=self.cfg.max_reply_chars, seed=seed)
+                                 max_reply_chars=self.cfg.max_reply_chars, seed=seed,
+                                 history_stride=self.cfg.history_stride)
         self._kinds = {f.name: f.kind for f in self.cfg.memory_files}
         self._validate_write = scaffold.hook("validate_write")
         self._postprocess = scaffold.hook("postprocess_observation")

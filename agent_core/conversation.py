@@ -1,8 +1,11 @@
 """One conversation shared by both roles, with a sliding window over past steps.
 
 The message log is append-only. Each model call sees `log[:fixed] + log[window_start:]`
-(the fixed prefix: system prompt and demonstration turns; then the last `history_window`
-steps) and records only the messages added since the previous call's reply, and its own
+(the fixed prefix: system prompt and demonstration turns; then the past steps kept: the last
+`history_window` of them, and with a `history_stride` s > 1 up to s - 1 more, because the
+window then drops s steps at once: a model's KV prefix cache holds across the s - 1 steps in
+between, where a window that slides every step changes the context's start, and so makes
+every cached token after the fixed prefix useless, at every step) and records only the messages added since the previous call's reply, and its own
 reply, so the trace holds every context exactly, and every text once. A reply longer than
 `max_reply_chars` is cut, with a marker saying how much, both in the log and in the trace
 (and counts as cut off, like one that hit the token limit).
@@ -25,12 +28,16 @@ from agent_core.records import AgentRole, Message, ModelCall, Routine, SamplingP
 class Conversation:
     def __init__(self, system: str, history_window: int, call_prefix: str = "",
                  demonstrations: list[tuple[str, str]] = (), max_reply_chars: int = 16_000,
-                 seed: int = 0):
+                 seed: int = 0, history_stride: int = 1):
+        if history_window < 0 or history_stride < 1:
+            raise ValueError(f"history_window must be >= 0 and history_stride >= 1; got "
+                             f"{history_window} and {history_stride}")
         self.log: list[Message] = [Message(role="system", content=system)]
         for user, assistant in demonstrations:  # few-shot turns: small models copy their form
             self.log += [Message(role="user", content=user), Message(role="assistant", content=assistant)]
         self.fixed = len(self.log)
         self.history_window = history_window
+        self.history_stride = history_stride
         self._step_starts: list[int] = []
         self._recorded = 0  # log messages already carried by an earlier call's new_messages
         self._ids = itertools.count()
@@ -56,8 +63,12 @@ class Conversation:
             self.log.append(Message(role="user", content=content))
 
     def window_start(self) -> int:
-        kept = self._step_starts[-(self.history_window + 1):]
-        return kept[0] if kept else self.fixed
+        if not self._step_starts:
+            return self.fixed
+        past = len(self._step_starts) - 1  # steps before the current one
+        over = max(0, past - self.history_window)
+        dropped = over - over % self.history_stride  # whole strides: history_window .. +stride-1 kept
+        return self._step_starts[dropped]
 
     def context(self) -> list[Message]:
         return [*self.log[:self.fixed], *self.log[self.window_start():]]

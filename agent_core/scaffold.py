@@ -121,6 +121,13 @@ class ScaffoldConfig(_Strict):
         4, ge=0, le=1000, description="Past steps of conversation kept in the context: 0 means "
         "only the current step (the system prompt and demonstrations are always kept)."
     )
+    history_stride: int = Field(
+        1, ge=1, le=1000, description="Past steps the window drops at once when it is full: it keeps "
+        "history_window to history_window + history_stride - 1 past steps. 1: exactly the last "
+        "history_window. A larger stride lets a model server's prefix cache serve the steps in "
+        "between (a window that moves every step makes the whole history be recomputed every "
+        "step), at the cost of longer contexts on average."
+    )
     max_reply_chars: int = Field(
         16_000, ge=100, le=10_000_000, description="Longest reply kept (in the conversation and the "
         "trace); a longer one is cut with a marker and counts as cut off.")

@@ -23,12 +23,14 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 #: digest of `episode_sources()` recorded with each protocol version (add a line per raise)
 SOURCES_DIGESTS: dict[int, str] = {
     # look-ups end the turn, seeded sampling, finish reasons passed through, confined hooks,
     # reply closing at the budget, continuous batching (2 is the last version of the old list)
     3: "a975a1dc3b5f0d50",
+    # history_stride (the v0 scaffolds drop 2 past steps at once), in-batch prefix sharing
+    4: "6fb3130a7c412621",
 }
 
 _ROOT = Path(__file__).resolve().parents[1]

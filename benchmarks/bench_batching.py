@@ -2,23 +2,27 @@
 1, 2, 4, 8, decoded together (`max_batch` = concurrency) against one reply at a time under
 the lock (`max_batch` 1, the path before batching), in one run.
 
-Each level plays that many Crafter episodes at once in threads against one shared
-`LocalModel`, as the flows' thread runner does (v0 scaffold, replies under the grammar,
-the scaffold's sampling); level n plays seeds 1000 to 1000+n-1 in both modes (so each level
-repeats the smaller levels' games and adds new ones), with the prefix caches cleared before
-each run. Printed per level: wall time, episodes per minute, the speed-up over the
-same dtype's lock at concurrency 1 and over the lock at the same level (the same games:
-across levels the games differ, and one costly game moves a level's figure), generated
-tokens per second, forward passes per episode
-step, and rows per batched decoding pass. With several dtypes, each is measured the same way
-(the CPU default is chosen from these figures).
+Every level plays the same workload: `--episodes` Crafter episodes (seeds 1000, 1001, ...)
+of `--steps` steps, v0 scaffold, replies under the grammar, the scaffold's sampling, with
+`concurrency` of them in flight at once against one shared `LocalModel` (a thread pool, as
+the flows' runner), prefix caches cleared before each run. The baseline is the lock at
+concurrency 1: the same episodes played one after the other.
 
-    python benchmarks/bench_batching.py [--steps 4] [--levels 1,2,4,8] [--dtypes float32,bfloat16]
-                                        [--device auto] [--modes lock,batched]
+Printed per run: wall time, episodes per minute and its ratio to the baseline, generated
+tokens per second, forward passes per episode step, rows per batched decoding pass, prompt
+tokens prefilled per step (not served from a prefix cache), and the share of the wall time
+spent in prefill passes. Prefill is compute-bound on a CPU, so batching cannot shorten it:
+at concurrency 1 that share f bounds what any batching can give at `1 / f` (decoding free);
+the bound is printed beside the targets.
 
-`--adapters`: also one decoding step of 4 rows, two with a LoRA adapter and two without,
-as one peft mixed-adapter pass (`adapter_names=`, what the scheduler does) against one pass
-per adapter group (set_adapter / disable_adapter), in the same run.
+`--passes`: for each of `--pass-dtypes`, prefill tokens/s (a 256-token chunk after 1,000
+cached tokens) and the milliseconds of one decoding pass at 1, 4 and 8 rows with 1,000-token
+caches: the figures the CPU dtype is chosen from. `--adapters`: one decoding step of 4 rows,
+two with a LoRA adapter and two without, as one peft mixed-adapter pass (`adapter_names=`,
+what the scheduler does) against one pass per adapter group (set_adapter / disable_adapter).
+
+    python benchmarks/bench_batching.py [--episodes 8] [--steps 8] [--levels 1,2,4,8]
+        [--dtypes bfloat16] [--device auto] [--passes] [--adapters] [--levels-off]
 
 Targets (2-core CPU): batched at least 1.8x the episodes per minute of concurrency 1 at 4,
 2.5x at 8. On a GPU (`benchmarks/gpu_check.py --batching`): at least 8x at 16.
@@ -27,53 +31,81 @@ Targets (2-core CPU): batched at least 1.8x the episodes per minute of concurren
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+_COUNTERS = ("generated_tokens", "forward_passes", "batched_passes", "batched_rows", "prefill_tokens",
+             "prefill_s", "decode_s")
 
-def play_level(model, scaffold, concurrency: int, steps: int, seed0: int, out: Path) -> dict:
-    """`concurrency` Crafter episodes at once against `model`; wall time and model counters."""
+
+def play_level(model, scaffold, concurrency: int, steps: int, seeds: list[int], out: Path) -> dict:
+    """The episodes of `seeds`, `concurrency` at a time, against `model`; wall time and counters."""
     from agent_core.agent import Roles
     from agent_core.episode import run_episode
     from environments import make_env
 
     model.clear_prefix_cache()
-    before = (model.generated_tokens, model.forward_passes, model.batched_passes, model.batched_rows)
-    errors: list[BaseException] = []
-    played = [0] * concurrency
+    before = {k: getattr(model, k) for k in _COUNTERS}
 
-    def episode(i: int) -> None:
-        try:
-            summary = run_episode(make_env("crafter", max_steps=steps + 1), scaffold,
-                                  Roles(memory=model, constrain=True), seed=seed0 + i, max_steps=steps,
-                                  out_dir=out / f"ep{seed0 + i}")
-            played[i] = summary.steps
-        except BaseException as exc:  # noqa: BLE001 (reported below)
-            errors.append(exc)
+    def episode(seed: int) -> int:
+        return run_episode(make_env("crafter", max_steps=steps + 1), scaffold, Roles(memory=model, constrain=True),
+                           seed=seed, max_steps=steps, out_dir=out / f"ep{seed}").steps
 
-    threads = [threading.Thread(target=episode, args=(i,)) for i in range(concurrency)]
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        played = sum(pool.map(episode, seeds))  # an episode's error is raised here
     wall = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    tokens, passes, bpasses, brows = (a - b for a, b in zip(
-        (model.generated_tokens, model.forward_passes, model.batched_passes, model.batched_rows), before))
-    return {"wall": wall, "episodes_per_min": 60 * concurrency / wall, "tokens_s": tokens / wall,
-            "passes_per_step": passes / max(1, sum(played)), "rows_per_pass": brows / bpasses if bpasses else 1.0}
+    d = {k: getattr(model, k) - before[k] for k in _COUNTERS}
+    return {"wall": wall, "episodes_per_min": 60 * len(seeds) / wall, "tokens_s": d["generated_tokens"] / wall,
+            "passes_per_step": d["forward_passes"] / max(1, played),
+            "rows_per_pass": d["batched_rows"] / d["batched_passes"] if d["batched_passes"] else 1.0,
+            "prefill_per_step": d["prefill_tokens"] / max(1, played), "prefill_share": d["prefill_s"] / wall,
+            "decode_share": d["decode_s"] / wall}
+
+
+def bench_passes(dtype: str, device: str, context: int = 1000, chunk: int = 256) -> None:
+    """Prefill tokens/s and decoding-pass milliseconds at 1, 4, 8 rows, bare forward passes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from agent_core.models.batching import new_cache
+    from agent_core.models.devices import resolve_device
+    from agent_core.models.weights import local_model_path
+
+    device = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(local_model_path(), dtype=getattr(torch, dtype)).to(device).eval()
+
+    def filled(rows: int):
+        cache = new_cache(model.config)
+        model(input_ids=torch.randint(0, 40000, (rows, context), device=device), cache=cache, use_cache=True,
+              logits_to_keep=1)
+        return cache
+
+    def timed(ids, cache) -> float:
+        t0 = time.perf_counter()
+        model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        return time.perf_counter() - t0
+
+    with torch.inference_mode():
+        prefill = min(timed(torch.randint(0, 40000, (1, chunk), device=device), filled(1)) for _ in range(3))
+        decode = {}
+        for rows in (1, 4, 8):
+            cache = filled(rows)
+            decode[rows] = statistics.median(timed(torch.randint(0, 40000, (rows, 1), device=device), cache)
+                                             for _ in range(8))
+    print(f"{dtype:9s} prefill {chunk / prefill:6.0f} tok/s   decoding pass "
+          + "   ".join(f"{r} rows {1000 * t:5.0f} ms ({r / t / (1 / decode[1]):.1f}x tok/s)"
+                     for r, t in decode.items()))
 
 
 def bench_adapters(dtype: str, device: str, context: int = 800, steps: int = 6) -> None:
     """Milliseconds per decoding step of 4 rows (2 adapter, 2 base): mixed pass vs grouped."""
-    import statistics
 
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -121,58 +153,65 @@ def bench_adapters(dtype: str, device: str, context: int = 800, steps: int = 6) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4, help="steps per episode")
-    ap.add_argument("--levels", default="1,2,4,8", help="concurrency levels")
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="weights' dtypes to measure")
+    ap.add_argument("--episodes", type=int, default=8, help="episodes every level plays")
+    ap.add_argument("--steps", type=int, default=8, help="steps per episode")
+    ap.add_argument("--levels", default="1,2,4,8", help="concurrency levels (batched)")
+    ap.add_argument("--dtypes", default="bfloat16", help="weights' dtypes to play the episodes in")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--modes", default="lock,batched", help="lock (max_batch 1) and/or batched")
+    ap.add_argument("--lock-levels", default="1", help="levels also played under the lock (1: the baseline)")
+    ap.add_argument("--passes", action="store_true", help="also time bare prefill and decoding passes")
+    ap.add_argument("--pass-dtypes", default="bfloat16,float32", help="dtypes for --passes")
     ap.add_argument("--adapters", action="store_true", help="also time mixed-adapter vs grouped passes")
-    ap.add_argument("--levels-off", action="store_true", help="skip the episode levels (with --adapters)")
+    ap.add_argument("--levels-off", action="store_true", help="skip the episode levels")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    modes = args.modes.split(",")
+    lock_levels = [int(x) for x in args.lock_levels.split(",") if x]
+    if 1 not in lock_levels:
+        ap.error("--lock-levels must hold 1: the lock at concurrency 1 is the baseline")
 
     from agent_core.models.local import LocalModel
     from agent_core.scaffold import Scaffold
 
-    scaffold = Scaffold.builtin("crafter")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-batching-"))
+    if args.passes:
+        print("\nbare forward passes of the local model (the CPU dtype is chosen from these):")
+        for dtype in args.pass_dtypes.split(","):
+            bench_passes(dtype, args.device)
     if args.adapters:
         for dtype in args.dtypes.split(","):
             bench_adapters(dtype, args.device)
     if args.levels_off:
         return
-    print(f"\nlocal Crafter episodes of {args.steps} steps, v0 scaffold, constrained; levels {levels}")
-    seed = 1000  # level n plays seeds 1000 .. 1000+n-1: every level holds the games of the smaller ones
-    results: dict[tuple[str, str, int], dict] = {}
+    scaffold = Scaffold.builtin("crafter")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-batching-"))
+    seeds = list(range(1000, 1000 + args.episodes))
+    print(f"\n{args.episodes} local Crafter episodes of {args.steps} steps per run, v0 scaffold "
+          f"(history_window {scaffold.config.history_window}, stride {scaffold.config.history_stride}), "
+          "constrained")
     for dtype in args.dtypes.split(","):
-        # prefix caches for every episode in both modes, so the lock is not slowed by evictions
-        model = LocalModel(dtype=dtype, device=args.device, max_batch=max(levels), cache_slots=2 * max(levels))
+        model = LocalModel(dtype=dtype, device=args.device, max_batch=max(levels))
         print(f"\n{dtype} on {model.device}")
-        print(f"{'mode':8s} {'conc':>4s} {'wall s':>8s} {'ep/min':>8s} {'x c1 lock':>9s} {'x lock':>7s} "
-              f"{'tok/s':>7s} {'fwd/step':>8s} {'rows/pass':>9s}")
-        play_level(model, scaffold, 1, 1, 999_999, tmp / "warm")  # first-call costs out of the figures
-        for n in levels:
-            for mode in modes:
-                model.max_batch = 1 if mode == "lock" else n
-                # the same seeds for both modes: the same games and (fp32) the same replies
-                r = play_level(model, scaffold, n, args.steps, seed, tmp / f"{dtype}-{mode}-{n}")
-                results[(dtype, mode, n)] = r
-                base = results.get((dtype, "lock", levels[0]), r)["episodes_per_min"]
-                same = results.get((dtype, "lock", n), r)["episodes_per_min"]  # the same games
-                print(f"{mode:8s} {n:4d} {r['wall']:8.1f} {r['episodes_per_min']:8.2f} "
-                      f"{r['episodes_per_min'] / base:9.2f} {r['episodes_per_min'] / same:7.2f} {r['tokens_s']:7.1f} "
-                      f"{r['passes_per_step']:8.1f} {r['rows_per_pass']:9.2f}")
-        del model
-    for dtype in args.dtypes.split(","):
-        base = results.get((dtype, "lock", levels[0]))
-        if base is None:
-            continue
+        print(f"{'mode':8s} {'conc':>4s} {'wall s':>7s} {'ep/min':>7s} {'x c1':>5s} {'tok/s':>6s} "
+              f"{'fwd/step':>8s} {'rows/pass':>9s} {'prefill tok/step':>16s} {'prefill %':>9s} {'decode %':>8s}")
+        play_level(model, scaffold, 1, 1, [999_999], tmp / "warm")  # first-call costs out of the figures
+        runs = [("lock", n) for n in lock_levels] + [("batched", n) for n in levels]
+        results = {}
+        for mode, n in runs:
+            model.max_batch = 1 if mode == "lock" else n
+            r = results[(mode, n)] = play_level(model, scaffold, n, args.steps, seeds, tmp / f"{dtype}-{mode}-{n}")
+            base = results[("lock", 1)]
+            print(f"{mode:8s} {n:4d} {r['wall']:7.1f} {r['episodes_per_min']:7.2f} "
+                  f"{r['episodes_per_min'] / base['episodes_per_min']:5.2f} {r['tokens_s']:6.1f} "
+                  f"{r['passes_per_step']:8.1f} {r['rows_per_pass']:9.2f} {r['prefill_per_step']:16.0f} "
+                  f"{100 * r['prefill_share']:9.0f} {100 * r['decode_share']:8.0f}", flush=True)
+        base = results[("lock", 1)]
+        print(f"{dtype}: prefill is {100 * base['prefill_share']:.0f}% of the wall time at concurrency 1: "
+              f"no batching of decoding can exceed {1 / max(base['prefill_share'], 1e-9):.2f}x")
         for n, target in ((4, 1.8), (8, 2.5), (16, 8.0)):
-            got = results.get((dtype, "batched", n))
+            got = results.get(("batched", n))
             if got:
-                print(f"{dtype}: batched at {n} / lock at {levels[0]}: "
+                print(f"{dtype}: batched at {n} / lock at 1: "
                       f"{got['episodes_per_min'] / base['episodes_per_min']:.2f}x (target >= {target}x)")
+        del model
 
 
 if __name__ == "__main__":

@@ -31,8 +31,10 @@ switch of weights); an error in one row's grammar or sampling fails that row onl
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent_core.models.base import ModelError
@@ -40,10 +42,30 @@ from agent_core.models.base import ModelError
 if TYPE_CHECKING:
     from agent_core.models.local import LocalModel, _Row
 
+#: the fewest shared tokens worth copying from another conversation's keys
+_MIN_SHARED = 16
+
 #: rows decoded together by default, on CPU and CUDA (`ModelConfig.max_batch`, `automem serve`)
 DEFAULT_MAX_BATCH = 8
 #: peft's name for "no adapter" in a mixed-adapter batch
 BASE_ADAPTER = "__base__"
+
+
+@dataclass
+class _PrefixEntry:
+    """A KV cache and exactly the tokens whose keys/values it holds."""
+
+    tokens: list[int]
+    cache: Any  # transformers DynamicCache
+    last_used: float = field(default_factory=time.monotonic)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 def new_cache(config: Any) -> Any:
@@ -258,16 +280,20 @@ class Batcher:
                 owner._check_model(row.name)
                 req.adapter_tag = self._adapter_tag(row.name)
                 owner._start_row(row)
+                self._share_from_batch(row)
                 if owner._before_forward(row):
                     self._joining.remove(req)
                     self._complete(req)
                     return
             chunk = row.feed[req.fed: req.fed + owner.prefill_chunk]
             model, kwargs = self._forward_kwargs([row.name])
+            began = time.perf_counter()
             logits = model(
                 input_ids=torch.tensor([chunk], device=owner.device), cache=row.entry.cache,
                 use_cache=True, logits_to_keep=1, **kwargs,
             ).logits[0, -1].cpu()
+            owner.prefill_s += time.perf_counter() - began
+            owner.prefill_tokens += len(chunk)
             owner.forward_passes += 1
             row.passes += 1
             row.entry.tokens.extend(chunk)
@@ -285,6 +311,26 @@ class Batcher:
             self._complete(req)
         else:
             self._join(req)
+
+    def _share_from_batch(self, row: _Row) -> None:
+        """A new row whose prompt shares more with a row decoding in the batch than with its
+        cached prefix (episodes started together share their system prompt and worked turns,
+        and none is cached yet) starts from a copy of that row's keys for the shared part:
+        what episodes started at once have in common is prefilled once, not once each."""
+        owner = self.owner
+        best, shared = None, row.reused
+        for index, req in enumerate(self._active):
+            if req.row.name == row.name:
+                n = _common_prefix(req.row.entry.tokens, row.prompt)
+                if n > shared:
+                    best, shared = index, n
+        shared = min(shared, len(row.prompt) - 1)  # one prompt token is fed for the logits
+        if best is None or shared < _MIN_SHARED or shared <= row.reused:
+            return
+        if row.reused:  # a shorter cached prefix: give it back to the store
+            owner._keep_prefix(row.name, row.entry)
+        row.entry = _PrefixEntry(row.prompt[:shared], self._extract(best, shared))
+        row.reused, row.feed = shared, row.prompt[shared:]
 
     def _decode(self) -> None:
         """One forward pass over every active row."""
@@ -308,11 +354,13 @@ class Batcher:
             positions[i, : width - n] = start  # pads: any position, they are masked
         mask = torch.cat([self._mask, step_mask], dim=1)
         model, kwargs = self._forward_kwargs([r.name for r in rows])
+        began = time.perf_counter()
         logits = model(
             input_ids=ids.to(owner.device), attention_mask=mask.to(owner.device, torch.long),
             position_ids=positions.to(owner.device), cache=self._cache, use_cache=True,
             logits_to_keep=1, **kwargs,
         ).logits[:, -1].cpu()
+        owner.decode_s += time.perf_counter() - began
         self._mask = mask
         owner.forward_passes += 1
         owner.batched_passes += 1

@@ -24,7 +24,9 @@ from typing import Any
 
 from agent_core.grammar import Grammar
 from agent_core.models.base import ChatModel, ModelError
-from agent_core.models.batching import DEFAULT_MAX_BATCH, copy_prefix, new_cache
+from agent_core.models.batching import (
+    _MIN_SHARED, DEFAULT_MAX_BATCH, _common_prefix, _PrefixEntry, copy_prefix, new_cache,
+)
 from agent_core.models.devices import INFERENCE_DTYPE, resolve_device
 from agent_core.models.weights import LOCAL_MODEL_NAME, local_model_path, set_runtime_env
 from agent_core.records import Completion, Message, SamplingParams
@@ -52,15 +54,6 @@ class Generation:
     forward_passes: int = 0
     #: the raw logit of each sampled token (forced tokens have none): batched vs alone checks
     token_logits: list[float] = field(default_factory=list)
-
-
-@dataclass
-class _PrefixEntry:
-    """A KV cache and exactly the tokens whose keys/values it holds."""
-
-    tokens: list[int]
-    cache: Any  # transformers DynamicCache
-    last_used: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -95,14 +88,6 @@ class _Row:
 #: a cached conversation is handed over (not copied) when a prompt continues it up to this
 #: many of its last tokens
 _MOVE_SLACK = 64
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class LocalHandle:
@@ -209,6 +194,11 @@ class LocalModel:
         #: rows summed over batched decoding passes (rows per pass = this / batched_passes)
         self.batched_rows = 0
         self.batched_passes = 0
+        #: prompt tokens computed (not reused from a cache), and seconds spent in forward passes
+        #: that prefill prompts and that decode replies: where a model's time goes
+        self.prefill_tokens = 0
+        self.prefill_s = 0.0
+        self.decode_s = 0.0
         for name, adapter_path in (adapters or {}).items():
             self.load_adapter(name, adapter_path)
 
@@ -391,7 +381,7 @@ class LocalModel:
         if len(best.tokens) - best_len <= _MOVE_SLACK:
             entries.remove(best)
             return best, best_len
-        if best_len < 16:
+        if best_len < _MIN_SHARED:
             return None, 0
         return _PrefixEntry(best.tokens[:best_len], copy_prefix(best.cache, best_len)), best_len
 
@@ -473,12 +463,18 @@ class LocalModel:
             self._start_row(row)
             with self._select(row.name), torch.inference_mode():
                 while not self._before_forward(row):
+                    began = time.perf_counter()
                     logits = self._model(
                         input_ids=torch.tensor([row.feed], device=self.device),
                         cache=row.entry.cache,
                         use_cache=True,
                         logits_to_keep=1,  # the vocab projection of every prompt token is waste
                     ).logits[0, -1].cpu()  # masking and sampling on the CPU (no-op there)
+                    if row.passes == 0:
+                        self.prefill_tokens += len(row.feed)
+                        self.prefill_s += time.perf_counter() - began
+                    else:
+                        self.decode_s += time.perf_counter() - began
                     row.passes += 1
                     self.forward_passes += 1
                     row.entry.tokens.extend(row.feed)

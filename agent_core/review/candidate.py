@@ -85,7 +85,7 @@ def parse_revision(text: str) -> Revision:
 
 def _structure(config: dict) -> dict:
     """The structural part of a scaffold config (what a revision must change at least once)."""
-    keep = ("limits", "log", "plan", "history_window")
+    keep = ("limits", "log", "plan", "history_window", "history_stride")
     files = [(f["name"], f["kind"]) for f in config.get("memory_files", [])]
     return {"files": files, **{k: config.get(k) for k in keep}}
 

@@ -191,6 +191,28 @@ def test_another_conversations_cache_lends_its_shared_prefix_and_stays(local_mod
 
 
 @pytest.mark.slow
+def test_episodes_started_together_prefill_their_shared_prompt_once(local_model: Any) -> None:
+    # nothing cached: the row that starts second copies the shared system prompt's keys from
+    # the row decoding in the batch, and both replies are the replies alone
+    system = Message(role="system", content="You keep notes about a game world. " * 40)
+    prompts = [[system, Message(role="user", content=q)] for q in ("Describe a cave.", "Name a bird.")]
+    greedy = SamplingParams(max_tokens=12, temperature=0.0)
+    local_model.max_batch = 1
+    local_model.prefix_reuse = False
+    try:
+        alone = [local_model.generate(p, greedy) for p in prompts]
+    finally:
+        local_model.max_batch, local_model.prefix_reuse = 8, True
+    local_model.clear_prefix_cache()
+    together = _concurrently([lambda p=p: local_model.generate(p, greedy) for p in prompts])
+    shared = len(local_model.encode([system]))
+    assert sorted(g.reused_tokens for g in together)[0] == 0
+    assert sorted(g.reused_tokens for g in together)[1] >= shared - 5
+    for a, b in zip(alone, together, strict=True):
+        _same(a, b)
+
+
+@pytest.mark.slow
 def test_an_adapter_replaced_in_place_under_a_decoding_row_fails_that_row(batching_model: Any,
                                                                           lora_dir: Path) -> None:
     model = batching_model

@@ -66,6 +66,33 @@ def test_every_call_sees_its_own_steps_observation(window):
         assert earlier == set(range(max(0, step - window), step))
 
 
+@pytest.mark.parametrize(("window", "stride"), [(2, 2), (2, 3), (0, 2), (1, 1)])
+def test_a_stride_drops_whole_strides_so_the_context_start_holds_in_between(window, stride):
+    model = ScriptedModel(lambda m: "ok")
+    conv = Conversation("SYS", window, history_stride=stride)
+    starts = []
+    for step in range(9):
+        conv.begin_step()
+        conv.add_user(f"observation {step}")
+        conv.call(model, P, "log", "memory")
+        contents = [m.content for m in model.calls[-1]]
+        earlier = [s for s in range(step) if f"observation {s}" in contents]
+        over = max(0, step - window)
+        assert earlier == list(range(over - over % stride, step))  # window .. window+stride-1 kept
+        assert min(step, window) <= len(earlier) <= window + stride - 1
+        starts.append(earlier[0] if earlier else step)
+    # the context's first step moves only once per stride: in between, a prefix cache holds
+    moves = sum(a != b for a, b in zip(starts, starts[1:]))
+    assert moves <= -(-(9 - window) // stride)
+
+
+def test_invalid_window_or_stride_is_refused_with_the_valid_range():
+    with pytest.raises(ValueError, match="history_stride >= 1"):
+        Conversation("SYS", 2, history_stride=0)
+    with pytest.raises(ValueError, match="history_window must be >= 0"):
+        Conversation("SYS", -1)
+
+
 class _SeedRecorder:
     """A model that records the seed and temperature each call was sent with."""
 
