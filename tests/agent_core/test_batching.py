@@ -222,19 +222,26 @@ def test_an_adapter_replaced_in_place_under_a_decoding_row_fails_that_row(batchi
         time.sleep(0.01)
     model.batched_passes = 0
 
+    seen: dict[str, Any] = {}
+
     def replace_while_decoding() -> None:
         deadline = time.monotonic() + 120
         while model.batched_passes < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
+        seen["passes before"] = model.batched_passes
         model.replace_adapter(ADAPTER, lora_dir)
+        seen["passes after"] = model.batched_passes
 
-    long_reply = SamplingParams(max_tokens=200, temperature=0.0)
+    # a reply far longer than loading an adapter takes, even on a slow machine: the row is
+    # still decoding when the replacement lands (it then fails at the next step)
+    long_reply = SamplingParams(max_tokens=1500, temperature=0.0)
     results = _concurrently([
         lambda: model.generate(_user("Tell me a long story."), long_reply, model=ADAPTER,
-                               constraint=Grammar("[a-z ]{600,800}")),
+                               constraint=Grammar("[a-z ]{5000,6000}")),
         replace_while_decoding,
     ])
-    assert isinstance(results[0], ModelError) and "unloaded or replaced" in str(results[0]), results[0]
+    assert isinstance(results[0], ModelError) and "unloaded or replaced" in str(results[0]), (results[0], seen)
+    assert seen["passes after"] < 1000  # the replacement landed mid-reply, not after it
     # the replaced adapter serves the next call
     again = model.generate(_user("Name three colours of the rainbow."), GREEDY_SHORT, model=ADAPTER)
     assert again.finish_reason in ("stop", "length") and again.completion.model == ADAPTER
