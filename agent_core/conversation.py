@@ -2,10 +2,10 @@
 
 The message log is append-only. Each model call sees `log[:fixed] + log[window_start:]`
 (the fixed prefix: system prompt and demonstration turns; then the past steps kept: the last
-`history_window` of them, and with a `history_stride` s > 1 up to s - 1 more, because the
-window then drops s steps at once: a model's KV prefix cache holds across the s - 1 steps in
-between, where a window that slides every step changes the context's start, and so makes
-every cached token after the fixed prefix useless, at every step) and records only the messages added since the previous call's reply, and its own
+`history_window`, and with a `history_stride` s > 1 up to s - 1 more, because the window
+then drops s steps at once: a model's KV prefix cache holds for the s - 1 steps in between,
+where a window that slides every step changes the context's start at every step) and
+records only the messages added since the previous call's reply, and its own
 reply, so the trace holds every context exactly, and every text once. A reply longer than
 `max_reply_chars` is cut, with a marker saying how much, both in the log and in the trace
 (and counts as cut off, like one that hit the token limit).

@@ -30,7 +30,7 @@ SOURCES_DIGESTS: dict[int, str] = {
     # reply closing at the budget, continuous batching (2 is the last version of the old list)
     3: "a975a1dc3b5f0d50",
     # history_stride (the v0 scaffolds drop 2 past steps at once), in-batch prefix sharing
-    4: "81fadc48eb730b9c",
+    4: "3ecedf3987f11128",
 }
 
 _ROOT = Path(__file__).resolve().parents[1]

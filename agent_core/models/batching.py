@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from agent_core.models.local import LocalModel, _Row
 
 #: the fewest shared tokens worth copying from another conversation's keys
-_MIN_SHARED = 16
+MIN_SHARED = 16
 
 #: rows decoded together by default, on CPU and CUDA (`ModelConfig.max_batch`, `automem serve`)
 DEFAULT_MAX_BATCH = 8
@@ -52,7 +52,7 @@ BASE_ADAPTER = "__base__"
 
 
 @dataclass
-class _PrefixEntry:
+class PrefixEntry:
     """A KV cache and exactly the tokens whose keys/values it holds."""
 
     tokens: list[int]
@@ -60,7 +60,8 @@ class _PrefixEntry:
     last_used: float = field(default_factory=time.monotonic)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -321,15 +322,15 @@ class Batcher:
         best, shared = None, row.reused
         for index, req in enumerate(self._active):
             if req.row.name == row.name:
-                n = _common_prefix(req.row.entry.tokens, row.prompt)
+                n = common_prefix(req.row.entry.tokens, row.prompt)
                 if n > shared:
                     best, shared = index, n
         shared = min(shared, len(row.prompt) - 1)  # one prompt token is fed for the logits
-        if best is None or shared < _MIN_SHARED or shared <= row.reused:
+        if best is None or shared < MIN_SHARED or shared <= row.reused:
             return
         if row.reused:  # a shorter cached prefix: give it back to the store
             owner._keep_prefix(row.name, row.entry)
-        row.entry = _PrefixEntry(row.prompt[:shared], self._extract(best, shared))
+        row.entry = PrefixEntry(row.prompt[:shared], self._extract(best, shared))
         row.reused, row.feed = shared, row.prompt[shared:]
 
     def _decode(self) -> None:

@@ -21,8 +21,8 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 DEVICE_HELP = "auto (CUDA when torch sees a GPU, else CPU), cpu, cuda or cuda:N"
 #: the local model's weights at inference, on any device. On a CPU too, by measurement
 #: (benchmarks/bench_batching.py --passes, 2 cores with AVX-512 BF16 and no AMX): bf16
-#: prefills 930 tokens/s against fp32's 502, while fp32 decodes faster in large batches (a
-#: pass of 8 rows: 92 ms against 133). Local episodes spend more time prefilling than
+#: prefills 969 tokens/s against fp32's 447, while fp32 decodes faster in large batches (a
+#: pass of 8 rows: 78 ms against 137). Local episodes spend more time prefilling than
 #: decoding (about half their wall time alone, two thirds batched), so bf16. fp32 is what
 #: makes a reply independent of its batch (tests use it); bf16 replies may vary with it.
 INFERENCE_DTYPE = "bfloat16"

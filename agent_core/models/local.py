@@ -25,7 +25,7 @@ from typing import Any
 from agent_core.grammar import Grammar
 from agent_core.models.base import ChatModel, ModelError
 from agent_core.models.batching import (
-    _MIN_SHARED, DEFAULT_MAX_BATCH, _common_prefix, _PrefixEntry, copy_prefix, new_cache,
+    DEFAULT_MAX_BATCH, MIN_SHARED, PrefixEntry, common_prefix, copy_prefix, new_cache,
 )
 from agent_core.models.devices import INFERENCE_DTYPE, resolve_device
 from agent_core.models.weights import LOCAL_MODEL_NAME, local_model_path, set_runtime_env
@@ -65,7 +65,7 @@ class _Row:
     name: str
     matcher: Any  # llguidance.LLMatcher or None
     budget: int
-    entry: _PrefixEntry | None = None
+    entry: PrefixEntry | None = None
     reused: int = 0
     #: tokens to feed at the next forward pass (the prompt's rest, then sampled + forced ones)
     feed: list[int] = field(default_factory=list)
@@ -167,7 +167,7 @@ class LocalModel:
         self._torch = torch
         self._peft: Any = None  # PeftModel, created with the first adapter
         self._adapters: dict[str, Path] = {}
-        self._prefixes: dict[str, list[_PrefixEntry]] = {}
+        self._prefixes: dict[str, list[PrefixEntry]] = {}
         # generation mutates shared state (active adapter, KV caches): one forward pass (or,
         # with max_batch 1, one reply) at a time; adapters change between them
         self._lock = threading.RLock()
@@ -364,7 +364,7 @@ class LocalModel:
         self._peft.set_adapter(name)
         yield
 
-    def _take_prefix(self, name: str, prompt: list[int]) -> tuple[_PrefixEntry | None, int]:
+    def _take_prefix(self, name: str, prompt: list[int]) -> tuple[PrefixEntry | None, int]:
         """The cached entry sharing the longest prefix with `prompt`: removed from the store
         when `prompt` continues all of it but its last `_MOVE_SLACK` tokens (the same
         conversation; a reply re-tokenised in the template differs at its end), else a copy of
@@ -373,7 +373,7 @@ class LocalModel:
         entries = self._prefixes.get(name, [])
         best, best_len = None, 0
         for entry in entries:
-            n = _common_prefix(entry.tokens, prompt)
+            n = common_prefix(entry.tokens, prompt)
             if n > best_len:
                 best, best_len = entry, n
         if best is None:
@@ -381,11 +381,11 @@ class LocalModel:
         if len(best.tokens) - best_len <= _MOVE_SLACK:
             entries.remove(best)
             return best, best_len
-        if best_len < _MIN_SHARED:
+        if best_len < MIN_SHARED:
             return None, 0
-        return _PrefixEntry(best.tokens[:best_len], copy_prefix(best.cache, best_len)), best_len
+        return PrefixEntry(best.tokens[:best_len], copy_prefix(best.cache, best_len)), best_len
 
-    def _keep_prefix(self, name: str, entry: _PrefixEntry) -> None:
+    def _keep_prefix(self, name: str, entry: PrefixEntry) -> None:
         entries = self._prefixes.setdefault(name, [])
         entries.append(entry)
         slots = self._cache_slots or max(4, 2 * self.max_batch)
@@ -496,7 +496,7 @@ class LocalModel:
         # at least one prompt token must be fed to get the next-token logits
         reused = min(reused, len(prompt) - 1)
         if entry is None or reused == 0:
-            entry = _PrefixEntry([], new_cache(self._model.config))
+            entry = PrefixEntry([], new_cache(self._model.config))
             reused = 0
         elif len(entry.tokens) > reused:
             entry.cache.crop(reused - len(entry.tokens))  # negative: tokens to drop
