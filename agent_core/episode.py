@@ -20,7 +20,7 @@ from agent_core.records import EpisodeHeader, EpisodeSummary, StepRecord
 from agent_core.scaffold import Scaffold
 from agent_core.trace import MEMORY_DIRNAME, TRACE_NAME, TraceWriter, read_summary
 from agent_core.workspace import RemoteWorkspace, episode_dir
-from agent_core.version import PROTOCOL_VERSION
+from agent_core.version import episode_digest
 from environments import Environment, env_options, make_env
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ def episode_key(scaffold_hash: str, memory_model: str, action_model: str, game: 
                 env_options: dict | None = None) -> str:
     """Everything that determines an episode, hashed: the cache key and the episode id.
     `models`: where and how the models run (`ModelConfig.identity`: endpoint, dtype);
-    `env_options`: the environment's options; the code's `PROTOCOL_VERSION` is always in."""
-    blob = json.dumps([PROTOCOL_VERSION, scaffold_hash, memory_model, action_model, game, task, seed,
+    `env_options`: the environment's options; the digest of the code that decides episodes
+    (`episode_digest`) is always in."""
+    blob = json.dumps([episode_digest(), scaffold_hash, memory_model, action_model, game, task, seed,
                        max_steps, sampling, models or {}, env_options or {}], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -1,19 +1,17 @@
-"""The behaviour version of episodes: part of every episode key.
+"""The code that decides episodes: its digest is part of every episode key.
 
 An episode's cache key names everything that determines it (scaffold, models, game, seed,
 budget, sampling). Code is part of that too: after a change to how the agent, the command
 protocol, decoding or a game behaves, an episode cached under the old code must not be
-gated against one played with the new code. So `PROTOCOL_VERSION` goes into every key and
-is raised whenever such a change lands.
+reused or gated against one played with the new code. So the digest of the files that decide
+episodes (`episode_digest`) goes into every key: any change to them changes every key.
 
 Which files decide an episode is found from the code, not listed by hand
 (`episode_sources`): the import closure of the episode runner (`agent_core.episode`) within
 the project's packages (`agent_core`, `environments`) - every `import` anywhere in a module,
 lazy ones inside functions included, plus project module names written as strings (the
 game registry's modules) - and the environments' data files (e.g. the NetHack progression
-table). `SOURCES_DIGESTS` records their digest for each protocol version; `check_sources`
-(run by `tests/agent_core/test_version.py`) fails when they changed and `PROTOCOL_VERSION`
-was not raised.
+table).
 """
 
 from __future__ import annotations
@@ -23,16 +21,6 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-PROTOCOL_VERSION = 4
-#: digest of `episode_sources()` recorded with each protocol version (add a line per raise)
-SOURCES_DIGESTS: dict[int, str] = {
-    # look-ups end the turn, seeded sampling, finish reasons passed through, confined hooks,
-    # reply closing at the budget, continuous batching (2 is the last version of the old list)
-    3: "a975a1dc3b5f0d50",
-    # history_stride (the v0 scaffolds drop 2 past steps at once), in-batch prefix sharing
-    4: "3ecedf3987f11128",
-}
-
 _ROOT = Path(__file__).resolve().parents[1]
 #: packages whose modules can decide an episode (third-party code is pinned in pyproject.toml)
 PACKAGES = ("agent_core", "environments")
@@ -40,12 +28,6 @@ PACKAGES = ("agent_core", "environments")
 EPISODE_RUNNER = "agent_core.episode"
 #: folders of data files read by the environments
 DATA_DIRS = ("environments/data",)
-#: left out of the digest: this file (it records the digest; its version is in every key)
-_EXCLUDED = ("agent_core/version.py",)
-
-
-class ProtocolVersionError(AssertionError):
-    """The files that decide episodes changed but `PROTOCOL_VERSION` was not raised."""
 
 
 def _module_file(root: Path, name: str) -> Path | None:
@@ -116,7 +98,7 @@ def episode_sources(root: Path | None = None) -> list[str]:
     for folder in DATA_DIRS:
         files.update(p.relative_to(root).as_posix() for p in (root / folder).rglob("*")
                      if p.is_file() and "__pycache__" not in p.parts)
-    return sorted(files - set(_EXCLUDED))
+    return sorted(files)
 
 
 def files_digest(files: list[str], root: Path | None = None) -> str:
@@ -129,8 +111,15 @@ def files_digest(files: list[str], root: Path | None = None) -> str:
 
 
 def sources_digest(root: Path | None = None) -> str:
-    """Digest of `episode_sources()`."""
+    """Digest of `episode_sources()`, read from disk now."""
     return files_digest(episode_sources(root), root)
+
+
+@lru_cache(maxsize=None)
+def episode_digest() -> str:
+    """`sources_digest()` of the code this process runs, computed once: the code part of every
+    episode key."""
+    return sources_digest()
 
 
 @lru_cache(maxsize=None)
@@ -138,24 +127,3 @@ def code_digest(module: str) -> str:
     """Digest of a module's import closure within the project (e.g. the training code, for
     adapter names: an adapter trained by other code is another adapter)."""
     return files_digest(module_closure(module))
-
-
-def check_sources(root: Path | None = None, version: int = PROTOCOL_VERSION,
-                  recorded: dict[int, str] | None = None) -> str:
-    """The digest of the files that decide episodes; `ProtocolVersionError` when it is not
-    the one recorded for `version` (the code changed without raising the version)."""
-    recorded = SOURCES_DIGESTS if recorded is None else recorded
-    digest = sources_digest(root)
-    if version not in recorded or version != max(recorded):
-        raise ProtocolVersionError(
-            f"PROTOCOL_VERSION {version} has no recorded sources digest, or a higher version has one "
-            f"({sorted(recorded)}): PROTOCOL_VERSION only goes up; record SOURCES_DIGESTS[{version}] = "
-            f"{digest!r} when you raise it")
-    if recorded[version] != digest:
-        raise ProtocolVersionError(
-            f"the files that decide episodes (agent_core.version.episode_sources(): the import closure of "
-            f"{EPISODE_RUNNER} and the environments' data files) changed, but PROTOCOL_VERSION is still "
-            f"{version}. Raise PROTOCOL_VERSION to {version + 1} in agent_core/version.py, so that episodes "
-            f"cached by the old code are never reused or gated against new ones, and record "
-            f"SOURCES_DIGESTS[{version + 1}] = {digest!r}.")
-    return digest
