@@ -3,7 +3,8 @@
 Line 1 is an `EpisodeHeader`, then one `StepRecord` per step (flushed at once, so a crash
 or kill loses nothing already played), then an `EpisodeSummary` when the episode finished
 or an error record when it failed. A killed run leaves no summary; a torn last line (the
-kill landed mid-write) is ignored on reading.
+kill landed mid-write) is ignored on reading. Lines end at "\n" and nowhere else: a record may
+hold any other line or paragraph separator a model wrote (U+2028, U+0085, \x1c...).
 """
 
 from __future__ import annotations
@@ -63,6 +64,30 @@ class TraceError(ValueError):
     pass
 
 
+def read_jsonl(path: Path | str) -> list[dict]:
+    """The records of a JSONL file, split on "\n" only (`str.splitlines` would also split
+    inside a record holding U+2028, U+0085, \x1c... as a model may write them). An unfinished
+    last line (no "\n" after it: a kill landed mid-write) that is not JSON is left out; any
+    other line that is not JSON raises `TraceError` naming every such line, after every other
+    line was read."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    unfinished = lines.pop()  # "" when the file ends with a newline
+    records: list[dict] = []
+    bad: list[int] = []
+    for i, line in enumerate(lines + ([unfinished] if unfinished else [])):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines):
+                bad.append(i + 1)
+    if bad:
+        raise TraceError(f"{path}:{bad[0]} is not JSON" + (f" (nor lines {', '.join(map(str, bad[1:]))})"
+                                                           if len(bad) > 1 else "")
+                         + f"; {len(records)} other lines read")
+    return records
+
+
 def read_trace(path: Path | str) -> Trace:
     """Read a trace; tolerant of a torn final line left by a kill."""
     path = Path(path)
@@ -70,15 +95,8 @@ def read_trace(path: Path | str) -> Trace:
         path = path / TRACE_NAME
     if not path.is_file():
         raise TraceError(f"no trace at {path}")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     trace: Trace | None = None
-    for i, line in enumerate(lines):
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # torn last line from a kill mid-write
-            raise TraceError(f"{path}:{i + 1} is not JSON") from None
+    for data in read_jsonl(path):
         kind = data.get("kind")
         if kind == "header":
             trace = Trace(path=path, header=EpisodeHeader.model_validate(data))

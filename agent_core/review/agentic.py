@@ -35,6 +35,7 @@ from agent_core.models.base import ModelError
 from agent_core.models.tool_calls import ChatTurn, ToolChatModel, ToolCompletion
 from agent_core.records import SamplingParams
 from agent_core.review.tools import Toolbox, ToolResult
+from agent_core.trace import read_jsonl
 
 PROMPTS = Path(__file__).parent / "prompts"
 CHARS_PER_TOKEN = 4  # the budget unit of `bundle.py`; servers report exact usage per call
@@ -534,8 +535,7 @@ def render_review_trace(path: Path | str, max_chars: int = 1_500) -> str:
     """A review trace as markdown (for a Prefect artifact or the terminal): every call with
     its usage and tool calls, every tool result cut to `max_chars`, and how it ended."""
     lines = [f"# Agentic review `{Path(path).name}`", ""]
-    for n, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
-        r = json.loads(raw)
+    for n, r in enumerate(read_jsonl(path)):
         kind = r.get("kind")
         if n == 0 and kind != "start":
             raise ValueError(f"its first record is {kind!r}, not the review's start")
