@@ -57,7 +57,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("messages_digest", pa.string()), ("fixed_prefix", pa.int64()), ("window_start", pa.int64()), ("context_end", pa.int64()),
         ("new_messages", _MESSAGES), ("reply", pa.string()), ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()), ("latency_s", pa.float64()),
-        ("finish_reason", pa.string()), ("grammar", pa.string())]),
+        ("finish_reason", pa.string()), ("closed_at_budget", pa.bool_()), ("written", pa.string()),
+        ("grammar", pa.string())]),
     "memory_ops": pa.schema(_KEYS + [
         ("step", pa.int64()), ("op_index", pa.int64()), ("call_id", pa.string()),
         ("routine", pa.string()), ("op", pa.string()), ("args", pa.map_(pa.string(), pa.string())),

@@ -105,6 +105,8 @@ class Conversation:
             completion_tokens=completion.completion_tokens,
             latency_s=latency,
             finish_reason=finish,
+            closed_at_budget=completion.closed_at_budget,
+            written=completion.written,
             grammar=constraint.digest if constraint is not None else None,
         )
         self.log.append(Message(role="assistant", content=reply))

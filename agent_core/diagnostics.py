@@ -135,6 +135,9 @@ class Diagnostics(MemoryUse):
     prompt_tokens_per_step: float
     writes: int = Field(description="Successful write operations (not DELETE).")
     consults: int = Field(description="Successful SEARCH/READ/TAIL operations.")
+    closed_replies: int = Field(0, description="Model replies the backend closed at its token budget "
+                                "(`closed_at_budget`: their ending is not the model's; never a training "
+                                "target unless a curation program asks for them).")
     longest_no_progress: int = Field(description="longest run of steps without a progression increase")
     most_repeated_action: str | None
     most_repeated_action_share: float
@@ -169,6 +172,7 @@ def diagnose(trace: Trace) -> Diagnostics:
         prompt_tokens_per_step=sum(c.prompt_tokens for s in steps for c in s.calls) / n if n else 0.0,
         writes=len(writes),
         consults=consults,
+        closed_replies=sum(c.closed_at_budget for s in steps for c in s.calls),
         longest_no_progress=_longest_flat(curve),
         most_repeated_action=top,
         most_repeated_action_share=top_count / n if n else 0.0,

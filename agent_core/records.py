@@ -76,6 +76,11 @@ class Completion(BaseModel):
     #: "stop": the reply ended by itself; "length": cut off by max_tokens or the context;
     #: the others as the server gave them (`FinishReason`)
     finish_reason: FinishReason = "stop"
+    #: the backend ended the reply at its token budget, not the model: tokens taken back, an
+    #: argument completed, `<|END|>` added (finish reason "stop", but not the model's ending)
+    closed_at_budget: bool = False
+    #: with `closed_at_budget`: the text the model itself wrote before the backend closed it
+    written: str | None = None
 
 
 class ModelCall(BaseModel):
@@ -102,6 +107,12 @@ class ModelCall(BaseModel):
     latency_s: float = 0.0
     #: "length": cut off by the token limit (an invalid reply, never a training target)
     finish_reason: FinishReason = "stop"
+    #: the backend closed the reply at its token budget (`Completion.closed_at_budget`): the
+    #: agent runs it, but it is a training target only where a curation program asks for such
+    #: replies (`Composition.closed_replies`)
+    closed_at_budget: bool = False
+    #: with `closed_at_budget`: the text the model itself wrote (the reply's end is not its own)
+    written: str | None = None
     #: digest of the grammar the reply was decoded under (None: unconstrained); its text is
     #: in the `grammars` of the first step that used it
     grammar: str | None = None

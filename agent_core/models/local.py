@@ -74,6 +74,9 @@ class _Row:
     passes: int = 0
     finish: str = "length"
     done: bool = False
+    #: the tokens the model wrote, when the reply was closed at its budget (`_before_forward`,
+    #: `_close_by_rollback`); None: the reply ended as the model wrote it
+    written: list[int] | None = None
     generator: Any = None
 
     def seed(self, torch: Any) -> None:
@@ -445,6 +448,7 @@ class LocalModel:
         text_ids = out_ids[:-1] if out_ids and out_ids[-1] in self._stop_ids else out_ids
         with self._tokenizer_lock:
             text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+            written = None if row.written is None else self.tokenizer.decode(row.written, skip_special_tokens=True)
         completion = Completion(
             text=text,
             prompt_tokens=len(prompt),
@@ -452,6 +456,8 @@ class LocalModel:
             latency_s=time.perf_counter() - started,
             model=name,
             finish_reason=row.finish,
+            closed_at_budget=written is not None,
+            written=written,
         )
         return Generation(completion, row.finish, row.reused, row.passes, row.token_logits)
 
@@ -515,6 +521,7 @@ class LocalModel:
         if row.matcher is not None and row.budget - len(row.out) <= self.close_reserve:
             closing = self._closing(row.matcher, row.budget - len(row.out), late=True)
             if closing:
+                row.written = list(row.out)
                 row.out.extend(closing)
                 self._end_row(row, "stop")
                 return True
@@ -553,8 +560,11 @@ class LocalModel:
         """Mark `row` over; a constrained reply cut off by its budget is closed by rollback
         where possible, and its KV entry forgets the tokens taken back."""
         if finish == "length" and row.matcher is not None:
+            wrote = list(row.out)
             finish, kept = self._close_by_rollback(row.matcher, row.out, row.budget)
             del row.entry.tokens[len(row.prompt) + kept:]
+            if finish == "stop":
+                row.written = wrote
         row.finish, row.done = finish, True
 
     def _finish_row(self, row: "_Row") -> None:

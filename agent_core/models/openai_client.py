@@ -239,6 +239,7 @@ class OpenAIChatModel:
         choice = response.choices[0]
         text = choice.message.content or ""
         finish = finish_reason(choice.finish_reason)
+        extra = choice.model_extra or {}
         # only a reply that ended by itself must match: "length", "abort", "content_filter",
         # "unknown" may stop mid-sentence under a grammar the server did enforce
         if constraint is not None and finish == "stop" and constraint.kind == "regex" \
@@ -255,6 +256,9 @@ class OpenAIChatModel:
             latency_s=time.perf_counter() - started,
             model=self.model_id,
             finish_reason=finish,
+            # `automem serve` says when it closed a reply at its budget (other servers do not)
+            closed_at_budget=bool(extra.get("closed_at_budget")),
+            written=extra.get("written") if extra.get("closed_at_budget") else None,
         )
 
     def complete_tools(self, turns: list[ChatTurn], params: SamplingParams, tools: list[dict[str, Any]],

@@ -222,6 +222,9 @@ def create_app(model: LocalModel) -> FastAPI:
                     "message": {"role": "assistant", "content": c.text},
                     "logprobs": None,
                     "finish_reason": result.finish_reason,
+                    # beyond OpenAI's fields: the reply was closed at its budget, and what the model wrote
+                    "closed_at_budget": c.closed_at_budget,
+                    "written": c.written,
                 }
             ],
             "usage": {

@@ -94,25 +94,29 @@ def _select(archive_root: Path, program: CurationProgram, timeout_s: float) -> l
     return ids
 
 
-def _candidates(con: Any, ids: list[str], stats: Counter) -> list[dict[str, Any]]:
-    """Selected memory-role LOG/PLAN calls with their training target; the rest is counted."""
+def _candidates(con: Any, ids: list[str], stats: Counter, closed_replies: bool = False) -> list[dict[str, Any]]:
+    """Selected memory-role LOG/PLAN calls with their training target; the rest is counted.
+    A reply the backend closed at its token budget is a target only with `closed_replies`."""
     import pyarrow as pa
 
     con.register("selected_ids", pa.table({"call_id": ids}))
     rows = con.execute(
         "SELECT c.call_id, c.episode_id, c.game, c.step, c.call_index, c.routine, c.role, c.reply, "
-        "c.finish_reason, (SELECT count(*) FROM memory_ops o WHERE o.call_id = c.call_id) "
+        "c.finish_reason, coalesce(c.closed_at_budget, false), (SELECT count(*) FROM memory_ops o WHERE o.call_id = c.call_id) "
         "FROM calls c JOIN selected_ids s ON s.call_id = c.call_id "
         "ORDER BY c.game, c.episode_id, c.call_index").fetchall()
     stats["selected_ids"] = len(ids)
     stats["unknown_ids"] = len(ids) - len(rows)
     out = []
-    for call_id, episode_id, game, step, call_index, routine, role, reply, finish, ran in rows:
+    for call_id, episode_id, game, step, call_index, routine, role, reply, finish, closed, ran in rows:
         if role != "memory" or routine not in ROUTINES:
             stats["dropped_not_memory_role"] += 1
             continue
         if finish != "stop":  # cut off by the token limit, or ended otherwise (abort, filter): never a target
             stats["dropped_truncated"] += 1
+            continue
+        if closed and not closed_replies:  # its ending is the backend's, not the model's
+            stats["dropped_closed_at_budget"] += 1
             continue
         commands = parse_reply(reply).commands
         if sum(c.op in MEMORY_OPS for c in commands) > ran or _after_look_ups(commands):
@@ -324,7 +328,7 @@ def build_dataset(archive_root: str | Path, program: CurationProgram, out_root: 
     ids = _select(archive_root, program, timeout_s)
     con = connect(archive_root)
     try:
-        candidates = _candidates(con, ids, stats)
+        candidates = _candidates(con, ids, stats, program.composition.closed_replies)
         if not candidates:
             raise ProgramError(f"selection has no usable memory-role LOG/PLAN calls "
                                f"({dict(sorted(stats.items()))})")

@@ -63,6 +63,10 @@ class Composition(_Strict):
         gt=0.0, le=1.0, description="Fraction of each game's pool episodes (those with selected "
         "memory calls), best final progression first, that examples may come from (1: all).")
     seed: int = Field(0, ge=0, description="Seed of the deterministic sampling under the caps.")
+    closed_replies: bool = Field(
+        False, description="Also train on replies the local backend closed at its token budget "
+        "(calls.closed_at_budget: tokens taken back, an argument completed, <|END|> added by the "
+        "backend, not written by the model). Default: never a target.")
 
     @model_validator(mode="after")
     def _bounds(self) -> "Composition":

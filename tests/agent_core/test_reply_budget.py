@@ -36,6 +36,9 @@ def test_a_long_constrained_reply_is_closed_within_the_budget(local_model: Any, 
     assert reply.completion_tokens <= BUDGET
     # the model was still writing when the budget ran low: without the closing it would be cut off
     assert reply.completion_tokens > BUDGET - local_model.close_reserve, reply.text
+    # and the record says so, with what the model itself wrote (its reply did not end there)
+    assert reply.closed_at_budget and reply.written is not None and reply.written != reply.text
+    assert not grammar.matches(reply.written), reply.written
 
 
 @pytest.mark.slow
@@ -45,3 +48,12 @@ def test_a_budget_too_small_for_any_sentence_still_ends_as_length(local_model: A
     got = local_model.generate(STORY, SamplingParams(max_tokens=12, temperature=0.0), constraint=grammar)
     assert got.finish_reason == "length" and got.completion.completion_tokens == 12
     assert not grammar.matches(got.completion.text)
+    assert not got.completion.closed_at_budget and got.completion.written is None
+
+
+@pytest.mark.slow
+def test_a_reply_the_model_ends_itself_is_not_labelled_closed(local_model: Any) -> None:
+    grammar = Grammar(r"<\|ACTION\|>(go north|go south|wait)<\|END\|>")
+    got = local_model.generate(STORY, SamplingParams(max_tokens=BUDGET, temperature=0.0), constraint=grammar)
+    assert grammar.matches(got.completion.text) and got.finish_reason == "stop"
+    assert not got.completion.closed_at_budget and got.completion.written is None

@@ -28,6 +28,7 @@ class FakeServer:
     def __init__(self) -> None:
         self.cards: list[dict[str, Any]] = []
         self.reply, self.finish = "move north", "stop"
+        self.extra: dict[str, Any] = {}  # more fields of the choice (`automem serve`'s own)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,7 +47,7 @@ class FakeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 self._send({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                             "choices": [{"index": 0, "message": {"role": "assistant", "content": owner.reply},
-                                         "finish_reason": owner.finish}],
+                                         "finish_reason": owner.finish, **owner.extra}],
                             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
 
             def log_message(self, *args: Any) -> None:
@@ -95,6 +96,16 @@ def test_only_a_reply_that_stopped_by_itself_is_held_to_the_grammar(fake, finish
     fake.finish = "stop"  # the same text claimed complete: the server ignored the grammar
     with pytest.raises(ModelError, match="ignored the structured_outputs constraint"):
         model.complete(CHAT, GREEDY, grammar)
+
+
+def test_a_reply_the_server_closed_at_its_budget_is_recorded_so(fake):
+    from agent_core.models.openai_client import OpenAIChatModel
+
+    model = OpenAIChatModel(fake.url, "m", timeout_s=5, max_retries=0)
+    assert not model.complete(CHAT, GREEDY).closed_at_budget  # vLLM and others never say it
+    fake.reply, fake.extra = "<|ACTION|>wait<|END|>", {"closed_at_budget": True, "written": "<|ACTION|>wai"}
+    got = model.complete(CHAT, GREEDY)
+    assert got.closed_at_budget and got.written == "<|ACTION|>wai" and got.finish_reason == "stop"
 
 
 # -- the served base -----------------------------------------------------------------------

@@ -283,9 +283,10 @@ class _Replies:
         from agent_core.records import Completion
 
         if "LOG routine" in messages[-1].content:
-            text, finish = self.log_replies[self.step % len(self.log_replies)]
+            text, finish, *closed = self.log_replies[self.step % len(self.log_replies)]
             self.step += 1
-            return Completion(text=text, finish_reason=finish)
+            return Completion(text=text, finish_reason=finish, closed_at_budget=bool(closed),
+                              written=closed[0] if closed else None)
         return Completion(text=RoutineScript(plan="<|SEARCH|>key<|END|><|ACTION|>look<|END|>").reply(messages))
 
 
@@ -311,6 +312,36 @@ def test_cut_off_replies_and_operations_beyond_the_cap_are_never_targets(tmp_pat
     assert card["filters"]["dropped_ops_not_run"] == 2 and card["filters"]["dropped_truncated"] == 1
     # PLAN's free-text action after its look-up never ran: cut out, the look-up is the target
     assert "<|SEARCH|>key<|END|>" in targets and card["filters"]["actions_removed"] == 4
+
+
+def test_replies_closed_at_the_budget_run_but_are_targets_only_when_a_program_asks(tmp_path):
+    from agent_core.agent import Roles
+    from agent_core.archive import archive_trace
+    from agent_core.diagnostics import diagnose
+    from agent_core.episode import run_episode
+    from agent_core.scaffold import Scaffold
+    from agent_core.trace import read_trace
+    from environments import make_env
+
+    own = "<|APPEND|>map.md|a hall<|END|><|SEARCH|>hall<|END|>"
+    closed = "<|APPEND|>map.md|a long corridor<|END|><|DONE|>"  # the backend completed it
+    written = "<|APPEND|>map.md|a long corridor to the"
+    model = _Replies([(own, "stop"), (closed, "stop", written)])
+    s = run_episode(make_env("tiny"), Scaffold.builtin("tiny"), Roles(memory=model), 0, 4, tmp_path / "ep")
+    trace = read_trace(s.trace_path)
+    calls = [c for st in trace.steps for c in st.calls if c.reply == closed]
+    assert len(calls) == 2 and all(c.closed_at_budget and c.written == written for c in calls)
+    assert any(op.op == "append" and op.ok and "corridor" in op.args.get("text", "") for st in trace.steps
+               for op in st.memory_ops)  # the agent ran the closed reply
+    assert diagnose(trace).closed_replies == 2
+    archive_trace(s.trace_path, tmp_path / "archive")
+    info = build_dataset(tmp_path / "archive", program(), tmp_path / "sets")
+    targets = [e["target"] for e in load_examples(info.path)]
+    assert own in targets and closed not in targets
+    card = json.loads((info.path / "data_card.json").read_text())
+    assert card["filters"]["dropped_closed_at_budget"] == 2
+    asked = build_dataset(tmp_path / "archive", program(closed_replies=True), tmp_path / "sets")
+    assert closed in [e["target"] for e in load_examples(asked.path)]
 
 
 @pytest.mark.slow
