@@ -14,7 +14,7 @@ from collections import defaultdict
 
 from pydantic import BaseModel, Field
 
-from agent_core.gate import GateConfig, differing, holm, paired_p_value, reachable_p
+from agent_core.gate import GateConfig, beaten, differing, holm, paired_p_value, reachable_p, unbeaten
 
 #: Published results, shown beside ours and labelled as published (progression, %).
 PUBLISHED = [
@@ -109,9 +109,10 @@ class Comparison(BaseModel):
     p: float = Field(description="Two-sided paired p-value (the gate's test).")
     p_holm: float = Field(description="Holm-adjusted over every pair of every game in the evaluation.")
     tied: int = Field(description="Seeds where a and b scored the same (no information).")
-    min_p: float = Field(description="The smallest Holm-adjusted p-value this pair could have had, "
-                         "given its ties and the other pairs' p-values.")
-    underpowered: bool = Field(description="min_p > alpha: no outcome could have been significant.")
+    min_p: float = Field(description="The smallest two-sided p-value this pair's own seeds could give, "
+                         "given its ties (Holm's correction can only raise it).")
+    underpowered: bool = Field(description="Every seed that differs favours the same arm, but min_p > alpha: "
+                               "no outcome on so few differing seeds could have been significant.")
     direction: str = Field(description="'<b> better than <a>', '<a> better than <b>', or why neither is said.")
 
 
@@ -130,21 +131,21 @@ def compare_all(seeds_by_game: dict[str, dict[str, dict[int, float]]],
                 if not shared:
                     continue
                 diffs = [arms[b][s] - arms[a][s] for s in shared]
-                k = differing(diffs)
-                raw.append((game, a, b, shared, statistics.fmean(diffs), paired_p_value(diffs, config, True), k,
-                            reachable_p(k, len(diffs), config, two_sided=True)))
-    ps = [r[5] for r in raw]
+                raw.append((game, a, b, shared, diffs, paired_p_value(diffs, config, True),
+                            reachable_p(differing(diffs), len(diffs), config, two_sided=True)))
     out = []
-    for i, ((game, a, b, shared, delta, p, k, floor), adjusted) in enumerate(zip(raw, holm(ps))):
-        # the best this pair could have done against the others as they came out: Holm is
-        # monotone in each p-value, so its adjusted p with its own smallest reachable p
-        min_p = holm([floor if j == i else q for j, q in enumerate(ps)])[i]
-        underpowered = min_p > config.alpha
+    for (game, a, b, shared, diffs, p, min_p), adjusted in zip(raw, holm([r[5] for r in raw])):
+        k, delta = differing(diffs), statistics.fmean(diffs)
+        # the pair's own seeds only: whatever the other pairs showed, Holm cannot lower its p
+        underpowered = min_p > config.alpha and (unbeaten(diffs) or beaten(diffs))
         if adjusted <= config.alpha:
             direction = f"{b} better than {a}" if delta > 0 else f"{a} better than {b}"
+        elif not k:
+            direction = f"cannot tell: no seed differs (all {len(shared)} tied)"
         elif underpowered:
-            direction = (f"cannot tell: underpowered ({len(shared) - k} of {len(shared)} seeds tied; the smallest "
-                         f"reachable adjusted p is {min_p:.3g} > alpha {config.alpha:g})")
+            direction = (f"cannot tell: underpowered (every seed that differs favours {b if delta > 0 else a}, "
+                         f"but with {k} differing seeds ({len(shared) - k} tied) the smallest reachable p is "
+                         f"{min_p:.3g} > alpha {config.alpha:g})")
         else:
             direction = f"no significant difference (adjusted p {adjusted:.3f} > alpha {config.alpha:g})"
         out.append(Comparison(game=game, a=a, b=b, seeds=shared, delta=delta, p=p, p_holm=adjusted,

@@ -14,11 +14,20 @@ A tied seed (difference 0) carries no information for either test: its sign flip
 nothing. With k seeds that are not tied, the smallest p-value either test can give is 1/2^k
 (one-sided, every differing seed better), 2/2^k two-sided (`smallest_p`). So a promotion at
 level alpha needs at least log2(1/alpha) seeds that differ: `min_seeds` is refused before
-any episode (`check_seeds`), and a verdict whose observed ties leave too few differing
-seeds says "underpowered" with the smallest reachable p-value instead of pretending the
-candidate showed no improvement. Several candidates
-judged on the same seeds (the training loop's trials) are corrected with Holm's method
-(`holm`), and a winner must win again on confirmation seeds that no reviewer or curator saw.
+any episode (`check_seeds`). A verdict that does not promote says what happened
+(`GateVerdict.outcome`), in this order:
+- "no seed differs": every seed tied; the comparison carries no information.
+- "kept incumbent (worse)": the candidate lost on every seed that differs.
+- "underpowered": the candidate could still win with the seeds it has - it won every seed
+  that differs, by more than `min_delta` on average, so nothing it did counts against it -
+  but the ties left too few differing seeds for any result to reach alpha (the smallest
+  reachable p-value, Holm's factor over the trials included, is above alpha). The reason
+  gives that p-value: more seeds are needed to tell.
+- "kept incumbent": no improvement, or an improvement the test calls noise (its p-value
+  says how much).
+Several candidates judged on the same seeds (the training loop's trials) are corrected with
+Holm's method (`holm`), and a winner must win again on confirmation seeds that no reviewer
+or curator saw; a winner that fails there takes the confirmation's outcome.
 """
 
 from __future__ import annotations
@@ -40,6 +49,18 @@ TIE_TOLERANCE = 1e-9
 def differing(diffs: list[float]) -> int:
     """How many per-seed differences are not ties: the seeds that carry information."""
     return sum(abs(d) > TIE_TOLERANCE for d in diffs)
+
+
+def unbeaten(diffs: list[float], min_delta: float = 0.0) -> bool:
+    """The candidate won every seed that differs (there is one), by more than `min_delta` on
+    average: nothing it did counts against it, only the number of differing seeds can."""
+    return differing(diffs) > 0 and all(d > 0 for d in diffs if abs(d) > TIE_TOLERANCE) \
+        and statistics.fmean(diffs) > min_delta + 1e-12
+
+
+def beaten(diffs: list[float]) -> bool:
+    """The candidate lost on every seed that differs (there is one)."""
+    return differing(diffs) > 0 and all(d < 0 for d in diffs if abs(d) > TIE_TOLERANCE)
 
 
 def smallest_p(differing_seeds: int, two_sided: bool = False) -> float:
@@ -94,7 +115,8 @@ class GateVerdict(BaseModel):
     #: the smallest p-value this comparison could have reached, given its ties (and, after
     #: `adjust`, the number of candidates judged on the same seeds)
     min_p: float = 0.0
-    #: the comparison could not reach alpha whatever the candidate did on the differing seeds
+    #: the candidate won every differing seed, but no result on so few differing seeds could
+    #: reach alpha (`min_p` > alpha): more seeds are needed to tell
     underpowered: bool = False
     #: the p-value after correction for the other candidates judged on the same seeds
     adjusted_p: float | None = None
@@ -102,14 +124,24 @@ class GateVerdict(BaseModel):
     confirmation: "GateVerdict | None" = None
 
     @property
+    def diffs(self) -> list[float]:
+        """Per-seed differences, candidate - incumbent."""
+        return [c - i for i, c in zip(self.incumbent, self.candidate)]
+
+    @property
     def outcome(self) -> str:
-        """"promoted", "underpowered" (on the evaluation or the confirmation seeds the test
-        could not reach alpha) or "kept incumbent"."""
+        """"promoted", "no seed differs", "kept incumbent (worse)", "underpowered" or "kept
+        incumbent" (the module's docstring says when); a winner that failed its confirmation
+        seeds has the confirmation's outcome."""
         if self.promote:
             return "promoted"
-        if self.underpowered or (self.confirmation is not None and self.confirmation.underpowered):
-            return "underpowered"
-        return "kept incumbent"
+        if self.confirmation is not None:
+            return self.confirmation.outcome
+        if not differing(self.diffs):
+            return "no seed differs"
+        if beaten(self.diffs):
+            return "kept incumbent (worse)"
+        return "underpowered" if self.underpowered else "kept incumbent"
 
 
 def permutation_p_value(diffs: list[float], resamples: int = 20_000, seed: int = 0,
@@ -180,18 +212,24 @@ def gate(seeds: list[int], incumbent: list[float], candidate: list[float],
     p = paired_p_value(diffs, config)
     k = differing(diffs)
     min_p = reachable_p(k, len(diffs), config)
-    underpowered = min_p > config.alpha
-    if underpowered:  # checked first: a verdict it could never have given is not evidence
-        reason = (f"underpowered: {len(diffs) - k} of {len(diffs)} seeds tied, so the smallest reachable "
-                  f"p-value with the {k} that differ is {_power_text(k, min_p)} > alpha {config.alpha:g} "
-                  f"(mean delta {delta:+.4f}, {config.test} p = {p:.3f}); more seeds are needed to tell")
-        promote = False
+    underpowered = min_p > config.alpha and unbeaten(diffs, config.min_delta)
+    promote = False
+    if not k:
+        reason = f"no seed differs: all {len(diffs)} seeds tied, so the comparison carries no information"
+    elif beaten(diffs):
+        reason = (f"worse: the candidate lost on all {k} seeds that differ ({len(diffs) - k} tied; "
+                  f"mean delta {delta:+.4f}, {config.test} p = {p:.3f})")
+    elif underpowered:
+        reason = (f"underpowered: the candidate won all {k} seeds that differ, but {len(diffs) - k} of "
+                  f"{len(diffs)} seeds tied, and with {k} the smallest reachable p-value is {min_p:.3g} > "
+                  f"alpha {config.alpha:g} (mean delta {delta:+.4f}, {config.test} p = {p:.3f}); more seeds "
+                  f"are needed to tell")
     elif delta <= config.min_delta + 1e-12:  # float noise in a tie is no improvement
         reason = f"no improvement: mean delta {delta:+.4f} (needs > {config.min_delta:g})"
-        promote = False
     elif p > config.alpha:
         reason = f"improvement {delta:+.4f} may be noise: {config.test} p = {p:.3f} > alpha {config.alpha:g}"
-        promote = False
+        if min_p > config.alpha:
+            reason += f" (with {k} differing seeds no result could reach it: at best {min_p:.3g})"
     else:
         reason = f"improvement {delta:+.4f}, {config.test} p = {p:.3f} <= alpha {config.alpha:g}"
         promote = True
@@ -209,16 +247,13 @@ def reachable_p(differing_seeds: int, n: int, config: GateConfig, two_sided: boo
     return max(smallest_p(differing_seeds, two_sided), floor)
 
 
-def _power_text(k: int, min_p: float) -> str:
-    return f"1/2^{k} = {min_p:.3g}" if k else "1 (no seed differs)"
-
-
 def adjust(verdict: GateVerdict, adjusted_p: float, config: GateConfig, tests: int = 1) -> GateVerdict:
     """`verdict` judged again with its multiplicity-corrected p-value, `tests` candidates
     having been judged on the same seeds (Holm: the best reachable adjusted p-value is
-    `tests` times the comparison's smallest one)."""
+    `tests` times the comparison's smallest one; a candidate that won every differing seed
+    and cannot reach alpha that way is underpowered)."""
     family_min = min(1.0, tests * verdict.min_p)
-    if not verdict.underpowered and family_min > config.alpha:
+    if not verdict.underpowered and family_min > config.alpha and unbeaten(verdict.diffs, config.min_delta):
         return verdict.model_copy(update={
             "adjusted_p": adjusted_p, "promote": False, "underpowered": True, "min_p": family_min,
             "reason": f"underpowered: with {len(verdict.seeds) - verdict.tied} differing seeds and Holm's "

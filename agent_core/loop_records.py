@@ -26,9 +26,10 @@ class IterationRecord(_Record):
     reviewer: str
     attempts: list[dict[str, Any]] = Field(default_factory=list, description="The reviewer's attempts and their fate.")
     candidate: str | None = Field(None, description="Hash of the valid candidate, if one was written.")
-    verdict: Literal["promoted", "kept incumbent", "underpowered", "no valid candidate"] = Field(
-        description="underpowered: the incumbent was kept because, with the ties observed, the gate's test "
-        "could not have reached alpha on these seeds (see the reason for the smallest reachable p-value).")
+    verdict: Literal["promoted", "kept incumbent", "kept incumbent (worse)", "no seed differs", "underpowered",
+                     "no valid candidate"] = Field(
+        description="The gate's outcome (`agent_core.gate`: worse = lost on every seed that differs; "
+        "underpowered = won every seed that differs, but the ties left too few of them for alpha).")
     reason: str = ""
 
 

@@ -68,16 +68,36 @@ def test_two_seeds_of_gain_are_not_enough_at_the_default_alpha():
     assert not v.promote and v.p_value == pytest.approx(0.25)
 
 
-def test_regressions_keep_the_incumbent():
+def test_regressions_keep_the_incumbent_and_say_worse():
     v = gate(SEEDS, [0.1] * 8, [0.0] * 8)
-    assert not v.promote and "no improvement" in v.reason and not v.underpowered
-    assert v.outcome == "kept incumbent"
+    assert not v.promote and v.reason.startswith("worse") and not v.underpowered
+    assert v.outcome == "kept incumbent (worse)"
 
 
-def test_all_ties_are_underpowered_not_no_improvement():
+@pytest.mark.parametrize("test", ["permutation", "sign"])
+@pytest.mark.parametrize("incumbent, candidate", [
+    ([1, 1, 1, 0], [0, 0, 0, 0]),            # the case: three losses, one tie, 1/2^3 > alpha
+    ([0.5] * 8, [0.4] + [0.5] * 7),           # one loss and seven ties: nothing reachable, still worse
+])
+def test_a_regression_with_ties_is_worse_not_underpowered(test, incumbent, candidate):
+    v = gate(list(range(len(incumbent))), incumbent, candidate, GateConfig(alpha=0.1, test=test))
+    assert v.min_p > 0.1  # no result on so few differing seeds could have promoted...
+    # ...but the candidate lost every one of them: that is what the verdict says
+    assert not v.promote and not v.underpowered and v.outcome == "kept incumbent (worse)"
+    assert v.reason.startswith("worse: the candidate lost on all") and "underpowered" not in v.reason
+
+
+def test_all_ties_say_no_seed_differs():
     v = gate(SEEDS, [0.1] * 8, [0.1] * 8)
-    assert not v.promote and v.underpowered and v.tied == 8 and v.min_p == 1.0
-    assert v.reason.startswith("underpowered") and "no improvement" not in v.reason
+    assert not v.promote and not v.underpowered and v.tied == 8 and v.min_p == 1.0
+    assert v.outcome == "no seed differs" and v.reason.startswith("no seed differs: all 8 seeds tied")
+
+
+def test_mixed_results_that_could_not_reach_alpha_are_not_underpowered():
+    # two wins, one loss, one tie: 1/2^3 > alpha, but the candidate's own loss counts against it
+    v = gate([0, 1, 2, 3], [0.0, 0.0, 0.5, 0.5], [1.0, 1.0, 0.4, 0.5], GateConfig(alpha=0.1))
+    assert v.min_p > 0.1 and not v.underpowered and v.outcome == "kept incumbent"
+    assert "may be noise" in v.reason and "no result could reach it" in v.reason
 
 
 @pytest.mark.parametrize("test", ["permutation", "sign"])
@@ -88,7 +108,8 @@ def test_four_seeds_with_one_tie_are_underpowered_at_alpha_a_tenth(test):
     # three differing seeds: the best any test can do is 1/2^3 = 2/16 > 0.1
     assert v.tied == 1 and v.min_p == pytest.approx(2 / 16) and v.p_value == pytest.approx(2 / 16)
     assert not v.promote and v.underpowered and v.outcome == "underpowered"
-    assert "underpowered" in v.reason and "1/2^3 = 0.125" in v.reason and "no improvement" not in v.reason
+    assert v.reason.startswith("underpowered: the candidate won all 3 seeds that differ")
+    assert "smallest reachable p-value is 0.125 > alpha 0.1" in v.reason and "no improvement" not in v.reason
     clean = gate([0, 1, 2, 3], [0.0] * 4, [1.0] * 4, config)  # four clean wins still promote
     assert clean.promote and not clean.underpowered and clean.p_value == pytest.approx(1 / 16)
     assert clean.outcome == "promoted"
@@ -101,6 +122,10 @@ def test_holm_over_trials_can_leave_a_comparison_underpowered():
     # 3 trials: the best reachable adjusted p is 3/16 = 0.1875 > 0.1 whatever happened
     assert not three.promote and three.underpowered and three.min_p == pytest.approx(3 / 16)
     assert "underpowered" in three.reason and "over 3 trials" in three.reason
+    # a trial that lost on every differing seed is worse, with or without the correction
+    loser = gate(list(range(4)), [0.1] * 4, [0.0, 0.0, 0.0, 0.1], config)
+    corrected = adjust(loser, holm([loser.p_value, 0.5, 0.5])[0], config, tests=3)
+    assert not corrected.underpowered and corrected.outcome == "kept incumbent (worse)"
 
 
 @pytest.mark.parametrize("diffs, expected", [
@@ -140,6 +165,9 @@ def test_a_winner_must_also_win_on_the_confirmation_seeds():
     winner = gate(list(range(4)), [0.0] * 4, [0.1] * 4, config)
     lost = confirm(winner, gate([10, 11, 12, 13], [0.1] * 4, [0.1] * 4, config))
     assert not lost.promote and "not confirmed on seeds [10, 11, 12, 13]" in lost.reason
+    assert lost.outcome == "no seed differs"  # what the confirmation seeds showed
+    worse = confirm(winner, gate([10, 11, 12, 13], [0.1] * 4, [0.0] * 4, config))
+    assert worse.outcome == "kept incumbent (worse)"
     kept = confirm(winner, gate([10, 11, 12, 13], [0.0] * 4, [0.2] * 4, config))
     assert kept.promote and kept.confirmation.seeds == [10, 11, 12, 13]
 
