@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from agent_core.commands import CONSULT_OPS, OPS, READ_ONLY_OPS, Command, format_command, parse_reply
 from agent_core.conversation import Conversation
 from agent_core.grammar import Grammar, act_grammar, log_grammar, plan_grammar
+from agent_core.hooks import HookOutputCut
 from agent_core.memory import MemoryDir
 from agent_core.models.base import ChatModel
 from agent_core.records import MemoryOp, ModelCall, Routine, SamplingParams, override_sampling
@@ -80,7 +81,8 @@ class MemoryAgent:
     """Runs the LOG and PLAN routines of one episode. Holds no game state."""
 
     def __init__(self, scaffold: Scaffold, roles: Roles, memory: MemoryDir, env_actions: list[str],
-                 instructions: str, game: str, episode_id: str = "", seed: int = 0):
+                 instructions: str, game: str, episode_id: str = "", seed: int = 0,
+                 hooks_confinement: str = "os"):
         self.scaffold, self.cfg, self.roles, self.memory = scaffold, scaffold.config, roles, memory
         self.sampling = roles.sampling_for(self.cfg.model)
         self.actions = env_actions
@@ -104,8 +106,10 @@ class MemoryAgent:
                                  max_reply_chars=self.cfg.max_reply_chars, seed=seed,
                                  history_stride=self.cfg.history_stride)
         self._kinds = {f.name: f.kind for f in self.cfg.memory_files}
-        self._validate_write = scaffold.hook("validate_write")
-        self._postprocess = scaffold.hook("postprocess_observation")
+        #: this episode's hook runner (a fresh worker: no hook state crosses episodes)
+        self.hooks = scaffold.hook_runner(hooks_confinement)
+        self._validate_write = self.hooks.function("validate_write") if self.hooks else None
+        self._postprocess = self.hooks.function("postprocess_observation") if self.hooks else None
         self._grammars: dict[tuple[str, int, tuple[str, ...], bool, bool], Grammar] = {}
         self._grammars_recorded: set[str] = set()
 
@@ -144,11 +148,19 @@ class MemoryAgent:
         return env_actions[0]
 
     # ------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop this episode's hook worker, if one runs."""
+        if self.hooks is not None:
+            self.hooks.close()
+
     def step(self, step: int, observation: str, last_action: str | None, reward: float) -> StepDecision:
         decision = StepDecision(action_text="", action_source="model")
         if self._postprocess:
             try:
                 observation = str(self._postprocess(observation))
+            except HookOutputCut as exc:  # the cut output, and the error on record
+                observation = exc.value
+                decision.hook_errors.append(f"postprocess_observation: {exc}"[:500])
             except Exception as exc:  # a hook bug must not end the episode: the raw observation
                 decision.hook_errors.append(f"postprocess_observation: {type(exc).__name__}: {exc}"[:500])
         self._consulted = False  # searched or read memory during this step
@@ -266,6 +278,9 @@ class MemoryAgent:
             if self._validate_write:
                 try:
                     refusal = self._validate_write(cmd.op, dict(cmd.args), self.memory.files())
+                except HookOutputCut as exc:  # a refusal all the same, cut, and the error on record
+                    refusal = exc.value
+                    hook_error = f"validate_write: {exc}"[:500]
                 except Exception as exc:  # a hook bug is not a refusal: the write goes on, recorded
                     refusal = None
                     hook_error = f"validate_write: {type(exc).__name__}: {exc}"[:500]

@@ -9,11 +9,12 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent_core.agent import MemoryAgent, Roles
+from agent_core.hooks import require_confinement
 from agent_core.memory import MemoryDir
 from agent_core.models.config import ModelConfig
 from agent_core.records import EpisodeHeader, EpisodeSummary, StepRecord
@@ -46,16 +47,21 @@ def run_episode(
     max_steps: int,
     out_dir: Path,
     on_step: Callable[[StepRecord], None] | None = None,
+    hooks: HooksConfig | None = None,
 ) -> EpisodeSummary:
     """Play until the game ends or `max_steps`; every step is on disk as soon as it is played.
 
     A model failure (after the backend's own retries) is recorded in the trace and re-raised:
     the steps played so far stay on disk. A previous incomplete trace in `out_dir` is kept
-    beside the new one, never overwritten.
+    beside the new one, never overwritten. `hooks`: how the scaffold's hooks run (confined
+    by default; a scaffold with hooks is refused before any step where that cannot be set up).
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
     out_dir = Path(out_dir)
+    hooks = hooks or HooksConfig()
+    if scaffold.hooks_source is not None and hooks.confinement == "os":
+        require_confinement(f"hooks.py of scaffold {scaffold.hash}")  # refused before anything is written
     _set_aside_previous(out_dir)
     cfg = scaffold.config
     memory = MemoryDir(out_dir / MEMORY_DIRNAME, cfg.limits)
@@ -67,10 +73,12 @@ def run_episode(
     header = EpisodeHeader(
         episode_id=episode_id, game=env.game, task=env.task, seed=seed, scaffold_hash=scaffold.hash,
         memory_model=roles.memory.model_id, action_model=roles.action.model_id, max_steps=max_steps,
-        sampling=sampling, started_at=datetime.now(timezone.utc).isoformat())
+        sampling=sampling, started_at=datetime.now(timezone.utc).isoformat(),
+        hooks_confinement=hooks.confinement if scaffold.hooks_source is not None else None)
     started = time.perf_counter()
     observation = env.reset(seed)
-    agent = MemoryAgent(scaffold, roles, memory, env.actions, env.instructions, env.game, episode_id, seed)
+    agent = MemoryAgent(scaffold, roles, memory, env.actions, env.instructions, env.game, episode_id, seed,
+                        hooks_confinement=hooks.confinement)
     last_action, reward, total_reward = None, 0.0, 0.0
     steps, invalid_ops, default_actions, ptok, ctok = 0, 0, 0, 0, 0
     end_reason = "max_steps"
@@ -111,6 +119,8 @@ def run_episode(
                          "message": f"{type(exc).__name__}: {exc}"})
             log.error("episode %s failed at step %d: %s", episode_id, steps, exc)
             raise
+        finally:
+            agent.close()
         summary = EpisodeSummary(
             episode_id=episode_id, game=env.game, task=env.task, seed=seed,
             scaffold_hash=scaffold.hash, steps=steps, progression=env.progression,
@@ -118,7 +128,8 @@ def run_episode(
             invalid_ops=invalid_ops, default_actions=default_actions,
             memory_chars=memory.total_chars, prompt_tokens=ptok, completion_tokens=ctok,
             wall_s=time.perf_counter() - started, end_reason=end_reason,
-            trace_path=str(out_dir / TRACE_NAME), memory_path=str(out_dir / MEMORY_DIRNAME))
+            trace_path=str(out_dir / TRACE_NAME), memory_path=str(out_dir / MEMORY_DIRNAME),
+            hooks_confinement=header.hooks_confinement)
         trace.write(summary)
     log.info("episode %s: %s after %d steps, progression %.3f", episode_id, end_reason, steps,
              summary.progression)
@@ -139,6 +150,18 @@ def _set_aside_previous(out_dir: Path) -> None:
         shutil.move(str(out_dir / MEMORY_DIRNAME), dest / MEMORY_DIRNAME)
 
 
+class HooksConfig(BaseModel):
+    """How a run runs scaffold hooks (a run's choice, never a scaffold's: the meta-LLM writes
+    scaffolds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    confinement: Literal["os", "none"] = Field(
+        "os", description="`os`: hooks run under the OS sandbox (Landlock + seccomp, no capabilities) and "
+        "are refused where it cannot be set up; `none`: hooks run without it, an explicit choice recorded "
+        "in every episode header and report.")
+
+
 class EpisodeSpec(BaseModel):
     """Everything that determines one episode, plus where its files go."""
 
@@ -153,6 +176,7 @@ class EpisodeSpec(BaseModel):
     workspace: str = Field(description="Local workspace root; the episode lives under episodes/.")
     remote: str | None = Field(None, description="The workspace's fsspec URL when it is remote "
                                "(`workspace` is then its local mirror).")
+    hooks: HooksConfig = Field(default_factory=HooksConfig, description="How the scaffold's hooks run.")
 
     def key(self) -> str:
         scaffold = Scaffold.load(self.scaffold_dir)
@@ -201,7 +225,7 @@ def play(spec: EpisodeSpec, on_step: Callable[[StepRecord], None] | None = None)
     env = make_env(spec.game, spec.task, max_steps=spec.max_steps)
     try:
         summary = run_episode(env, Scaffold.load(spec.scaffold_dir), spec.models.build(), spec.seed,
-                              spec.max_steps, out, on_step)
+                              spec.max_steps, out, on_step, hooks=spec.hooks)
     finally:
         env.close()
     if spec.remote:

@@ -133,6 +133,19 @@ class HookTimeout(HookError):
     """A hook call that did not answer within its time limit (its worker was killed)."""
 
 
+class HookDisabled(HookError):
+    """A hook that timed out `HookLimits.max_timeouts` times: not called again by its runner."""
+
+
+class HookOutputCut(HookError):
+    """A hook returned more than `HookLimits.max_output_chars`: `value` holds its output cut
+    to that length (the caller may use it, and records the error)."""
+
+    def __init__(self, message: str, value: str):
+        super().__init__(message)
+        self.value = value
+
+
 # ----------------------------------------------------------------------------------------
 # compile-time check
 
@@ -349,6 +362,200 @@ def check_result(name: str, value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------
+# the OS layer: Landlock + seccomp + no capabilities, applied by the worker to itself
+# before any hook code runs. It holds for root (as CI and most containers run): Landlock
+# and seccomp restrict every user, and a process without capabilities cannot raise its
+# hard limits, lift the restrictions or reach other users' files.
+
+#: how hooks run: "os" (the OS layer below, the default; refused where it cannot be set up)
+#: or "none" (an explicit choice of the run, recorded in every episode header and report)
+CONFINEMENTS = ("os", "none")
+#: environment variable naming the libseccomp library (default: the system's)
+SECCOMP_LIBRARY_ENV = "AUTOMEM_LIBSECCOMP"
+DEFAULT_SECCOMP_LIBRARY = "libseccomp.so.2"
+
+_LANDLOCK_CREATE_RULESET, _LANDLOCK_RESTRICT_SELF = 444, 446  # the same on every architecture
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+#: file-system rights Landlock handles, by the ABI that introduced them: 1: execute, write,
+#: read, read dir, remove dir/file, make char/dir/reg/sock/fifo/block/sym; 2: refer;
+#: 3: truncate; 5: ioctl on devices. All handled, none granted: no file access at all.
+_LANDLOCK_FS_RIGHTS = {1: (1 << 13) - 1, 2: 1 << 13, 3: 1 << 14, 5: 1 << 15}
+_LANDLOCK_NET_TCP = 0b11  # ABI 4: bind and connect (TCP)
+_LANDLOCK_SCOPES = 0b11   # ABI 6: abstract unix sockets and signals outside the sandbox
+_PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 38, 24, 47, 4
+_CAPABILITY_VERSION_3 = 0x20080522
+
+#: system calls refused (EPERM) by the worker's seccomp filter, beyond what Landlock refuses:
+#: processes and programs, sockets of every family, other processes' memory and signals,
+#: file metadata and names, namespaces, mounts, keys, kernel modules, BPF and io_uring.
+#: `prlimit64` is refused only for other processes (the worker renews its own CPU limit).
+SECCOMP_DENIED = (
+    "fork", "vfork", "clone", "clone3", "execve", "execveat",
+    "socket", "socketpair", "ptrace", "process_vm_readv", "process_vm_writev",
+    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
+    "pidfd_open", "pidfd_getfd", "pidfd_send_signal",
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+    "link", "linkat", "symlink", "symlinkat", "unlink", "unlinkat", "rename", "renameat", "renameat2",
+    "mkdir", "mkdirat", "rmdir", "mknod", "mknodat", "truncate", "utime", "utimes", "utimensat",
+    "futimesat", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "open_by_handle_at",
+    "name_to_handle_at", "fanotify_init", "inotify_init", "inotify_init1",
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
+    "swapon", "swapoff", "sethostname", "setdomainname", "settimeofday", "clock_settime",
+    "clock_adjtime", "adjtimex", "acct", "quotactl", "syslog", "uselib", "vhangup", "personality",
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
+    "setfsuid", "setfsgid", "capset", "memfd_create",
+)
+
+
+class HookConfinementError(RuntimeError):
+    """Hooks cannot run confined on this machine: they are refused (fail closed), with what
+    is missing and how to get it, or how to choose to run them unconfined."""
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when the kernel has none or it is disabled."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return 0
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    abi = libc.syscall(ctypes.c_long(_LANDLOCK_CREATE_RULESET), None, ctypes.c_size_t(0),
+                       ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION))
+    return max(0, int(abi))
+
+
+def seccomp_library() -> str:
+    """The libseccomp shared library the worker loads ($AUTOMEM_LIBSECCOMP or the system's)."""
+    return os.environ.get(SECCOMP_LIBRARY_ENV) or DEFAULT_SECCOMP_LIBRARY
+
+
+def confinement_problem(library: str | None = None) -> str | None:
+    """Why the OS layer cannot be set up on this machine (None when it can): what is
+    missing and how to get it. Checked in the calling process, before any worker starts;
+    the worker checks again as it confines itself, and refuses to run hooks if it cannot."""
+    import ctypes
+
+    how_to_skip = ("or run hooks unconfined by an explicit choice of the run (`hooks: {confinement: "
+                   "none}` in the flow's parameters, `--hooks-confinement none` on the command line), "
+                   "which every episode header and report then shows")
+    if not sys.platform.startswith("linux"):
+        return f"hook confinement needs Linux (Landlock and seccomp), not {sys.platform}; {how_to_skip}"
+    if landlock_abi() < 1:
+        return ("this kernel has no Landlock, or it is disabled (needs Linux 5.13+ with landlock in the "
+                f"kernel's `lsm=` list); {how_to_skip}")
+    library = library or seccomp_library()
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return (f"libseccomp could not be loaded ({library!r}): install it (Debian/Ubuntu: `apt-get "
+                f"install libseccomp2`) or set {SECCOMP_LIBRARY_ENV} to its path; {how_to_skip}")
+    return None
+
+
+def require_confinement(filename: str = "hooks.py") -> None:
+    """`HookConfinementError` (fail closed) unless the OS layer can be set up here."""
+    problem = confinement_problem()
+    if problem:
+        raise HookConfinementError(f"{filename} is refused: hooks run only confined, and {problem}")
+
+
+def confine_self(library: str) -> None:  # pragma: no cover - runs in the worker process
+    """Confine this process for good: no new privileges, no capabilities, Landlock with no
+    file access and no TCP (and, from ABI 6, no signals or abstract sockets outside), a
+    seccomp filter refusing `SECCOMP_DENIED`. Raises OSError naming the step that failed."""
+    import ctypes
+
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    try:
+        seccomp = ctypes.CDLL(library, use_errno=True)
+    except OSError as exc:
+        raise OSError(2, f"libseccomp could not be loaded ({library!r}): {exc}") from None
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, "prctl(NO_NEW_PRIVS)")
+    # capabilities: the bounding set (so none come back), the ambient set, then our own sets
+    for cap in range(64):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == 22:  # EINVAL: past the last capability
+                break
+            check(os.geteuid() != 0, f"prctl(CAPBSET_DROP, {cap})")  # EPERM is expected unless root
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+    class CapHeader(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class CapData(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    check(libc.capset(ctypes.byref(CapHeader(_CAPABILITY_VERSION_3, 0)), (CapData * 2)()) == 0, "capset")
+    # Landlock
+    abi = int(libc.syscall(ctypes.c_long(_LANDLOCK_CREATE_RULESET), None, ctypes.c_size_t(0),
+                           ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION)))
+    check(abi >= 1, "Landlock")
+    fs = sum(bits for since, bits in _LANDLOCK_FS_RIGHTS.items() if abi >= since)
+    attr = (ctypes.c_uint64 * 3)(fs, _LANDLOCK_NET_TCP if abi >= 4 else 0, _LANDLOCK_SCOPES if abi >= 6 else 0)
+    size = 8 * (3 if abi >= 6 else 2 if abi >= 4 else 1)
+    fd = int(libc.syscall(ctypes.c_long(_LANDLOCK_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(size),
+                          ctypes.c_uint32(0)))
+    check(fd >= 0, "landlock_create_ruleset")
+    try:
+        check(libc.syscall(ctypes.c_long(_LANDLOCK_RESTRICT_SELF), ctypes.c_int(fd), ctypes.c_uint32(0)) == 0,
+              "landlock_restrict_self")
+    finally:
+        os.close(fd)
+    # seccomp, through libseccomp (loaded above: Landlock now refuses reading it)
+    class ArgCmp(ctypes.Structure):
+        _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                    ("datum_b", ctypes.c_uint64)]
+
+    seccomp.seccomp_init.restype = ctypes.c_void_p
+    seccomp.seccomp_init.argtypes = [ctypes.c_uint32]
+    seccomp.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                               ctypes.c_void_p]
+    seccomp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    seccomp.seccomp_load.argtypes = [ctypes.c_void_p]
+    seccomp.seccomp_release.argtypes = [ctypes.c_void_p]
+    allow, eperm = 0x7FFF0000, 0x00050000 | 1  # SCMP_ACT_ALLOW, SCMP_ACT_ERRNO(EPERM)
+    ctx = seccomp.seccomp_init(allow)
+    check(bool(ctx), "seccomp_init")
+    try:
+        for name in SECCOMP_DENIED:
+            nr = seccomp.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:
+                continue  # not a system call of this architecture (or unknown to this libseccomp)
+            rc = seccomp.seccomp_rule_add_array(ctx, eperm, nr, 0, None)
+            if rc < 0:
+                raise OSError(-rc, f"seccomp_rule_add({name}): {os.strerror(-rc)}")
+        nr = seccomp.seccomp_syscall_resolve_name(b"prlimit64")
+        if nr >= 0:  # only for this process (pid 0)
+            other = ArgCmp(0, 1, 0, 0)  # SCMP_A0(SCMP_CMP_NE, 0)
+            rc = seccomp.seccomp_rule_add_array(ctx, eperm, nr, 1, ctypes.byref(other))
+            if rc < 0:
+                raise OSError(-rc, f"seccomp_rule_add(prlimit64): {os.strerror(-rc)}")
+        rc = seccomp.seccomp_load(ctx)
+        if rc < 0:
+            raise OSError(-rc, f"seccomp_load: {os.strerror(-rc)}")
+    finally:
+        seccomp.seccomp_release(ctx)
+
+
+# ----------------------------------------------------------------------------------------
 # the worker (this file run as a program)
 
 
@@ -365,6 +572,7 @@ def _worker_main() -> None:  # pragma: no cover - runs in the worker process
 
     setup = json.loads(stdin.readline())
     cpu_s, idle_s = int(setup["cpu_s"]), float(setup["idle_s"])
+    max_chars = int(setup["max_output_chars"])
     limit = int(setup["memory_mb"]) * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
@@ -379,9 +587,22 @@ def _worker_main() -> None:  # pragma: no cover - runs in the worker process
         soft = min(cpu_cap, math.ceil(used.ru_utime + used.ru_stime) + cpu_s)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_cap))
 
+    for name in setup.get("preload", []):  # test-only: modules the OS-layer tests reach for
+        __import__(name)
+    if setup["confinement"] == "os":
+        try:
+            confine_self(setup["seccomp_library"])
+        except BaseException as exc:  # noqa: BLE001 - fail closed: no hook code runs
+            send({"ok": False, "confinement_failed": True, "error": _describe(exc)})
+            return
     try:
         cpu_budget()
-        hooks = load_hooks(setup["source"], setup.get("filename", "hooks.py"))
+        if setup.get("python_guard", True):
+            hooks = load_hooks(setup["source"], setup.get("filename", "hooks.py"))
+        else:  # test-only: plain Python, so that the OS layer is tested on its own
+            namespace: dict[str, Any] = {"__name__": "hooks"}
+            exec(compile(setup["source"], setup.get("filename", "hooks.py"), "exec"), namespace)  # noqa: S102
+            hooks = {n: namespace[n] for n in HOOK_NAMES if callable(namespace.get(n))}
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
         send({"ok": False, "error": _describe(exc)})
         return
@@ -401,6 +622,8 @@ def _worker_main() -> None:  # pragma: no cover - runs in the worker process
             cpu_budget()
             value = check_result(req["name"], fn(*req["args"]))
             reply = {"ok": True, "value": value}
+            if isinstance(value, str) and len(value) > max_chars:  # cut here: never sent whole
+                reply = {"ok": True, "value": value[:max_chars], "cut_from": len(value)}
         except BaseException as exc:  # noqa: BLE001 - a hook bug is data for the caller
             reply = {"ok": False, "error": _describe(exc)}
         try:
@@ -434,40 +657,14 @@ class HookLimits:
     memory_mb: int = 512
     #: a worker idle this long exits; the next call starts a fresh one
     idle_s: float = 120.0
-    #: longest reply accepted from the worker
-    max_reply_bytes: int = 8_000_000
-
-
-_UNSHARE: list[str] | None = None
-_UNSHARE_LOCK = threading.Lock()
-
-
-def network_isolated() -> bool:
-    """Whether hook workers run in their own (empty) network namespace on this machine."""
-    return bool(_unshare_prefix())
-
-
-def _unshare_prefix() -> list[str]:
-    """`unshare --user --net --` when unprivileged user namespaces work here, else []."""
-    global _UNSHARE
-    with _UNSHARE_LOCK:
-        if _UNSHARE is None:
-            exe = shutil.which("unshare")
-            prefix = [exe, "--user", "--net", "--"] if exe else []
-            # what the worker needs, as the namespace's unmapped user: the interpreter,
-            # RestrictedPython and this file readable
-            probe = f"import RestrictedPython; open({str(Path(__file__).resolve())!r}).close()"
-            try:
-                ok = bool(exe) and subprocess.run([*prefix, sys.executable, "-I", "-c", probe],
-                                                  capture_output=True, timeout=20).returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                ok = False
-            if not ok:
-                log.warning("hook workers run without a network namespace: `unshare --user --net` "
-                            "is not available on this machine (or the worker cannot read the "
-                            "interpreter or this checkout as the namespace's user)")
-            _UNSHARE = prefix if ok else []
-        return _UNSHARE
+    #: longest text a hook may return (postprocess_observation's observation, validate_write's
+    #: refusal): it goes into the prompt. Longer output is cut to this and the call reports it.
+    max_output_chars: int = 16_000
+    #: a hook that times out this many times is disabled for the rest of the runner's life
+    #: (one episode), with a recorded error on every call it misses
+    max_timeouts: int = 3
+    #: longest reply line accepted from the worker (the output cap plus JSON escaping)
+    max_reply_bytes: int = 1_000_000
 
 
 class _Worker:
@@ -517,16 +714,36 @@ class HookRunner:
 
     `call(name, *args)` returns the hook's value or raises `HookError`. Calls are serialised
     (one worker, one call at a time); a worker that timed out or died is replaced on the
-    next call. `close()` stops the worker (also done when the runner is garbage-collected
-    and at interpreter exit)."""
+    next call, and a hook that timed out `limits.max_timeouts` times is disabled
+    (`HookDisabled`). One runner serves one episode: the worker's module state (a hook's
+    globals) never crosses episodes. `close()` stops the worker (also done when the runner
+    is garbage-collected and at interpreter exit).
 
-    def __init__(self, source: str, limits: HookLimits | None = None, filename: str = "hooks.py"):
+    `confinement`: "os" (default) runs the worker under the OS layer (`confine_self`) and
+    raises `HookConfinementError` here, before any process, where that cannot be set up;
+    "none" is the run's explicit choice to run hooks without it. `python_guard=False` is for
+    tests only: the source runs as plain Python, so that the OS layer is tested on its own;
+    `preload` (tests only) names modules the worker imports before it confines itself."""
+
+    def __init__(self, source: str, limits: HookLimits | None = None, filename: str = "hooks.py", *,
+                 confinement: str = "os", python_guard: bool = True, preload: tuple[str, ...] = ()):
+        if confinement not in CONFINEMENTS:
+            raise ValueError(f"hook confinement must be one of {list(CONFINEMENTS)}, not {confinement!r}")
         self.source = source
         self.filename = filename
         self.limits = limits or HookLimits()
-        self.hooks = tuple(check_source(source, filename))  # HookCodeError before any process
+        self.confinement = confinement
+        self.python_guard = python_guard
+        self.preload = tuple(preload)
+        if python_guard:
+            self.hooks = tuple(check_source(source, filename))  # HookCodeError before any process
+        else:
+            self.hooks = tuple(n for n in HOOK_NAMES if f"def {n}(" in source)
+        if confinement == "os":
+            require_confinement(filename)
         self._lock = threading.Lock()
         self._worker = _Worker()
+        self._timeouts: dict[str, int] = {}
         self._finalizer = weakref.finalize(self, self._worker.stop)
 
     # -- public -----------------------------------------------------------------------
@@ -548,19 +765,31 @@ class HookRunner:
         raise KeyError(f"unknown hook {name!r}; hooks are {list(HOOK_NAMES)}")  # pragma: no cover
 
     def call(self, name: str, *args: Any) -> Any:
-        """Run hook `name` on JSON-able `args` in the worker; its result, or `HookError`."""
+        """Run hook `name` on JSON-able `args` in the worker; its result, or `HookError`
+        (`HookOutputCut` carries the output cut to `limits.max_output_chars`)."""
         if name not in self.hooks:
             raise HookError(f"{self.filename} defines no {name!r}")
+        if self._timeouts.get(name, 0) >= self.limits.max_timeouts:
+            raise HookDisabled(f"{name} is disabled for the rest of the episode: it timed out "
+                               f"{self.limits.max_timeouts} times")
         try:
             request = json.dumps({"name": name, "args": list(args)}).encode() + b"\n"
         except (TypeError, ValueError) as exc:
             raise HookError(f"hook arguments must be plain values (JSON): {exc}") from None
         with self._lock:
             self._ensure_started()
-            reply = self._exchange(request, self.limits.call_timeout_s, f"{name} call")
+            try:
+                reply = self._exchange(request, self.limits.call_timeout_s, f"{name} call")
+            except HookTimeout:
+                self._timeouts[name] = self._timeouts.get(name, 0) + 1
+                raise
         if not reply.get("ok"):
             raise HookError(reply.get("error", "the hook failed"))
-        return check_result(name, reply.get("value"))
+        value = check_result(name, reply.get("value"))
+        if "cut_from" in reply:
+            raise HookOutputCut(f"{name} returned {reply['cut_from']} characters; at most "
+                                f"{self.limits.max_output_chars} are used (the output was cut)", value)
+        return value
 
     @property
     def pid(self) -> int | None:
@@ -588,7 +817,7 @@ class HookRunner:
             return
         w.scratch = tempfile.mkdtemp(prefix="automem-hook-")
         os.chmod(w.scratch, 0o500)  # nothing may be created in the working directory
-        cmd = [*_unshare_prefix(), sys.executable, "-I", str(Path(__file__).resolve())]
+        cmd = [sys.executable, "-I", str(Path(__file__).resolve())]
         try:
             w.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, cwd=w.scratch, env={"LC_ALL": "C.UTF-8"},
@@ -599,10 +828,16 @@ class HookRunner:
         _LIVE_PIDS.add(w.proc.pid)
         lim = self.limits
         setup = {"source": self.source, "filename": self.filename, "memory_mb": lim.memory_mb,
-                 "cpu_s": lim.cpu_s, "cpu_total_s": lim.cpu_total_s, "idle_s": lim.idle_s}
+                 "cpu_s": lim.cpu_s, "cpu_total_s": lim.cpu_total_s, "idle_s": lim.idle_s,
+                 "max_output_chars": lim.max_output_chars, "confinement": self.confinement,
+                 "seccomp_library": seccomp_library(), "python_guard": self.python_guard,
+                 "preload": list(self.preload)}
         reply = self._exchange(json.dumps(setup).encode() + b"\n", lim.start_timeout_s, "start")
         if not reply.get("ok"):
             w.stop()
+            if reply.get("confinement_failed"):
+                raise HookConfinementError(f"{self.filename} is refused: the hook worker could not confine "
+                                           f"itself ({reply.get('error')})")
             raise HookError(f"{self.filename} did not load: {reply.get('error')}")
 
     def _exchange(self, request: bytes, timeout_s: float, what: str) -> dict:

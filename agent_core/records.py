@@ -177,6 +177,9 @@ class EpisodeHeader(BaseModel):
     max_steps: int
     sampling: SamplingParams
     started_at: str
+    #: how the scaffold's hooks ran: "os" (confined), "none" (the run chose to run them
+    #: unconfined), None (the scaffold has no hooks)
+    hooks_confinement: str | None = None
 
 
 class EpisodeSummary(BaseModel):
@@ -201,6 +204,8 @@ class EpisodeSummary(BaseModel):
     end_reason: str
     trace_path: str = ""
     memory_path: str = ""
+    #: as in the header: "os", "none" (hooks ran unconfined by the run's choice) or None
+    hooks_confinement: str | None = None
 
 
 def messages_digest(messages: list[Message] | list[dict[str, Any]]) -> str:

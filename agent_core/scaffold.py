@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent_core.commands import OPS
 from agent_core.grammar import GrammarError, log_grammar, plan_grammar
-from agent_core.hooks import HookCodeError, HookRunner
+from agent_core.hooks import HookCodeError, HookRunner, check_source
 from agent_core.memory import MemoryLimits
 from agent_core.records import SamplingParams
 
@@ -247,28 +247,27 @@ class Scaffold:
             raise ScaffoldError(f"prompt {prompt!r} uses an undefined variable: {exc}") from exc
 
     @cached_property
-    def hooks(self) -> HookRunner | None:
-        """The scaffold's `hooks.py`, run confined in a worker process started on the first
-        call (None without hooks.py); `ScaffoldError` when the code is refused."""
+    def hooks_source(self) -> str | None:
+        """The scaffold's `hooks.py` (None without one), checked by `agent_core.hooks.check_source`;
+        `ScaffoldError` when the code is refused."""
         if "hooks.py" not in self.files:
             return None
         try:
             source = self.files["hooks.py"].decode()
-            return HookRunner(source, filename=f"hooks.py of scaffold {self.hash}")
+            check_source(source, f"hooks.py of scaffold {self.hash}")
         except (HookCodeError, UnicodeDecodeError) as exc:
             raise ScaffoldError(f"hooks.py is refused: {exc}") from exc
+        return source
 
-    def hook(self, name: str) -> Callable[..., Any] | None:
-        """Hook `name` as a function with its documented signature
-        (`postprocess_observation(observation) -> str`, `validate_write(op, args, files) ->
-        str | None`) that raises `agent_core.hooks.HookError` when the hook fails; None when
-        the scaffold does not define it."""
-        return self.hooks.function(name) if self.hooks else None
-
-    def close_hooks(self) -> None:
-        """Stop the hook worker, if one runs (a later hook call starts a fresh one)."""
-        if "hooks" in self.__dict__ and self.hooks is not None:
-            self.hooks.close()
+    def hook_runner(self, confinement: str = "os") -> HookRunner | None:
+        """A new runner of the scaffold's hooks (None without hooks.py), its worker started on
+        the first call: one per episode, so that no hook state crosses episodes. The caller
+        closes it. `ScaffoldError` when the code is refused; `HookConfinementError` when
+        `confinement` is "os" and this machine cannot confine hooks."""
+        source = self.hooks_source
+        if source is None:
+            return None
+        return HookRunner(source, filename=f"hooks.py of scaffold {self.hash}", confinement=confinement)
 
     def write_copy(self, dest: Path) -> Path:
         """Copy this scaffold's files to `dest` (a new directory)."""

@@ -31,6 +31,9 @@ Temperature = Annotated[Optional[float], typer.Option(help="Sampling temperature
                         "(0: greedy, at most 2); each call is seeded from the episode's seed, step and call. "
                         "Part of the episode key.")]
 Device = Annotated[str, typer.Option(help=f"Local model's device: {DEVICE_HELP}.")]
+HooksConfinement = Annotated[str, typer.Option(help="How scaffold hooks run: `os` (the OS sandbox: Landlock + seccomp; "
+                             "refused where it cannot be set up) or `none` (unconfined, an explicit choice recorded "
+                             "in every episode header and report).")]
 Workspace = Annotated[Optional[Path], typer.Option(help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs).")]
 Dask = Annotated[Optional[str], typer.Option("--dask", help="Play the episodes on an existing Dask cluster: its "
                                              "scheduler, e.g. tcp://host:8786 (needs a Prefect server in PREFECT_API_URL).")]
@@ -103,6 +106,7 @@ def play(
     max_tokens: MaxTokens = None,
     constrain: Constrain = "on",
     temperature: Temperature = None,
+    hooks_confinement: HooksConfinement = "os",
     device: Device = "auto",
     workspace: Workspace = None,
 ) -> None:
@@ -110,7 +114,7 @@ def play(
     from rich.progress import Progress
 
     from agent_core.diagnostics import diagnose
-    from agent_core.episode import episode_key, run_episode
+    from agent_core.episode import HooksConfig, episode_key, run_episode
     from agent_core.models.base import ModelError
     from agent_core.scaffold import Scaffold, ScaffoldError
     from agent_core.trace import read_trace
@@ -122,6 +126,7 @@ def play(
     except ScaffoldError as exc:
         _fail(str(exc))
     try:
+        hooks = HooksConfig(confinement=hooks_confinement)
         models = _models(base_url, model, max_tokens, constrain, device, specialist, temperature)
         models.check()
         roles = models.build()
@@ -134,7 +139,7 @@ def play(
     with Progress(console=console) as bar:
         job = bar.add_task(f"{game.game}/{game.task} seed {seed}", total=steps)
         try:
-            summary = run_episode(game, sc, roles, seed, steps, out,
+            summary = run_episode(game, sc, roles, seed, steps, out, hooks=hooks,
                                   on_step=lambda r: bar.update(job, advance=1,
                                                                description=f"step {r.step} {r.action_text[:20]!r} prog {r.progression:.2f}"))
         except ModelError as exc:
@@ -273,7 +278,7 @@ def _models(base_url: Optional[str], model: Optional[str], max_tokens: Optional[
 
 def _run_options(concurrency: int, base_url: Optional[str], model: Optional[str], max_tokens: Optional[int],
                  constrain: str, device: str, dask: Optional[str], workspace: Optional[Path],
-                 temperature: Optional[float] = None) -> dict:
+                 temperature: Optional[float] = None, hooks_confinement: str = "os") -> dict:
     """The parameters every flow that plays episodes shares, from the shared options; a Dask
     cluster is checked now (reachable, a Prefect server set), before the flow starts."""
     from flows.runners import RunnerConfig
@@ -282,7 +287,7 @@ def _run_options(concurrency: int, base_url: Optional[str], model: Optional[str]
     runner.check()
     return dict(concurrency=concurrency, runner=runner,
                 models=_models(base_url, model, max_tokens, constrain, device, temperature=temperature),
-                workspace=str(workspace) if workspace else None)
+                workspace=str(workspace) if workspace else None, hooks={"confinement": hooks_confinement})
 
 
 @app.command("optimize-scaffold")
@@ -298,6 +303,7 @@ def optimize_scaffold(
     max_tokens: MaxTokens = None,
     constrain: Constrain = "on",
     temperature: Temperature = None,
+    hooks_confinement: HooksConfinement = "os",
     device: Device = "auto",
     workspace: Workspace = None,
     dask: Dask = None,
@@ -312,7 +318,8 @@ def optimize_scaffold(
     try:
         params = ScaffoldLoopParams(game=env, seeds=parse_seeds(seeds), iterations=iterations, patience=patience,
                                     max_steps=steps, **_run_options(concurrency, base_url, model, max_tokens,
-                                                                    constrain, device, dask, workspace, temperature))
+                                                                    constrain, device, dask, workspace, temperature,
+                                                                    hooks_confinement))
     except (ValueError, RuntimeError, ConnectionError) as exc:
         _fail(str(exc))
     result = scaffold_loop(params)
@@ -332,6 +339,7 @@ def rollout(
     max_tokens: MaxTokens = None,
     constrain: Constrain = "on",
     temperature: Temperature = None,
+    hooks_confinement: HooksConfinement = "os",
     device: Device = "auto",
     workspace: Workspace = None,
     dask: Dask = None,
@@ -345,7 +353,7 @@ def rollout(
     try:
         params = RolloutParams(games=env, seeds=parse_seeds(seeds), max_steps=steps,
                                **_run_options(concurrency, base_url, model, max_tokens, constrain, device, dask,
-                                              workspace, temperature))
+                                              workspace, temperature, hooks_confinement))
     except (ValueError, RuntimeError, ConnectionError) as exc:
         _fail(str(exc))
     result = rollout_flow(params)
@@ -366,6 +374,7 @@ def evaluate(
     max_tokens: MaxTokens = None,
     constrain: Constrain = "on",
     temperature: Temperature = None,
+    hooks_confinement: HooksConfinement = "os",
     device: Device = "auto",
     workspace: Workspace = None,
     dask: Dask = None,
@@ -380,7 +389,7 @@ def evaluate(
         arms = [Arm(scaffold=a.split("+", 1)[0], adapter=a.split("+", 1)[1] if "+" in a else None) for a in arm]
         params = EvaluateParams(arms=arms, games=env, seeds=parse_seeds(seeds), max_steps=steps,
                                 **_run_options(concurrency, base_url, model, max_tokens, constrain, device, dask,
-                                               workspace, temperature))
+                                               workspace, temperature, hooks_confinement))
     except (ValueError, RuntimeError, ConnectionError) as exc:
         _fail(str(exc))
     result = evaluate_flow(params)

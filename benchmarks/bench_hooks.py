@@ -1,11 +1,14 @@
 """Per-call cost of scaffold hooks: the same RestrictedPython-compiled hooks called in the
-episode's process (the baseline, what the old in-process import cost plus the guards) and in
-the confined worker (`agent_core.hooks.HookRunner`: JSON over a pipe to a process with
-limits). Also the worker's start-up (once per scaffold, or after a kill).
+episode's process (what an in-process import would cost plus the guards), in the worker
+without the OS layer (`confinement: none`: JSON over a pipe to a process with rlimits, the
+worker before the sandbox) and in the worker under the OS sandbox (`confinement: os`,
+the default: Landlock + seccomp, no capabilities). Also the worker's start-up (once per
+episode, or after a kill) with and without the sandbox.
 
 Run by hand: `.venv/bin/python benchmarks/bench_hooks.py [--calls 2000] [--rounds 3]`.
 Each row is the median over rounds of the mean per call; rounds are interleaved so that
-machine noise hits both sides alike. Target (issue 18): confined under 1 ms per call.
+machine noise hits every side alike. Targets (issue 25): confined under 1 ms per call,
+worker start under 250 ms.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def per_call_us(fn, args: tuple, calls: int) -> float:  # noqa: ANN001
 
 
 def main() -> None:
-    from agent_core.hooks import HookRunner, load_hooks, network_isolated
+    from agent_core.hooks import HookRunner, load_hooks
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000, help="calls per round and case")
@@ -58,25 +61,29 @@ def main() -> None:
         "validate_write, memory 33 KB": ("validate_write", (*WRITE, FILES_LARGE)),
     }
     in_process = load_hooks(HOOKS)
-    starts = []
-    results: dict[str, dict[str, list[float]]] = {c: {"in": [], "worker": []} for c in cases}
+    kinds = ("none", "os")
+    starts: dict[str, list[float]] = {k: [] for k in kinds}
+    results: dict[str, dict[str, list[float]]] = {c: {"in": [], "none": [], "os": []} for c in cases}
     for _ in range(a.rounds):
-        runner = HookRunner(HOOKS)
-        t0 = time.perf_counter()
-        runner.call("postprocess_observation", "warm-up")  # starts the worker
-        starts.append((time.perf_counter() - t0) * 1e3)
-        for case, (name, args) in cases.items():
-            results[case]["in"].append(per_call_us(in_process[name], args, a.calls))
-            results[case]["worker"].append(per_call_us(lambda *x, n=name: runner.call(n, *x), args, a.calls))
-        runner.close()
+        for kind in kinds:
+            runner = HookRunner(HOOKS, confinement=kind)
+            t0 = time.perf_counter()
+            runner.call("postprocess_observation", "warm-up")  # starts the worker
+            starts[kind].append((time.perf_counter() - t0) * 1e3)
+            for case, (name, args) in cases.items():
+                if kind == "none":
+                    results[case]["in"].append(per_call_us(in_process[name], args, a.calls))
+                results[case][kind].append(per_call_us(lambda *x, n=name: runner.call(n, *x), args, a.calls))
+            runner.close()
 
-    print(f"hook call cost, median of {a.rounds} rounds x {a.calls} calls "
-          f"(worker in a network namespace: {network_isolated()})")
-    print(f"{'case':40s} {'in process':>12s} {'confined':>12s} {'overhead':>12s}")
+    print(f"hook call cost, median of {a.rounds} rounds x {a.calls} calls")
+    print(f"{'case':40s} {'in process':>12s} {'worker, no OS':>14s} {'worker, OS':>12s} {'OS extra':>10s}")
     for case, r in results.items():
-        base, conf = statistics.median(r["in"]), statistics.median(r["worker"])
-        print(f"{case:40s} {base:9.1f} us {conf:9.1f} us {conf - base:9.1f} us")
-    print(f"worker start-up (first call, incl. RestrictedPython compile): {statistics.median(starts):.0f} ms")
+        base, none, conf = (statistics.median(r[k]) for k in ("in", "none", "os"))
+        print(f"{case:40s} {base:9.1f} us {none:11.1f} us {conf:9.1f} us {conf - none:7.1f} us")
+    print("worker start-up (first call, incl. RestrictedPython compile): "
+          f"{statistics.median(starts['none']):.0f} ms without the OS layer, "
+          f"{statistics.median(starts['os']):.0f} ms under it")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 
 from agent_core.diagnostics import Diagnostics, aggregate
-from agent_core.episode import EpisodeSpec
+from agent_core.episode import EpisodeSpec, HooksConfig
 from agent_core.models.config import ModelConfig
 from agent_core.records import EpisodeSummary
 from agent_core.registry import incumbent_path
@@ -64,6 +64,9 @@ class RunParams(BaseModel):
     runner: RunnerConfig = Field(default_factory=RunnerConfig, description="Where the episodes run: this "
                                  "process's threads, or an existing Dask cluster (`flows.runners`).")
     workspace: str | None = Field(None, description="Workspace: a directory or an fsspec URL (default $AUTOMEM_WORKSPACE or ./automem-runs).")
+    hooks: HooksConfig = Field(default_factory=HooksConfig, description="How scaffold hooks run: "
+                               "`{confinement: os}` (the OS sandbox; refused where it cannot be set up) or "
+                               "`{confinement: none}` (unconfined, recorded in every episode header and report).")
 
     def root(self) -> Path:
         """The local workspace directory (a remote workspace's mirror)."""
@@ -74,7 +77,7 @@ class RunParams(BaseModel):
         """One episode of this run, in its workspace."""
         return EpisodeSpec(game=game, task=task, seed=seed, max_steps=max_steps or self.max_steps,
                            scaffold_dir=scaffold_dir, models=models or self.models, workspace=str(self.root()),
-                           remote=workspace_url(self.workspace))
+                           remote=workspace_url(self.workspace), hooks=self.hooks)
 
 
 class GamesParams(RunParams):
@@ -162,7 +165,21 @@ def run_episodes(specs: list[EpisodeSpec], params: RunParams, label: str = "epis
     if failures:
         raise EpisodesFailed(f"{len(failures)} of {len(specs)} episodes failed (the others are "
                              "kept and a re-run reuses them):\n" + "\n".join(failures))
-    return [results[i] for i in range(len(specs))]
+    summaries = [results[i] for i in range(len(specs))]
+    note = hooks_note(summaries)
+    if note:
+        logger.warning(note.strip())
+    return summaries
+
+
+def hooks_note(summaries: list[EpisodeSummary]) -> str:
+    """A report's warning when scaffold hooks ran without the OS sandbox (the run's explicit
+    choice `hooks: {confinement: none}`); empty otherwise."""
+    unconfined = sum(s.hooks_confinement == "none" for s in summaries)
+    if not unconfined:
+        return ""
+    return (f"**Hooks ran unconfined** in {unconfined} of {len(summaries)} episodes: the run chose "
+            "`hooks: {confinement: none}`, so LLM-written hook code ran without the OS sandbox.\n\n")
 
 
 def publish_rollout_report(summaries: list[EpisodeSummary], diagnostics: list[Diagnostics],
@@ -201,7 +218,8 @@ def summary_markdown(summaries: list[EpisodeSummary], diagnostics: list[Diagnost
     groups: dict[tuple[str, str], list[tuple[EpisodeSummary, Diagnostics]]] = defaultdict(list)
     for s, d in zip(summaries, diagnostics):
         groups[(s.game, s.task)].append((s, d))
-    lines = [f"# {title}", "", "| game | task | episodes | mean progression | sd | growth chars/step | "
+    lines = [f"# {title}", "", *([hooks_note(summaries)] if hooks_note(summaries) else []),
+             "| game | task | episodes | mean progression | sd | growth chars/step | "
              "write/search | look-ups used | writes after look-up | distinct actions/episode | invalid-op rate | "
              "tokens |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (game, task), items in sorted(groups.items()):

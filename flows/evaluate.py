@@ -23,7 +23,7 @@ from agent_core.plots import bars_with_intervals, lines, write_report
 from agent_core.records import EpisodeSummary
 from agent_core.registry import incumbent_path
 from agent_core.scaffold import BUILTIN_DIR, Scaffold, ScaffoldError
-from flows.common import GamesParams, run_episodes, sync
+from flows.common import GamesParams, hooks_note, run_episodes, sync
 from tasks.archive import archive_traces, diagnose_traces
 
 
@@ -125,7 +125,7 @@ def evaluate(params: EvaluateParams) -> dict:
                              {label: s["memory_chars"] for label, s in series.items()}, "step", "memory characters"))
         figures.append(lines(f"curve-{game}.png", f"{game}: progression over the episode",
                              {label: s["progression"] for label, s in series.items()}, "step", "progression"))
-    markdown = _markdown(params, budget, games, table, comparisons)
+    markdown = hooks_note(summaries) + _markdown(params, budget, games, table, comparisons)
     from prefect.runtime import flow_run
 
     report = root / "reports" / f"evaluate-{flow_run.get_name() or 'local'}.md"

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from agent_core.hooks import (HOOK_IMPORTS, HOOK_NAMES, HookCodeError, HookError, HookLimits, HookRunner,
+from agent_core.hooks import (HOOK_IMPORTS, HOOK_NAMES, HookCodeError, HookConfinementError, HookError, HookLimits, HookRunner,
                               HookTimeout, check_source)
 from agent_core.scaffold import (REQUIRED_PROMPTS, Scaffold, ScaffoldConfig, ScaffoldError, hash_files,
                                  write_scaffold_files)
@@ -154,7 +154,12 @@ def run_hooks_sandboxed(hooks_path: Path, timeout_s: float = 5.0, memory_mb: int
     check_hook_source(source)
     limits = HookLimits(call_timeout_s=timeout_s, cpu_s=max(1, int(timeout_s)), memory_mb=memory_mb)
     out: dict[str, list] = {}
-    with HookRunner(source, limits) as runner:
+    try:
+        runner = HookRunner(source, limits)  # always confined here: a candidate is checked fail-closed
+    except HookConfinementError as exc:
+        raise CandidateError(f"hooks.py cannot be checked on this machine ({exc}); a revision without "
+                             "hooks.py can") from None
+    with runner:
         calls = [("postprocess_observation", [o]) for o in SAMPLE_INPUTS["observations"]]
         calls += [("validate_write", w) for w in SAMPLE_INPUTS["writes"]]
         for name, args in calls:
@@ -206,10 +211,7 @@ def validate_candidate(revision: Revision, incumbent: Scaffold, scaffolds_root: 
             raise CandidateError(str(exc)) from exc
         if "hooks.py" in revision.files:
             run_hooks_sandboxed(staging / "hooks.py")
-        try:
-            smoke_episode(candidate, staging / "smoke")
-        finally:
-            candidate.close_hooks()
+        smoke_episode(candidate, staging / "smoke")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     Path(scaffolds_root).mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """Scaffold hooks run confined: RestrictedPython at compile time, vetted module proxies, a
-worker process with limits. The escape corpus must give 0 escapes."""
+worker process with limits under an OS sandbox (Landlock + seccomp, no capabilities) that
+holds for root and fails closed. The escape corpus must give 0 escapes."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pytest
 
 from agent_core.agent import Roles
 from agent_core.episode import run_episode
-from agent_core.hooks import (HookCodeError, HookError, HookLimits, HookRunner, HookTimeout, check_source,
-                              live_workers, network_isolated)
+from agent_core.episode import HooksConfig
+from agent_core.hooks import (SECCOMP_LIBRARY_ENV, HookCodeError, HookConfinementError, HookDisabled, HookError,
+                              HookLimits, HookOutputCut, HookRunner, HookTimeout, check_source, live_workers)
+from agent_core.trace import read_trace
 from agent_core.models.config import RoutineScript
 from agent_core.models.scripted import ScriptedModel
 from agent_core.records import StepRecord
@@ -213,21 +216,185 @@ def test_allowed_modules_work_in_the_worker():
         assert runner.call("validate_write", "append", {"file": "m", "text": "y"}, {"m": "x\n"}) is None
 
 
-def test_worker_runs_with_limits_and_without_network():
+def test_worker_runs_with_limits_and_confined():
     with HookRunner("def postprocess_observation(observation):\n    return observation\n", FAST) as runner:
         assert runner.call("postprocess_observation", "x") == "x"
         pid = runner.pid
         limits = Path(f"/proc/{pid}/limits").read_text()
         rows = {line[:26].strip(): line[26:].split() for line in limits.splitlines()[1:]}
         assert rows["Max file size"][:2] == ["0", "0"]
-        assert rows["Max processes"][:2] == ["0", "0"]
         assert rows["Max address space"][0] == str(FAST.memory_mb * 1024 * 1024)
         assert int(rows["Max cpu time"][0]) <= FAST.cpu_s + 1
-        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-        assert not os.access(cwd, os.W_OK) or cwd.stat().st_mode & 0o222 == 0
-        if network_isolated():  # `unshare --user --net` works on this machine
-            assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        for caps in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+            assert int(status[caps], 16) == 0, caps  # no capabilities, even when we are root
+        assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
     assert not Path(f"/proc/{pid}").exists()  # stopped and reaped
+
+
+#: plain Python (the RestrictedPython guard off) trying what the OS layer must refuse; each
+#: attempt reports "refused ..." or "DONE ..."
+OS_PROBE = """
+import ctypes, json, os, resource, socket, subprocess
+D = {dir!r}
+
+def attempt(fn):
+    try:
+        return "DONE " + repr(fn())[:80]
+    except BaseException as exc:
+        return "refused " + type(exc).__name__ + ": " + str(exc)[:80]
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    return pid
+
+def raw_socket():  # socket(AF_INET, SOCK_STREAM, 0) as a bare system call (x86-64 number)
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(41, 2, 1, 0)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return fd
+
+def connect(kind):
+    s = socket.socket(socket.AF_INET, kind)
+    s.settimeout(1)
+    s.connect(("127.0.0.1", {port}))
+    return s.send(b"escaped")
+
+TRIES = {{
+    "fork": fork,
+    "subprocess": lambda: subprocess.run(["/bin/true"]),
+    "exec": lambda: os.execv("/bin/true", ["/bin/true"]),
+    "write_cwd": lambda: open("written.txt", "w").write("x"),
+    "write_existing": lambda: open(D + "/victim.txt", "w").write("x"),
+    "append_existing": lambda: open(D + "/victim.txt", "a").write("x"),
+    "create": lambda: open(D + "/created.txt", "x").write("x"),
+    "unlink": lambda: os.unlink(D + "/victim.txt"),
+    "rename": lambda: os.rename(D + "/victim.txt", D + "/moved.txt"),
+    "mkdir": lambda: os.mkdir(D + "/made"),
+    "truncate": lambda: os.truncate(D + "/victim.txt", 0),
+    "chmod_scratch": lambda: os.chmod(os.getcwd(), 0o777),
+    "read_secret": lambda: open(D + "/secret.txt").read(),
+    "read_proc": lambda: open("/proc/1/environ").read(),
+    "tcp": lambda: connect(socket.SOCK_STREAM),
+    "udp": lambda: connect(socket.SOCK_DGRAM),
+    "raw_socket_syscall": raw_socket,
+    "signal_parent": lambda: os.kill(os.getppid(), 0),
+    "raise_memory_limit": lambda: resource.setrlimit(resource.RLIMIT_AS, (-1, -1)),
+}}
+SAFE = [k for k in TRIES if k not in ("fork", "subprocess", "exec")]
+
+def postprocess_observation(observation):
+    names = SAFE if observation == "safe" else list(TRIES)
+    return json.dumps({{k: attempt(TRIES[k]) for k in names}})
+"""
+
+
+def _os_probe(tmp_path: Path, confinement: str, which: str) -> tuple[dict[str, str], list[bytes]]:
+    import json
+    import socket
+    import threading
+
+    (tmp_path / "secret.txt").write_text("the secret")
+    (tmp_path / "victim.txt").write_text("intact")
+    os.chmod(tmp_path / "victim.txt", 0o666)
+    received: list[bytes] = []
+    with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        udp.bind(("127.0.0.1", tcp.getsockname()[1]))
+        tcp.settimeout(0.2)
+        udp.settimeout(0.2)
+        stop = threading.Event()
+
+        def listen() -> None:
+            while not stop.is_set():
+                for sock in (tcp, udp):
+                    try:
+                        if sock is tcp:
+                            conn, _ = tcp.accept()
+                            received.append(conn.recv(100))
+                            conn.close()
+                        else:
+                            received.append(udp.recv(100))
+                    except OSError:
+                        pass
+
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        source = OS_PROBE.format(dir=str(tmp_path), port=tcp.getsockname()[1])
+        try:
+            with HookRunner(source, FAST, confinement=confinement, python_guard=False,
+                            preload=("ctypes", "socket", "subprocess", "resource", "encodings.idna")) as runner:
+                report = json.loads(runner.call("postprocess_observation", which))
+        finally:
+            stop.set()
+            thread.join()
+    return report, received
+
+
+def test_the_os_layer_alone_refuses_processes_files_network_and_secrets(tmp_path):
+    """The Python-level guard off: only the OS layer stands, and it holds (as root, as CI runs)."""
+    report, received = _os_probe(tmp_path, "os", "all")
+    assert set(report) >= {"fork", "exec", "write_cwd", "create", "unlink", "rename", "mkdir", "chmod_scratch",
+                           "tcp", "udp", "read_secret"}
+    done = {k: v for k, v in report.items() if not v.startswith("refused")}
+    assert done == {}
+    assert received == []  # nothing reached our listeners
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.txt", "victim.txt"]
+    assert (tmp_path / "victim.txt").read_text() == "intact"
+
+
+def test_the_os_probe_sees_an_unconfined_worker_escape(tmp_path):
+    """The same probe without the OS layer: the attempts go through, so the test above can fail."""
+    report, received = _os_probe(tmp_path, "none", "safe")
+    assert report["read_secret"] == "DONE 'the secret'"
+    assert report["create"].startswith("DONE") and report["tcp"].startswith("DONE")
+    assert b"escaped" in received
+    assert (tmp_path / "created.txt").exists()
+
+
+def test_hooks_are_refused_where_the_os_layer_cannot_be_set_up(tmp_path, monkeypatch):
+    monkeypatch.setenv(SECCOMP_LIBRARY_ENV, str(tmp_path / "no-libseccomp.so"))
+    with pytest.raises(HookConfinementError, match="libseccomp could not be loaded.*apt-get install libseccomp2.*"
+                                                   "confinement: none"):
+        HookRunner("def validate_write(op, args, files):\n    return None\n")
+    hooks = "def postprocess_observation(observation):\n    return '[hooked] ' + observation\n"
+    with pytest.raises(HookConfinementError, match="libseccomp could not be loaded"):
+        _episode(tmp_path, hooks)
+    assert not (tmp_path / "ep").exists()  # refused before anything was written
+    # the run's explicit choice: hooks run unconfined, and the header and summary say so
+    steps, model = _episode(tmp_path / "chosen", hooks, hooks_config=HooksConfig(confinement="none"))
+    assert any("[hooked] " in m.content for call in model.calls for m in call)
+    trace = read_trace(tmp_path / "chosen" / "ep" / "trace.jsonl")
+    assert trace.header.hooks_confinement == "none" and trace.summary.hooks_confinement == "none"
+
+
+def test_hook_output_is_capped_and_the_cut_is_an_error(tmp_path):
+    big = "def postprocess_observation(observation):\n    return observation * 100000\n"
+    with HookRunner(big, FAST) as runner:
+        with pytest.raises(HookOutputCut, match=f"returned 200000 characters; at most {FAST.max_output_chars}") as exc:
+            runner.call("postprocess_observation", "ab")
+        assert exc.value.value == "ab" * (FAST.max_output_chars // 2)
+    steps, model = _episode(tmp_path, big, steps=1)
+    assert "the output was cut" in steps[0].hook_errors[0]
+    longest = max(len(m.content) for call in model.calls for m in call)
+    assert HookLimits().max_output_chars <= longest < HookLimits().max_output_chars + 20_000
+
+
+def test_a_hook_that_keeps_timing_out_is_disabled():
+    hang = "def postprocess_observation(observation):\n    while True:\n        pass\n"
+    limits = HookLimits(call_timeout_s=0.5, cpu_s=1, memory_mb=256, max_timeouts=2)
+    with HookRunner(hang, limits) as runner:
+        for _ in range(2):
+            with pytest.raises(HookTimeout):
+                runner.call("postprocess_observation", "x")
+        started = time.monotonic()
+        with pytest.raises(HookDisabled, match="disabled for the rest of the episode: it timed out 2 times"):
+            runner.call("postprocess_observation", "x")
+        assert time.monotonic() - started < 0.1 and runner.pid is None  # no worker started for it
 
 
 def test_a_hanging_hook_is_killed_and_the_next_call_starts_fresh():
@@ -266,18 +433,18 @@ def test_wrong_return_types_and_raising_hooks_are_errors():
             runner.call("validate_write", "append", {}, {})
 
 
-def _episode(tmp_path: Path, hooks: str, steps: int = 2) -> tuple[list[StepRecord], ScriptedModel]:
+def _episode(tmp_path: Path, hooks: str, steps: int = 2, seed: int = 0,
+             hooks_config: HooksConfig | None = None) -> tuple[list[StepRecord], ScriptedModel]:
     src = Scaffold.builtin("tiny")
-    src.write_copy(tmp_path / "scaffold")
-    (tmp_path / "scaffold" / "hooks.py").write_text(hooks)
+    if not (tmp_path / "scaffold").exists():
+        src.write_copy(tmp_path / "scaffold")
+        (tmp_path / "scaffold" / "hooks.py").write_text(hooks)
     scaffold = Scaffold(tmp_path / "scaffold")  # not Scaffold.load: no cached instance outlives the test
     model = ScriptedModel(RoutineScript().reply)
     steps_seen: list[StepRecord] = []
-    try:
-        run_episode(make_env("tiny"), scaffold, Roles(memory=model), seed=0, max_steps=steps,
-                    out_dir=tmp_path / "ep", on_step=steps_seen.append)
-    finally:
-        scaffold.close_hooks()
+    run_episode(make_env("tiny"), scaffold, Roles(memory=model), seed=seed, max_steps=steps,
+                out_dir=tmp_path / ("ep" if seed == 0 else f"ep{seed}"), on_step=steps_seen.append,
+                hooks=hooks_config)
     return steps_seen, model
 
 
@@ -293,14 +460,29 @@ def test_valid_hooks_work_in_an_episode(tmp_path):
     assert refused and all(not op.ok and op.result == "refused by the hook: no saw" for op in refused)
 
 
-def test_a_hanging_hook_is_recorded_and_the_episode_goes_on(tmp_path):
+def test_a_hanging_hook_is_recorded_then_disabled_and_the_episode_goes_on(tmp_path):
     hooks = "def postprocess_observation(observation):\n    while True:\n        pass\n"
+    limits = HookLimits()
     started = time.monotonic()
-    steps, _ = _episode(tmp_path, hooks)
-    assert len(steps) == 2
-    for s in steps:
+    steps, _ = _episode(tmp_path, hooks, steps=limits.max_timeouts + 2)
+    assert len(steps) == limits.max_timeouts + 2
+    for s in steps[:limits.max_timeouts]:
         assert len(s.hook_errors) == 1 and "did not finish within" in s.hook_errors[0]
-    assert time.monotonic() - started < 2 * (HookLimits().call_timeout_s + 3)
+    for s in steps[limits.max_timeouts:]:
+        assert len(s.hook_errors) == 1 and "disabled for the rest of the episode" in s.hook_errors[0]
+    assert time.monotonic() - started < limits.max_timeouts * (limits.call_timeout_s + 2) + 5
+
+
+def test_hook_state_never_crosses_episodes(tmp_path):
+    """One worker per episode: a hook's module state starts afresh in every episode."""
+    hooks = ("SEEN = []\ndef postprocess_observation(observation):\n    SEEN.append(1)\n"
+             "    return f'[call {len(SEEN)}] ' + observation\n")
+    firsts = []
+    for seed in (0, 1):
+        steps, model = _episode(tmp_path, hooks, steps=2, seed=seed)
+        firsts.append(sorted({m.content.split("[call ")[1].split("]")[0] for call in model.calls for m in call
+                              if "[call " in m.content}))
+    assert firsts == [["1", "2"], ["1", "2"]]  # each episode's hook counted from its own first call
 
 
 def test_a_crashing_hook_is_recorded_and_the_write_goes_on(tmp_path):
@@ -316,11 +498,10 @@ def test_scaffold_hooks_keep_their_signatures(tmp_path):
     Scaffold.builtin("tiny").write_copy(tmp_path / "s")
     (tmp_path / "s" / "hooks.py").write_text("def validate_write(op, args, files):\n    return None\n")
     scaffold = Scaffold(tmp_path / "s")
-    try:
-        assert scaffold.hook("postprocess_observation") is None  # not defined: no hook, no worker
-        assert scaffold.hooks.pid is None
-        validate = scaffold.hook("validate_write")
+    with scaffold.hook_runner() as runner:
+        assert runner.function("postprocess_observation") is None  # not defined: no hook, no worker
+        assert runner.pid is None
+        validate = runner.function("validate_write")
         assert list(inspect.signature(validate).parameters) == ["op", "args", "files"]
         assert validate("append", {"file": "a", "text": "x"}, {"a": ""}) is None
-    finally:
-        scaffold.close_hooks()
+    assert scaffold.hook_runner() is not scaffold.hook_runner()  # a fresh runner for every episode

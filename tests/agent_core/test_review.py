@@ -170,8 +170,8 @@ def test_valid_hooks_pass_and_run(tmp_path):
                              "    if op == 'append' and args.get('text', '') in files.get(args.get('file', ''), ''):\n"
                              "        return 'duplicate: already in the file'\n    return None\n")
     cand = validate_candidate(rev, inc, tmp_path / "store")
-    assert cand.hook("validate_write")("append", {"file": "a", "text": "x"}, {"a": "x"}).startswith("duplicate")
-    cand.close_hooks()
+    with cand.hook_runner() as runner:
+        assert runner.call("validate_write", "append", {"file": "a", "text": "x"}, {"a": "x"}).startswith("duplicate")
 
 
 def test_rejections_are_fed_back_and_attempts_kept(tmp_path, incumbent_traces):

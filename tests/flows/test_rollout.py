@@ -119,3 +119,17 @@ def test_a_failing_episode_keeps_the_others(tmp_path):
         batch()
     finished = [read_trace(t) for t in (tmp_path / "ws" / "episodes").glob("*/*/trace.jsonl")]
     assert sorted(t.header.seed for t in finished if t.complete) == [0, 2]
+
+
+def test_unconfined_hooks_are_the_runs_choice_and_the_report_says_so(tmp_path):
+    scaffold = tmp_path / "hooked"
+    Scaffold.builtin("tiny").write_copy(scaffold)
+    (scaffold / "hooks.py").write_text("def postprocess_observation(observation):\n    return observation\n")
+    confined = rollout(params(tmp_path / "ws", seeds=(0,), scaffold=str(scaffold)))
+    assert [e["hooks_confinement"] for e in confined["episodes"]] == ["os"]
+    assert "unconfined" not in Path(confined["report"]).read_text()
+    chosen = rollout(params(tmp_path / "ws2", seeds=(0,), scaffold=str(scaffold), hooks={"confinement": "none"}))
+    assert [e["hooks_confinement"] for e in chosen["episodes"]] == ["none"]
+    assert "**Hooks ran unconfined** in 1 of 1 episodes" in Path(chosen["report"]).read_text()
+    with pytest.raises(ValidationError, match="'os' or 'none'"):
+        params(tmp_path / "ws3", hooks={"confinement": "off"})
