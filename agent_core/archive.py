@@ -173,19 +173,30 @@ def _write_atomic(table: pa.Table, dest: Path) -> None:
     atomic_write(dest, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
-def connect(root: Path | str, *, sandbox: bool = True):
+#: DuckDB's own limits on a sandboxed connection (the settings below are those of the pinned
+#: DuckDB version; pyproject pins it because the sandbox relies on them)
+SQL_MEMORY_MB = 512
+SQL_THREADS = 2
+
+
+def connect(root: Path | str, *, sandbox: bool = True, memory_mb: int = SQL_MEMORY_MB, threads: int = SQL_THREADS):
     """A DuckDB connection with one view per archive table (`episodes`, `steps`, `calls`,
     `memory_ops`, `meta_calls`), partition columns included.
 
-    With `sandbox` (the default), file access is limited to the archive and the
-    configuration is locked, so SQL cannot read other files or re-enable access. (Writes
-    inside the archive are still possible at this level: `run_query` accepts only a single
-    read-only statement.)"""
+    With `sandbox` (the default), file access is limited to the archive, DuckDB may use at
+    most `memory_mb` of memory and `threads` threads, spills nowhere (no temp directory: a
+    query that does not fit fails; DuckDB would otherwise add its temp directory,
+    `<cwd>/.tmp`, to the allowed directories), and the configuration is locked, so SQL
+    cannot read other files or lift a limit. (Writes inside the archive are still possible
+    at this level: `run_query` accepts only a single read-only statement.)"""
     import duckdb
 
     root = Path(root).resolve()
     con = duckdb.connect(":memory:")
     if sandbox:
+        con.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
+        con.execute(f"SET threads = {int(threads)}")
+        con.execute("SET temp_directory = ''")
         con.execute("SET allowed_directories = [?]", [str(root) + os.sep])
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -205,14 +216,17 @@ class QueryError(ValueError):
     pass
 
 
-def run_query(root: Path | str, sql: str, timeout_s: float = 30.0):
-    """Run one read-only SQL statement over the archive, sandboxed and time-limited.
-    Returns a pyarrow Table."""
+def run_query(root: Path | str, sql: str, timeout_s: float = 30.0, max_rows: int | None = None,
+              memory_mb: int = SQL_MEMORY_MB):
+    """Run one read-only SQL statement over the archive, sandboxed, time- and memory-limited.
+    Returns a pyarrow Table of at most `max_rows` rows: the cap is a limit on DuckDB's
+    relation, not text around the query (which a trailing comment could remove), so no more
+    rows than that are ever produced."""
     import threading
 
     import duckdb
 
-    con = connect(root, sandbox=True)
+    con = connect(root, sandbox=True, memory_mb=memory_mb)
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
@@ -223,7 +237,8 @@ def run_query(root: Path | str, sql: str, timeout_s: float = 30.0):
     timer = threading.Timer(timeout_s, con.interrupt)
     timer.start()
     try:
-        return con.sql(sql).to_arrow_table()
+        relation = con.sql(sql)
+        return (relation.limit(max_rows) if max_rows is not None else relation).to_arrow_table()
     except duckdb.InterruptException:
         raise QueryError(f"query exceeded its time limit of {timeout_s:g} s") from None
     except duckdb.Error as exc:

@@ -4,8 +4,9 @@ pydantic model (one definition: the schema the model sees and the check its call
 
 - `sql(query)`: one read-only SELECT over the archive's tables (episodes, steps, calls,
   memory_ops, and meta_calls: the meta-LLM's ledger) (`archive.run_query`: DuckDB
-  with external access off, files limited to the archive, configuration locked), rows and
-  characters capped.
+  with external access off, files limited to the archive, memory, threads and time limited,
+  no temp directory, configuration locked), rows capped on DuckDB's relation (a comment in
+  the query cannot lift the cap) and characters capped.
 - `trace(episode, from_step, to_step, offset)`: one episode's steps in full (observation,
   every model call's new messages and reply, op results), paged under a character cap.
 - `grep(pattern, fields, episode, max_hits)`: a regular expression over traces, hits with
@@ -13,7 +14,8 @@ pydantic model (one definition: the schema the model sees and the check its call
 - `memory_at(episode, step, file)`, `memory_diff(episode, step_a, step_b)`: the memory
   directory after a step, rebuilt by replaying the recorded successful writes on the
   scaffold's initial files (and checked against the recorded size).
-- `read_file(path)`: the incumbent scaffold's files and the agent's code, nothing else.
+- `read_file(path)`: the incumbent scaffold's files and the agent's code (`agent_core/`), not the
+  games' code (their generators and solutions), nothing else.
 - `submit_revision(...)` (reviewer), `submit_program(...)` (curator): the proposal, checked
   by today's validation; a rejection is the tool's result, so the agent can fix it.
 
@@ -41,7 +43,7 @@ from agent_core.scaffold import WRITE_OPS, Scaffold
 #: the project's root: the folder holding the `agent_core` package
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: folders of the agent's code `read_file` may show, and the kinds of file it shows there
-CODE_DIRS = ("agent_core", "environments")
+CODE_DIRS = ("agent_core",)
 CODE_SUFFIXES = frozenset({".py", ".jinja", ".yaml", ".md", ".txt"})
 
 
@@ -55,6 +57,7 @@ class ToolCaps(BaseModel):
     max_hits: int = Field(30, ge=1, le=1_000, description="Most grep hits per call.")
     max_window: int = Field(50, ge=1, le=2_000, description="Most steps one trace call renders.")
     sql_timeout_s: float = Field(10.0, gt=0, le=600, description="Time limit of one sql query.")
+    sql_memory_mb: int = Field(128, ge=32, le=65_536, description="DuckDB memory limit of one sql query (MB).")
 
 
 class ToolResult(BaseModel):
@@ -121,7 +124,7 @@ class MemoryDiffArgs(_Args):
 
 class ReadFileArgs(_Args):
     path: str = Field(max_length=300, description="A scaffold file (scaffold.yaml, prompts/<name>.jinja, hooks.py) or a "
-                      "path of the agent's code under agent_core/ or environments/ (a folder lists its files).")
+                      "path of the agent's code under agent_core/ (a folder lists its files; the games' code is not shown).")
     offset: int = Field(0, ge=0, description="Character offset (paging).")
 
 
@@ -310,11 +313,10 @@ class Toolbox:
     # -- sql -------------------------------------------------------------------------------
 
     def sql(self, args: SqlArgs) -> str:
-        # wrapped so no more rows than can be shown are materialised; anything but one query
-        # no longer parses, and run_query refuses what is not one SELECT
-        query = args.query.strip().rstrip(";").strip()
-        table = run_query(self.archive_root, f"SELECT * FROM ({query}) AS q LIMIT {self.caps.max_rows + 1}",
-                          timeout_s=self.caps.sql_timeout_s)
+        # run_query refuses what is not one SELECT, and caps the rows on DuckDB's relation (one
+        # more than can be shown, to tell that more exist) within the tool's memory limit
+        table = run_query(self.archive_root, args.query, timeout_s=self.caps.sql_timeout_s,
+                          max_rows=self.caps.max_rows + 1, memory_mb=self.caps.sql_memory_mb)
         names = table.column_names
         more = table.num_rows > self.caps.max_rows
         rows = table.slice(0, self.caps.max_rows).to_pylist()

@@ -80,6 +80,58 @@ def test_sql_refuses_files_writes_and_attach(box, query):
     assert box.call("sql", {"query": "select count(*) as n from steps"}).content.splitlines()[1] == "12"
 
 
+#: run in a fresh process: the sql tool's result and the process's peak RSS (MB) around it
+RSS_PROBE = """
+import resource, sys
+from pathlib import Path
+from agent_core.review.tools import ReviewerToolbox
+from agent_core.scaffold import Scaffold
+box = ReviewerToolbox(Path(sys.argv[1]), Scaffold.builtin("tiny"), Path(sys.argv[2]))
+box.caps.max_rows = 50
+r = box.call("sql", {"query": sys.argv[3]})
+print(int(r.ok), len(r.content.splitlines()) - 2, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.parametrize("query, answers", [
+    ("select repeat('x', 10000) s from range(100000) --", True),
+    ("select * from (select repeat('x', 10000) s from range(100000)) as q --", True),
+    ("select s from (select repeat('x', 10000) s from range(100000)) limit 1000000 -- a cap of its own", True),
+    # a sort of the whole gigabyte cannot stream: DuckDB's memory limit stops it
+    ("select repeat('x', 10000) || i s from range(100000) t(i) order by s limit 1000000 --", False),
+])
+def test_sql_row_cap_cannot_be_commented_away_and_memory_stays_small(store, tmp_path, query, answers):
+    import subprocess
+    import sys
+
+    root, _, _ = store
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(root / "archive"), str(tmp_path), query],
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    ok, rows, peak_mb = map(int, out)
+    assert ok == answers
+    if ok:
+        assert rows <= 50  # at most the cap (rows shown also stop at the character cap)
+    # the whole result is 1 GB; a streamed, capped query stays near the interpreter's ~85 MB, a
+    # query that must hold everything stops at DuckDB's limit (128 MB) plus that and its own working set
+    assert peak_mb < (200 if answers else 300), f"peak RSS {peak_mb} MB"
+
+
+def test_sql_runs_under_duckdbs_limits_and_reads_no_temp_directory(box, tmp_path, monkeypatch):
+    limits = box.call("sql", {"query": "select current_setting('memory_limit') m, current_setting('threads') t, "
+                                       "current_setting('temp_directory') d"})
+    assert limits.ok and limits.content.splitlines()[1].split("\t") == ["122.0 MiB", "2", ""]
+    assert not box.call("sql", {"query": "select 1; SET memory_limit = '10GB'"}).ok
+    # DuckDB's default temp directory, <cwd>/.tmp, would be an allowed directory
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "secret.txt").write_text("planted secret")
+    for path in (".tmp/secret.txt", str(tmp_path / ".tmp" / "secret.txt")):
+        r = box.call("sql", {"query": f"select content from read_text('{path}')"})
+        assert not r.ok and "planted secret" not in r.content
+    too_big = box.call("sql", {"query": "select list(repeat('x', 1000)) from range(1000000)"})
+    assert not too_big.ok and "memory" in too_big.content.lower()
+
+
 def test_trace_shows_full_calls_and_ops_and_pages(box, store):
     _, _, traces = store
     t = traces[0]
@@ -133,7 +185,8 @@ def test_memory_at_replays_to_the_final_memory_and_diffs(box, store):
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "../../etc/passwd", "agent_core/../../etc/passwd",
-                                  "tests/conftest.py", ".venv/pyvenv.cfg", "pyproject.toml"])
+                                  "tests/conftest.py", ".venv/pyvenv.cfg", "pyproject.toml",
+                                  "environments/tiny.py", "environments"])
 def test_read_file_refuses_outside_scaffold_and_code(box, path):
     r = box.call("read_file", {"path": path})
     assert not r.ok and ("outside what you may read" in r.content or "no readable file" in r.content)
