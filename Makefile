@@ -7,12 +7,12 @@ MODEL  := $(MODELS)/smollm2-135m-instruct/config.json
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: run test install model chromium deploy stop bench clean
+.PHONY: run test install model chromium sandbox deploy stop bench clean
 
-run: install model
+run: install model sandbox
 	$(BIN)/automem run
 
-test: install model chromium
+test: install model chromium sandbox
 	$(BIN)/python -m pytest -q
 
 # The UI check in the suite needs a headless browser (Debian's chromium).
@@ -21,8 +21,15 @@ chromium:
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; } || \
 	  { echo "install Debian's 'chromium' package (needed by the UI test)"; exit 1; }
 
+# Scaffold hooks run under Landlock + seccomp (agent_core/hooks.py): the seccomp filter is
+# built with Debian's libseccomp2 (present on most systems; installed here when missing).
+sandbox:
+	@ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q libseccomp2; } || \
+	  { echo "install Debian's 'libseccomp2' package (hooks run only confined)"; exit 1; }
+
 # Local Prefect stack: server (UI on :4200), process work pool, deployments, a worker.
-deploy: install model
+deploy: install model sandbox
 	deployments/stack.sh server
 	deployments/stack.sh deploy
 	deployments/stack.sh worker

@@ -137,6 +137,12 @@ ESCAPES: dict[str, str] = {
     "top_level_loop": "while True:\n    pass\ndef postprocess_observation(observation):\n    return 'ESCAPED'\n",
     "top_level_call": "X = [0] * (10 ** 10)\ndef postprocess_observation(observation):\n    return 'ESCAPED'\n",
     "print_flood": hook("for i in range(10 ** 9):\n    print('x' * 1000)"),
+    # the OS layer's targets, reached through the Python layer (issue 25's attempts)
+    "chmod_scratch": hook("os.chmod('.', 0o777)\nopen('{S}', 'w')\nreturn 'ESCAPED'", "import os"),
+    "output_flood": "def postprocess_observation(observation):\n    return 'x' * (8 * 10 ** 6)\n",
+    "refusal_flood": "def validate_write(op, args, files):\n    return 'x' * (8 * 10 ** 6)\n",
+    "getattr_resource": hook("getattr(math, 'sys').modules['resource']\nreturn 'ESCAPED'", "import math"),
+    "json_codecs_open": hook("json.codecs.open('{S}', 'w')\nreturn 'ESCAPED'", "import json"),
 }
 
 
