@@ -261,9 +261,9 @@ class MemoryAgent:
     def _apply(self, routine: Routine, cfg: RoutineConfig, cmd: Command, call_id: str) -> MemoryOp:
         hook_error = None
 
-        def record(ok: bool, result: str, delta: int = 0, duplicate: bool = False) -> MemoryOp:
-            return MemoryOp(call_id=call_id, routine=routine, op=cmd.op, args=cmd.args, ok=ok,
-                            result=result, delta_chars=delta, duplicate=duplicate, hook_error=hook_error)
+        def record(ok: bool, result: str, delta: int = 0, duplicate: bool = False, empty: bool = False) -> MemoryOp:
+            return MemoryOp(call_id=call_id, routine=routine, op=cmd.op, args=cmd.args, ok=ok, result=result,
+                            delta_chars=delta, duplicate=duplicate, empty=empty, hook_error=hook_error)
 
         if cmd.op not in cfg.allowed_ops:
             allowed = ", ".join(o.upper() for o in cfg.allowed_ops)
@@ -273,7 +273,8 @@ class MemoryAgent:
             return record(False, f"{cmd.args['file']} is a keyed table: use UPSERT (one line per key), not APPEND.")
         if cmd.op in WRITE_OPS and cfg.consult_before_write and not self._consulted:
             return record(False, f"{cmd.op.upper()} refused: SEARCH or READ memory before writing "
-                                 "(this scaffold requires a look-up first, to avoid duplicates).")
+                                 "(this scaffold requires a look-up first, to avoid duplicates; one that "
+                                 "finds nothing counts: it shows the text is not there yet).")
         if cmd.op in WRITE_OPS:
             if self._validate_write:
                 try:
@@ -288,8 +289,10 @@ class MemoryAgent:
                     return record(False, str(refusal))
             duplicate = _is_duplicate(self.memory, cmd)
         res = self.memory.apply(cmd.op, cmd.args)
-        self._consulted |= res.ok and cmd.op in CONSULT_OPS  # a failed look-up saw nothing
-        return record(res.ok, res.text, res.delta_chars, duplicate and res.ok)
+        # a failed look-up saw nothing; one that returned nothing (no hits, an empty file) is a
+        # consult all the same, and the refusal says so: it showed the text is not there yet
+        self._consulted |= res.ok and cmd.op in CONSULT_OPS
+        return record(res.ok, res.text, res.delta_chars, duplicate and res.ok, res.empty)
 
     def _commit_action(self, decision: StepDecision) -> str | None:
         """The action role's turn: one world action, with a correction on a bad reply."""

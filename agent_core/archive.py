@@ -63,7 +63,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("step", pa.int64()), ("op_index", pa.int64()), ("call_id", pa.string()),
         ("routine", pa.string()), ("op", pa.string()), ("args", pa.map_(pa.string(), pa.string())),
         ("ok", pa.bool_()), ("result", pa.string()), ("delta_chars", pa.int64()),
-        ("duplicate", pa.bool_()), ("hook_error", pa.string())]),
+        ("duplicate", pa.bool_()), ("empty", pa.bool_()), ("hook_error", pa.string())]),
     # one row per meta-LLM call of an agentic review or curation: the ledger's entry
     # (`review.agentic.CallUsage`, `call` as call_index) and what the run belongs to;
     # game/scaffold_hash: the reviewed incumbent's, or the curated pool's scaffold

@@ -15,12 +15,15 @@ steps (`aggregate`; `sql_aggregate` is the same over the archive's `episodes` co
 which `agent_core.archive` fills from `diagnose`). Every report, the nightly history,
 `evaluate`, the archive and the plots use these.
 
-What memory did (per episode, `memory_use`): a look-up *reached a decision* when its result
-stood in the context of a later model call of the same step whose reply wrote memory
-successfully or committed the world action (by call order in `StepRecord.calls`; a look-up
-whose result came back after the same reply's writes did not reach them); a write *followed a
-look-up* when an earlier call of its step made a successful look-up whose result it saw.
-Look-ups here are READ, TAIL, SEARCH and LIST that succeeded.
+What memory did (per episode, `memory_use`): a look-up was *used* when it returned something
+and its result stood in the context of a later model call of the same step whose reply
+wrote memory successfully or committed the world action (by call order in
+`StepRecord.calls`; a look-up whose result came back after the same reply's writes did not
+reach them); a write *followed a look-up* when an earlier call of its step made a look-up
+that returned something and whose result it saw. Look-ups here are READ, TAIL, SEARCH and
+LIST that succeeded; one that returned nothing (`MemoryOp.empty`: no hits, an empty file, no
+files) is counted as a look-up but never as used, as it does not unlock
+`consult_before_write` either.
 """
 
 from __future__ import annotations
@@ -63,10 +66,11 @@ class MemoryUse(BaseModel):
     """What memory did in one episode (see the module docstring)."""
 
     lookups: int = Field(0, description="Successful READ/TAIL/SEARCH/LIST operations.")
-    lookups_used: int = Field(0, description="Successful look-ups whose result stood in the context of a "
-                              "later call of the same step that wrote memory or committed the action.")
+    lookups_used: int = Field(0, description="Look-ups that returned something (successful, not empty) "
+                              "and whose result stood in the context of a later call of the same step "
+                              "that wrote memory or committed the action.")
     writes_after_lookup: int = Field(0, description="Successful writes made by a call that saw the result "
-                                     "of a successful look-up of an earlier call in the same step.")
+                                     "of a look-up that returned something, of an earlier call in the same step.")
     distinct_actions: int = Field(0, description="Distinct world actions taken (the action text when invalid).")
     distinct_written_texts: int = Field(0, description="Distinct texts written by successful writes.")
 
@@ -104,14 +108,15 @@ def memory_use(steps: list[StepRecord]) -> MemoryUse:
         order = {c.call_id: i for i, c in enumerate(step.calls)}
         decided = _decided(step)
         looked = sorted({order[op.call_id] for op in step.memory_ops
-                         if op.ok and op.op in LOOKUPS and op.call_id in order})
+                         if op.ok and not op.empty and op.op in LOOKUPS and op.call_id in order})
         for op in step.memory_ops:
             i = order.get(op.call_id)
             if not op.ok or i is None:
                 continue
             if op.op in LOOKUPS:
                 lookups += 1
-                used += any(decided[j] and _sees(step.calls[j], step.calls[i]) for j in range(i + 1, len(step.calls)))
+                used += not op.empty and any(decided[j] and _sees(step.calls[j], step.calls[i])
+                                             for j in range(i + 1, len(step.calls)))
             elif op.op in WRITES:
                 written.add(written_text(op))
                 writes_after += any(k < i and _sees(step.calls[i], step.calls[k]) for k in looked)

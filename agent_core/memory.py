@@ -70,6 +70,8 @@ class OpResult:
     text: str
     #: change of total memory size in characters
     delta_chars: int = 0
+    #: a look-up that returned nothing: no hits, an empty file, no files
+    empty: bool = False
 
 
 class _Refusal(Exception):
@@ -421,7 +423,7 @@ class MemoryDir:
         lines = f.split()
         total = len(lines)
         if total == 0:
-            return OpResult(True, f"{n} is empty")
+            return OpResult(True, f"{n} is empty", empty=True)
         s = 1 if s is None else s
         e = total if e is None else min(e, total)
         if s < 1 or s > total:
@@ -453,7 +455,7 @@ class MemoryDir:
         lines = f.split()
         total = len(lines)
         if total == 0:
-            return OpResult(True, f"{name_} is empty")
+            return OpResult(True, f"{name_} is empty", empty=True)
         first = max(1, total - count + 1)
         budget, shown = self._budget(), []
         for no in range(total, first - 1, -1):
@@ -499,7 +501,7 @@ class MemoryDir:
                 break
         shown = _show(q)
         if not hits:
-            return OpResult(True, f"no hits for {shown}")
+            return OpResult(True, f"no hits for {shown}", empty=True)
         text = f"{len(hits)} hits for {shown}:\n" + "\n".join(hits)
         return OpResult(True, text + (f"\n{stopped}" if stopped else ""))
 
@@ -510,7 +512,7 @@ class MemoryDir:
         head = (f"{len(self._files)} files, {self.total_lines} lines, "
                 f"{self._total:,}/{lim.max_total_chars:,} chars")
         if not self._files:
-            return OpResult(True, head)
+            return OpResult(True, head, empty=True)
         budget, rows = self._budget(), []
         for name in sorted(self._files):
             f = self._files[name]

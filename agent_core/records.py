@@ -131,6 +131,9 @@ class MemoryOp(BaseModel):
     delta_chars: int = 0
     #: a write whose text was already present in the file (wasteful logging)
     duplicate: bool = False
+    #: a successful look-up that returned nothing (no hits, an empty file, no files): the
+    #: diagnostics never count it as used (consult_before_write takes it, and says so)
+    empty: bool = False
     #: the scaffold's validate_write hook raised (not a refusal: the operation went on)
     hook_error: str | None = None
 

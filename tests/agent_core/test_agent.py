@@ -244,22 +244,28 @@ def test_kill_mid_episode_keeps_every_played_step(tmp_path):
     assert read_trace(out).complete
 
 
-@pytest.mark.parametrize("lookup, written", [
-    ("<|READ|>no-such-file.md<|END|>", False),  # a failed look-up saw nothing
-    ("<|LIST|>", False),                         # names only, not contents
-    ("<|SEARCH|>hall<|END|>", True),
+@pytest.mark.parametrize("lookup, written, empty", [
+    ("<|READ|>no-such-file.md<|END|>", False, False),  # a failed look-up saw nothing
+    ("<|LIST|>", False, False),                         # names only, not contents
+    ("<|SEARCH|>hall<|END|>", True, False),             # a hit in map.md
+    ("<|READ|>map.md<|END|>", True, False),
+    # no hits, an empty file: it returned nothing, which still shows the text is not there yet
+    # (the refusal says so); the record says it was empty, and the diagnostics never count it used
+    ("<|SEARCH|>no such words<|END|>", True, True),
+    ("<|READ|>progress.md<|END|>", True, True),
 ])
-def test_consult_before_write(tmp_path, lookup, written):
+def test_consult_before_write(tmp_path, lookup, written, empty):
     import yaml
 
-    root = Scaffold.builtin("tiny").write_copy(tmp_path / "s")
+    root = _seeded(tmp_path, {"map.md": "a hall with a door"}).root
     cfg = yaml.safe_load((root / "scaffold.yaml").read_text())
     cfg["log"]["consult_before_write"] = True
     (root / "scaffold.yaml").write_text(yaml.safe_dump(cfg))
     model = ScriptedModel(by_turn(log=lookup, log_more="<|APPEND|>progress.md|noted<|END|><|DONE|>"))
     _, trace = play(tmp_path, Roles(memory=model), steps=1, scaffold=Scaffold(root))
-    append = next(op for op in trace.steps[0].memory_ops if op.op == "append")
-    assert append.ok is written
+    looked, append = trace.steps[0].memory_ops[:2]
+    assert append.op == "append" and append.ok is written
+    assert looked.empty is empty  # the record says the look-up returned nothing
     assert ("noted" in (tmp_path / "ep" / "memory" / "progress.md").read_text()) is written
 
 

@@ -30,9 +30,9 @@ class Log:
         return c
 
 
-def op(call: ModelCall, name: str, ok: bool = True, delta: int = 0, **args: str) -> MemoryOp:
+def op(call: ModelCall, name: str, ok: bool = True, delta: int = 0, empty: bool = False, **args: str) -> MemoryOp:
     return MemoryOp(call_id=call.call_id, routine=call.routine, op=name, args=args, ok=ok, result="r",
-                    delta_chars=delta)
+                    delta_chars=delta, empty=empty)
 
 
 def step(n: int, calls: list[ModelCall], ops: list[MemoryOp], action: str = "east", source: str = "model",
@@ -88,6 +88,36 @@ def test_a_result_outside_the_later_call_window_did_not_reach_it():
     use = memory_use([step(0, [search, write], [op(search, "search"), op(write, "append", file="a.md", text="x")],
                            source="default")])
     assert use.lookups_used == 0 and use.writes_after_lookup == 0
+
+
+@pytest.mark.parametrize("name, args", [("search", {"query": "key"}), ("read", {"file": "map.md"}),
+                                        ("tail", {"file": "map.md"}), ("list", {})])
+def test_a_look_up_that_returned_nothing_is_never_used(name, args):
+    for empty in (False, True):
+        # seen by a call that writes
+        log = Log()
+        look = log.call("<|LOOKUP|>")
+        write = log.call("<|APPEND|>a.md|x<|END|><|DONE|>")
+        use = memory_use([step(0, [look, write], [op(look, name, empty=empty, **args),
+                                                  op(write, "append", file="a.md", text="x")], source="default")])
+        assert (use.lookups, use.lookups_used, use.writes_after_lookup) == (1, int(not empty), int(not empty))
+        # seen by the call that commits the action
+        log = Log()
+        look = log.call("<|LOOKUP|>", routine="plan")
+        act = log.call("<|ACTION|>east<|END|>", routine="plan", role="action", results=False)
+        use = memory_use([step(0, [look, act], [op(look, name, empty=empty, **args)])])
+        assert (use.lookups, use.lookups_used) == (1, int(not empty))
+
+
+def test_one_used_look_up_among_empty_ones():
+    log = Log()
+    miss = log.call("<|SEARCH|>door<|END|>")
+    hit = log.call("<|SEARCH|>key<|END|>")
+    write = log.call("<|UPSERT|>map.md|key|hall<|END|><|DONE|>")
+    ops = [op(miss, "search", empty=True, query="door"), op(hit, "search", query="key"),
+           op(write, "upsert", file="map.md", key="key", value="hall")]
+    use = memory_use([step(0, [miss, hit, write], ops, source="default")])
+    assert (use.lookups, use.lookups_used, use.writes_after_lookup) == (2, 1, 1)
 
 
 def test_distinct_actions_and_written_texts():

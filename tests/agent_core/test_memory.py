@@ -418,3 +418,16 @@ def test_five_thousand_line_memory_stays_fast(tmp_path: Path) -> None:
         m.list()
     assert time.perf_counter() - t < 5.0  # ~0.5 ms per step measured; generous bound
     assert m.search("(42,3)").text.splitlines()[1] == "f3.md:43: (42,3) seen tree 0"
+
+
+def test_look_ups_that_return_nothing_say_so(mem):
+    assert mem.apply("list", {}).empty  # no files
+    assert mem.apply("create", {"file": "a.md", "text": ""}).ok
+    for op, args in (("read", {"file": "a.md"}), ("tail", {"file": "a.md"}), ("search", {"query": "key"})):
+        res = mem.apply(op, args)
+        assert res.ok and res.empty, op
+    assert mem.apply("append", {"file": "a.md", "text": "the key is here"}).ok
+    for op, args in (("read", {"file": "a.md"}), ("tail", {"file": "a.md"}), ("search", {"query": "key"}),
+                     ("list", {})):
+        res = mem.apply(op, args)
+        assert res.ok and not res.empty, op
