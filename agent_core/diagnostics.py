@@ -22,8 +22,7 @@ wrote memory successfully or committed the world action (by call order in
 reach them); a write *followed a look-up* when an earlier call of its step made a look-up
 that returned something and whose result it saw. Look-ups here are READ, TAIL, SEARCH and
 LIST that succeeded; one that returned nothing (`MemoryOp.empty`: no hits, an empty file, no
-files) is counted as a look-up but never as used, as it does not unlock
-`consult_before_write` either.
+files) is counted as a look-up but never as used.
 """
 
 from __future__ import annotations
