@@ -228,6 +228,9 @@ def play(spec: EpisodeSpec, on_step: Callable[[StepRecord], None] | None = None)
                               spec.max_steps, out, on_step, hooks=spec.hooks)
     finally:
         env.close()
+    if summary.episode_id != out.name:  # the cache would never find it: a bug, said at once
+        raise RuntimeError(f"episode {summary.episode_id} was played in the folder of key {out.name}: "
+                           "EpisodeSpec.key and run_episode must derive the same key")
     if spec.remote:
         RemoteWorkspace(spec.remote, Path(spec.workspace)).push(out)
     return summary

@@ -110,40 +110,47 @@ def play(
     device: Device = "auto",
     workspace: Workspace = None,
 ) -> None:
-    """Play one episode and print where the trace is and its diagnostics."""
+    """Play one episode and print where the trace is and its diagnostics. The episode's folder
+    is named by its key (the same as its header's, every option included); a finished episode
+    there is reused, not played again."""
     from rich.progress import Progress
 
     from agent_core.diagnostics import diagnose
-    from agent_core.episode import HooksConfig, episode_key, run_episode
+    from agent_core.episode import EpisodeSpec, HooksConfig, finished_summary
+    from agent_core.episode import play as play_episode
     from agent_core.models.base import ModelError
     from agent_core.scaffold import Scaffold, ScaffoldError
     from agent_core.trace import read_trace
-    from agent_core.workspace import episode_dir, workspace_root
+    from agent_core.workspace import workspace_root
 
     game = _make_env(env, task, steps)
+    game.close()  # the names are checked; the episode makes its own
     try:
         sc = Scaffold(scaffold) if scaffold else Scaffold.builtin(game.game)
     except ScaffoldError as exc:
         _fail(str(exc))
     try:
-        hooks = HooksConfig(confinement=hooks_confinement)
         models = _models(base_url, model, max_tokens, constrain, device, specialist, temperature)
         models.check()
-        roles = models.build()
+        spec = EpisodeSpec(game=game.game, task=game.task, seed=seed, max_steps=steps, scaffold_dir=str(sc.root),
+                           models=models, workspace=str(workspace_root(workspace)),
+                           hooks=HooksConfig(confinement=hooks_confinement))
+        out = spec.out_dir()
     except (ValueError, ModelError, OSError) as exc:
         _fail(str(exc))
-    memory_id, action_id = models.ids()
-    key = episode_key(sc.hash, memory_id, action_id, game.game, game.task, seed, steps,
-                      sc.config.model.model_dump(), models.identity(), game.options)
-    out = episode_dir(workspace_root(workspace), game.game, key)
-    with Progress(console=console) as bar:
-        job = bar.add_task(f"{game.game}/{game.task} seed {seed}", total=steps)
-        try:
-            summary = run_episode(game, sc, roles, seed, steps, out, hooks=hooks,
-                                  on_step=lambda r: bar.update(job, advance=1,
-                                                               description=f"step {r.step} {r.action_text[:20]!r} prog {r.progression:.2f}"))
-        except ModelError as exc:
-            _fail(f"{exc}\nthe trace so far is in {out}")
+    summary = finished_summary(spec)
+    if summary is not None:
+        console.print(f"episode {summary.episode_id} already played: reusing it")
+    else:
+        with Progress(console=console) as bar:
+            job = bar.add_task(f"{game.game}/{game.task} seed {seed}", total=steps)
+            try:
+                summary = play_episode(spec, on_step=lambda r: bar.update(
+                    job, advance=1, description=f"step {r.step} {r.action_text[:20]!r} prog {r.progression:.2f}"))
+            except ModelError as exc:
+                _fail(f"{exc}\nthe trace so far is in {out}")
+            except (ValueError, OSError) as exc:
+                _fail(str(exc))
     console.print(f"trace:  {summary.trace_path}\nmemory: {summary.memory_path}")
     _print_diagnostics(diagnose(read_trace(summary.trace_path)).model_dump(exclude={"progression_curve"}))
 

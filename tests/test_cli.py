@@ -112,3 +112,38 @@ def test_sampling_options_out_of_range_fail_before_any_episode(tmp_path):
         out = runner.invoke(app, [*command, "--temperature", "3", "--workspace", str(tmp_path)])
         assert out.exit_code != 0 and "temperature must be between 0 and 2" in out.output, out.output
     assert not (tmp_path / "episodes").exists()
+
+
+def test_play_names_the_folder_by_the_episode_key_with_every_override_and_reuses_a_finished_one(
+        tmp_path, local_model):
+    import json
+    from pathlib import Path
+
+    play = ["play", "--env", "tiny", "--seed", "0", "--steps", "2", "--device", "cpu", "--max-tokens", "24",
+            "--workspace", str(tmp_path)]  # the local model (`local_model` prepares it)
+
+    def episodes() -> dict[str, dict]:
+        """Every episode folder, with its header; none holds a set-aside attempt."""
+        assert not list(tmp_path.glob("episodes/*/*/attempts")), "an episode was set aside"
+        return {t.parent.name: json.loads(t.read_text().split("\n")[0])
+                for t in tmp_path.glob("episodes/tiny/*/trace.jsonl")}
+
+    greedy = runner.invoke(app, play)
+    assert greedy.exit_code == 0, greedy.output
+    [(greedy_id, header)] = episodes().items()
+    assert header["episode_id"] == greedy_id and header["sampling"]["temperature"] == 0.0
+    trace = Path(tmp_path, "episodes", "tiny", greedy_id, "trace.jsonl")
+    before = (trace.read_bytes(), trace.stat().st_mtime_ns)
+
+    sampled = runner.invoke(app, [*play, "--temperature", "1.0"])
+    assert sampled.exit_code == 0, sampled.output
+    both = episodes()
+    assert len(both) == 2 and all(h["episode_id"] == folder for folder, h in both.items())
+    [sampled_id] = set(both) - {greedy_id}
+    assert both[sampled_id]["sampling"]["temperature"] == 1.0
+    assert (trace.read_bytes(), trace.stat().st_mtime_ns) == before  # the greedy episode is intact
+
+    again = runner.invoke(app, play)
+    assert again.exit_code == 0, again.output
+    assert f"episode {greedy_id} already played: reusing it" in again.output
+    assert (trace.read_bytes(), trace.stat().st_mtime_ns) == before and episodes().keys() == both.keys()
