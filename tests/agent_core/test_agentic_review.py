@@ -192,6 +192,42 @@ def test_curator_agent_inspects_the_pool_then_submits(store, tmp_path):
     assert 'trial 0: hypothesis "ok turns only"; 12 examples' in task and "final training loss 0.500" in task
 
 
+def duplicating_explorer(duplicates: bool):
+    """`tiny_explorer` with the planted habit: each LOG appends DUPLICATE_TEXT three times
+    (with `duplicates`) unless a look-up of this step showed the line already there, then
+    notes the room and, where it lies, the key; every PLAN searches for the key, so both
+    scaffolds look memory up before the action (which takes the key when that search showed
+    it here). What the duplicates do: LOG has 4 operations, so three repeated lines and the
+    room leave no room for the key's note; a scaffold that looks up before writing shows
+    the line is there, and the note fits. Its replies are offered longest first, cut at the
+    end as constrained decoding cuts them."""
+    from agent_core.models.policies import asked_for, own_replies, step_messages, tiny_explorer
+
+    room_re = re.compile(r"You are in the (\w+)\.")
+    seen = re.compile(rf"^map\.md:\d+: {re.escape(DUPLICATE_TEXT)}$", re.MULTILINE)
+
+    def replies(messages):
+        asked = asked_for(messages)
+        if asked == "act":
+            return tiny_explorer(messages)
+        mine = own_replies(messages)
+        if asked == "plan":
+            return ["<|DONE|>"] if "<|SEARCH|>key<|END|>" in mine else ["<|SEARCH|>key<|END|>", "<|DONE|>"]
+        if asked != "log":
+            return ["<|DONE|>"]
+        observation, since = step_messages(messages)
+        room = (room_re.search(observation) or [None, "nowhere"])[1]
+        writes = [f"<|APPEND|>map.md|{DUPLICATE_TEXT}<|END|>"] * 3 if duplicates and not seen.search(since) else []
+        writes.append(f"<|UPSERT|>map.md|{room}|visited<|END|>")
+        if "A key lies on the floor." in observation:
+            writes.append(f"<|UPSERT|>map.md|key|{room}<|END|>")
+        cut = ["".join(writes[:k]) + "<|DONE|>" for k in range(len(writes), 0, -1)]
+        look = [] if "<|SEARCH|>wall<|END|>" in mine else ["<|SEARCH|>wall<|END|>"]
+        return cut + look + ["<|DONE|>"]
+
+    return replies
+
+
 def test_planted_defect_in_2000_steps_found_through_the_tools_not_in_the_bundle(tmp_path):
     """A duplicate-write storm from step 1,400 of a 2,000-step trace: the scripted reviewer
     finds the step with sql, reads it, and submits a hypothesis naming it; the candidate is
@@ -225,18 +261,23 @@ def test_planted_defect_in_2000_steps_found_through_the_tools_not_in_the_bundle(
     assert proposal.candidate_dir and Scaffold.load(proposal.candidate_dir).config.log.consult_before_write
     assert "(episode synthetic2000, step 1400)" in proposal.analysis
     assert reviewer.runs[0].replies == 4
-    # gated like any candidate: incumbent and candidate play the same tiny seeds (a scripted
-    # agent that takes the key only when a look-up confirmed where it noted it), paired test
+    # gated like any candidate: incumbent and candidate play the same tiny seeds with a policy
+    # that has the planted habit, paired test; the verdict turns on the duplicates alone
     from agent_core.gate import gate
-    from agent_core.models.config import ModelConfig
 
-    def play(scaffold):
-        roles = ModelConfig(backend="scripted", policy="tiny-explorer").build()
-        return [run_episode(make_env("tiny"), scaffold, roles, seed, 20, tmp_path / "gate" / scaffold.hash / str(seed))
-                .progression for seed in range(4)]
+    candidate = Scaffold.load(proposal.candidate_dir)
 
-    verdict = gate(list(range(4)), play(TINY), play(Scaffold.load(proposal.candidate_dir)))
-    assert verdict.promote and verdict.mean_candidate > verdict.mean_incumbent, verdict.reason
+    def play(scaffold, duplicates: bool):
+        roles = Roles(memory=ScriptedModel(duplicating_explorer(duplicates)), constrain=True)
+        out = tmp_path / "gate" / f"{scaffold.hash}-{duplicates}"
+        return [run_episode(make_env("tiny"), scaffold, roles, seed, 20, out / str(seed)).progression
+                for seed in range(4)]
+
+    verdict = gate(list(range(4)), play(TINY, True), play(candidate, True))
+    assert verdict.promote and verdict.mean_incumbent == 0.0, verdict.reason
+    # the same policy without the duplicates: the candidate's look-up changes nothing
+    control = gate(list(range(4)), play(TINY, False), play(candidate, False))
+    assert control.outcome == "no seed differs" and control.mean_incumbent > 0.0, control.reason
     # the gap this closes: the bundle's excerpts never reach the defect
     rendered = bundle.render()
     assert "### step 1400:" not in rendered and DUPLICATE_TEXT not in rendered.split("# Step-log excerpts")[1]
