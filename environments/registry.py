@@ -39,8 +39,8 @@ class GameSpec:
 
 
 GAMES: dict[str, GameSpec] = {
-    "tiny": GameSpec("environments.tiny", "TinyEnv", ("key-door", "recall"),
-                     task_classes=(("recall", "RecallEnv"),)),
+    "tiny": GameSpec("environments.tiny", "TinyEnv", ("key-door", "recall", "recall-short"),
+                     task_classes=(("recall", "RecallEnv"), ("recall-short", "RecallEnv"))),
     "crafter": GameSpec("environments.crafter_env", "CrafterEnv", ("default",), "crafter"),
     "nethack": GameSpec("environments.nethack_env", "NetHackEnv", ("challenge",), "nle"),
     "minihack": GameSpec("environments.minihack_env", "MiniHackEnv", MINIHACK_TASKS, "minihack"),

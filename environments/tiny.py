@@ -9,7 +9,8 @@ enter the vault. The layout, the key's room and the door's room all come from
 said once, in the first observation; a corridor of 17 to 20 steps follows (longer than every shipped
 scaffold's history window, the baseline's included, and nothing in it repeats the fact); at its end a wrong door ends
 the game. An agent that wrote the fact down and looks it up finishes; one that cannot see it
-any more guesses (1 in 4).
+any more guesses (1 in 4). `recall-short` is the same game with a corridor of 6 to 8 steps
+(for CPU budgets): still beyond the memory scaffolds' windows, within the baseline's.
 """
 
 from __future__ import annotations
@@ -195,6 +196,11 @@ COLOURS = ("red", "green", "blue", "yellow")
 #: scaffold's history window, the context-window baseline's 16 steps included, so only an
 #: agent that wrote the fact down can know it at the doors
 CORRIDOR_STEPS = (17, 20)
+#: `recall-short`: the same game with a corridor of 6-8 steps, for CPU budgets (a local model
+#: plays ~4 s a step here). Still longer than the memory scaffolds' history windows (2-3
+#: past steps), so a memory agent must write the fact down; but within the context-window
+#: baseline's 16 steps, so that baseline needs no memory at this length.
+CORRIDOR_STEPS_SHORT = (6, 8)
 RECALL_MILESTONES = ("reached the doors", "opened the way out")
 #: what the corridor shows, one line a step, drawn per seed; none names a colour
 _SIGHTS = ("Dust lies thick on the floor.", "A cold draught blows past.", "Your steps echo.",
@@ -217,7 +223,8 @@ class RecallEnv(TextEnv):
     )
 
     def __init__(self, task: str = "recall", max_steps: int = 50) -> None:
-        _check_args("recall", task, max_steps)
+        _check_args(task if task in ("recall", "recall-short") else "recall", task, max_steps)
+        self._corridor = CORRIDOR_STEPS_SHORT if task == "recall-short" else CORRIDOR_STEPS
         self.task = task
         self.max_steps = max_steps
         self._milestones = 0
@@ -232,7 +239,7 @@ class RecallEnv(TextEnv):
     def _reset(self, seed: int) -> Observation:
         rng = random.Random(seed)
         self._exit = rng.choice(COLOURS)
-        self._length = rng.randint(*CORRIDOR_STEPS)
+        self._length = rng.randint(*self._corridor)
         self._order = rng.sample(COLOURS, len(COLOURS))  # how the doors are listed: unrelated to the exit
         self._sights = [rng.choice(_SIGHTS) for _ in range(self._length)]
         self._pos, self._milestones, self._over = 0, 0, False

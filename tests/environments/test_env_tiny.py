@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from environments import EnvError, Environment, Observation, make_env
 from agent_core.scaffold import Scaffold
-from environments.tiny import COLOURS, CORRIDOR_STEPS, RecallEnv, TinyEnv
+from environments.tiny import COLOURS, CORRIDOR_STEPS, CORRIDOR_STEPS_SHORT, RecallEnv, TinyEnv
 from replay import play
 
 
@@ -154,6 +154,21 @@ def test_recall_fact_is_shown_once_then_a_corridor_longer_than_the_history_windo
     for shipped in ("tiny", "baseline"):  # out of every shipped scaffold's window
         assert gap > Scaffold.builtin(shipped).config.history_window
     assert all(c in texts[len(plan)] for c in COLOURS)  # at the doors, all four named
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_recall_short_is_the_same_game_with_a_corridor_beyond_the_memory_scaffolds_windows(seed: int) -> None:
+    short, full = make_env("tiny", "recall-short"), make_env("tiny", "recall")
+    assert isinstance(short, RecallEnv) and short.task == "recall-short"
+    first = short.reset(seed)
+    assert first.text.splitlines()[2:] == full.reset(seed).text.splitlines()[2:]  # the same fact, said once
+    gap = len(short.solution()) - 1
+    assert CORRIDOR_STEPS_SHORT[0] <= gap <= CORRIDOR_STEPS_SHORT[1] < CORRIDOR_STEPS[0]
+    for shipped in ("tiny", "crafter", "minihack", "nethack"):  # memory scaffolds: out of their windows
+        cfg = Scaffold.builtin(shipped).config
+        assert gap > cfg.history_window + cfg.history_stride - 1
+    seen = walk(short, seed, short.solution())
+    assert short.progression == 1.0 and "You win" in seen[-1].text
 
 
 def test_recall_progression_partial_at_the_doors_full_on_the_right_one_final_on_a_wrong_one() -> None:
