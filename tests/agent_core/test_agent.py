@@ -354,7 +354,7 @@ def test_constrained_calls_record_their_grammar_once_per_trace(tmp_path):
 def test_each_reply_is_stored_once_and_huge_replies_are_cut_with_a_marker(tmp_path):
     huge = "<|APPEND|>action_log.md|" + "x" * 50_000 + "<|END|><|DONE|>"
     _, trace = play(tmp_path, Roles(memory=ScriptedModel(by_routine(log=huge))), steps=2)
-    line = (tmp_path / "ep" / "trace.jsonl").read_text().splitlines()[1]
+    line = (tmp_path / "ep" / "trace.jsonl").read_text().split("\n")[1]
     assert len(line) < 2 * 16_000 + 20_000  # the reply is not repeated in the next call
     calls = [c for s in trace.steps for c in s.calls]
     log_call = calls[0]

@@ -18,6 +18,7 @@ from agent_core.models.openai_client import OpenAIChatModel
 from agent_core.models.scripted import ScriptedModel
 from agent_core.models.tool_calls import ChatTurn
 from agent_core.records import SamplingParams
+from agent_core.trace import read_jsonl
 from agent_core.review.agentic import AgentBudget, AgenticReviewer
 from agent_core.review.bundle import build_bundle
 from agent_core.review.tools import ReviewerToolbox, ToolCaps
@@ -66,7 +67,7 @@ def test_reviewer_agent_on_the_local_model_calls_tools_and_ends_in_budget(local_
         assert type(exc).__name__ == "NoRevision" and "no revision" in str(exc)
     run = reviewer.runs[0]
     assert run.replies <= 5 and run.tool_calls >= 3, run.summary()
-    records = [json.loads(x) for x in Path(run.trace_path).read_text().splitlines()]
+    records = read_jsonl(run.trace_path)
     tools = [r for r in records if r["kind"] == "tool"]
     assert not [t for t in tools if "bad arguments" in t["content"] or "not valid JSON" in t["content"]]
     assert run.ledger.tokens == sum(r["prompt_tokens"] + r["completion_tokens"] for r in records if r["kind"] == "call")

@@ -24,7 +24,7 @@ from agent_core.review.candidate import parse_revision
 from agent_core.review.propose import propose
 from agent_core.review.tools import ReviewerToolbox, ToolCaps
 from agent_core.scaffold import Scaffold
-from agent_core.trace import read_trace
+from agent_core.trace import read_jsonl, read_trace
 from environments import make_env
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,7 +59,7 @@ def agent(store, model, budget=None, caps=None, tmp_path=None):
     run = run_agent(model, box, "system", "task", budget or AgentBudget(), tmp_path / "review.jsonl",
                     "submit_revision")
     box.close()
-    return run, [json.loads(line) for line in (tmp_path / "review.jsonl").read_text().splitlines()]
+    return run, read_jsonl(tmp_path / "review.jsonl")
 
 
 def test_tools_then_submission_is_accepted_and_traced(store, tmp_path):
@@ -403,7 +403,7 @@ def test_every_sft_example_keeps_its_provenance_in_the_data_card(store, tmp_path
 def test_an_endpoint_that_ignores_required_tool_calls_gets_one_clear_error(store, tmp_path):
     with pytest.raises(ModelError, match="does not serve tool calls; use the single-call mode"):
         agent(store, ScriptedToolModel(["Here is my review: all good."]), tmp_path=tmp_path)
-    end = [json.loads(x) for x in (tmp_path / "review.jsonl").read_text().splitlines()][-1]
+    end = read_jsonl(tmp_path / "review.jsonl")[-1]
     assert end["kind"] == "error"
 
 

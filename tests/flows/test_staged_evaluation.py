@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent_core.models.config import ModelConfig, RoutineScript
+from agent_core.trace import read_jsonl
 from flows.scaffold_loop import ScaffoldLoopParams, ScreenConfig, scaffold_loop
 
 # the scripted agent's progression cannot change with the scaffold: no candidate beats it
@@ -26,7 +27,7 @@ def played(ws: Path) -> dict[str, list[int]]:
     """Scaffold hash -> seeds of the episodes played with it."""
     out: dict[str, list[int]] = {}
     for t in ws.glob("episodes/*/*/trace.jsonl"):
-        h = json.loads(t.read_text().splitlines()[0])
+        h = read_jsonl(t)[0]
         out.setdefault(h["scaffold_hash"], []).append(h["seed"])
     return {k: sorted(v) for k, v in out.items()}
 
@@ -55,8 +56,7 @@ def test_a_candidate_passing_the_screen_plays_the_full_gate_and_confirmation(tmp
     # each seed played once: the screen's two episodes were the gate's own, reused
     assert played(ws)[entry["candidate"]] == [0, 1, 2, 3, 10, 11, 12, 13]
     # every episode played for it counted once: its 4 + 4 and the incumbent's 4 confirmation episodes
-    steps = {json.loads(t.read_text().splitlines()[-1]).get("episode_id"): json.loads(t.read_text().splitlines()[-1])
-             for t in ws.glob("episodes/*/*/trace.jsonl")}
+    steps = {s["episode_id"]: s for s in (read_jsonl(t)[-1] for t in ws.glob("episodes/*/*/trace.jsonl"))}
     confirm = sum(v["steps"] for v in steps.values() if v["seed"] >= 10)
     own = sum(v["steps"] for v in steps.values() if v["scaffold_hash"] == entry["candidate"] and v["seed"] < 10)
     assert result["env_steps"] == {entry["candidate"]: own + confirm}
