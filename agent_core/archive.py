@@ -50,7 +50,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("action_text", pa.string()), ("action_source", pa.string()), ("reward", pa.float64()),
         ("done", pa.bool_()), ("progression", pa.float64()), ("invalid_ops", pa.int64()),
         ("memory_chars", pa.int64()), ("memory_lines", pa.int64()), ("elapsed_s", pa.float64()),
-        ("hook_errors", pa.list_(pa.string()))]),
+        ("hook_errors", pa.list_(pa.string())),
+        # grammars first used in the step, digest -> text (the calls' `grammar` digests name them)
+        ("grammars", pa.map_(pa.string(), pa.string()))]),
     "calls": pa.schema(_KEYS + [
         ("step", pa.int64()), ("call_id", pa.string()), ("call_index", pa.int64()),
         ("routine", pa.string()), ("role", pa.string()), ("model", pa.string()),

@@ -23,6 +23,18 @@ reach them); a write *followed a look-up* when an earlier call of its step made 
 that returned something and whose result it saw. Look-ups here are READ, TAIL, SEARCH and
 LIST that succeeded; one that returned nothing (`MemoryOp.empty`: no hits, an empty file, no
 files) is counted as a look-up but never as used.
+
+Where credit for memory flows (`memory_chains`, one `MemoryChain` each, archived as the
+`chains` table): a *write* (a successful, non-duplicate CREATE, APPEND, REWRITE, REPLACE or
+UPSERT) -> a later *look-up* (a successful, non-empty SEARCH, READ or TAIL of a later step)
+whose result holds one of the lines the write put into memory (`written_text`, stripped,
+verbatim; of several writes of the same line the latest before the look-up gets it) -> the
+*decision*: the first later call of the look-up's step whose context held the look-up's
+result and whose reply wrote memory or committed the world action (`_decided`, `_sees`, as
+for `lookups_used`) -> the *gain*: the progression at the end of the look-up's step minus
+that at the end of the step before (0 before the first). A chain is *credited* when the gain
+is positive: the write was read back and acted on, and the episode progressed. Nothing in
+it reads the game's words.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from agent_core.commands import CONSULT_OPS, READ_ONLY_OPS
 from agent_core.records import StepRecord
@@ -122,6 +134,63 @@ def memory_use(steps: list[StepRecord]) -> MemoryUse:
     return MemoryUse(lookups=lookups, lookups_used=used, writes_after_lookup=writes_after,
                      distinct_actions=len({s.action if s.action is not None else s.action_text for s in steps}),
                      distinct_written_texts=len(written))
+
+
+class MemoryChain(BaseModel):
+    """A write -> look-up -> decision -> gain chain of one episode (see the module docstring)."""
+
+    write_step: int = Field(description="Step of the write.")
+    write_call_id: str = Field(description="The model call whose reply made the write.")
+    write_op_index: int = Field(description="The write's index in its step's memory_ops.")
+    lookup_step: int = Field(description="Step of the look-up (later than the write's).")
+    lookup_call_id: str = Field(description="The model call whose reply made the look-up.")
+    lookup_op_index: int = Field(description="The look-up's index in its step's memory_ops.")
+    decision_call_id: str = Field(description="The first later call of the look-up's step that saw its "
+                                  "result and wrote memory or committed the action.")
+    gain: float = Field(description="Progression at the end of the look-up's step minus at the end of "
+                        "the step before.")
+
+    @computed_field
+    @property
+    def credited(self) -> bool:
+        """The chain earns the write and the look-up credit: the episode progressed."""
+        return self.gain > 0
+
+
+def _lines(text: str) -> set[str]:
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def memory_chains(steps: list[StepRecord]) -> list[MemoryChain]:
+    """Every write -> look-up -> decision chain over `steps` (one episode), in look-up order."""
+    chains: list[MemoryChain] = []
+    #: earlier steps' writes, oldest first: (step, op index, call id, the lines it wrote)
+    written: list[tuple[int, int, str, set[str]]] = []
+    before = 0.0
+    for step in steps:
+        order = {c.call_id: i for i, c in enumerate(step.calls)}
+        decided = _decided(step)
+        for k, op in enumerate(step.memory_ops):
+            i = order.get(op.call_id)
+            if not op.ok or op.empty or op.op not in CONSULTS or i is None:
+                continue
+            decision = next((step.calls[j] for j in range(i + 1, len(step.calls))
+                             if decided[j] and _sees(step.calls[j], step.calls[i])), None)
+            if decision is None:
+                continue
+            claimed: set[str] = set()  # lines a later write of the same text already got
+            for w_step, w_index, w_call, lines in reversed(written):
+                shown = {line for line in lines - claimed if line in op.result}
+                if shown:
+                    chains.append(MemoryChain(
+                        write_step=w_step, write_call_id=w_call, write_op_index=w_index, lookup_step=step.step,
+                        lookup_call_id=op.call_id, lookup_op_index=k, decision_call_id=decision.call_id,
+                        gain=step.progression - before))
+                claimed |= shown
+        written += [(step.step, k, op.call_id, _lines(written_text(op))) for k, op in enumerate(step.memory_ops)
+                    if op.ok and not op.duplicate and op.op in WRITES]
+        before = step.progression
+    return chains
 
 
 class Diagnostics(MemoryUse):

@@ -473,11 +473,11 @@ class AgenticCurator:
     def program(self, scaffold: Any, digest: dict, trials: list[dict]) -> Any:
         from agent_core.review.tools import CuratorToolbox
         from agent_core.training.curator import describe_trial
-        from agent_core.training.program import CurationProgram, ProgramError, rule_based_program
+        from agent_core.training.program import RULE_BASED_NOTE, CurationProgram, ProgramError, rule_based_program
 
         system = _render("agentic_curator.jinja", game=scaffold.config.game, tables=archive_tables(),
                          max_steps=self.budget.max_steps, schema=json.dumps(CurationProgram.model_json_schema()),
-                         example=rule_based_program(digest).model_dump_json(indent=1))
+                         example_note=RULE_BASED_NOTE, example=rule_based_program(digest).model_dump_json(indent=1))
         task = _render("agentic_curator_task.jinja", digest=json.dumps(digest, indent=1, default=str),
                        trials=[{"trial": t["trial"], "outcome": describe_trial(t),
                                 "hypothesis": (t.get("program") or {}).get("rationale", "")} for t in trials])

@@ -3,7 +3,7 @@ OpenAI function-calling form: each tool is a JSON-schema'd function whose argume
 pydantic model (one definition: the schema the model sees and the check its call gets).
 
 - `sql(query)`: one read-only SELECT over the archive's tables (episodes, steps, calls,
-  memory_ops, and meta_calls: the meta-LLM's ledger) (`archive.run_query`: DuckDB
+  memory_ops, chains, and meta_calls: the meta-LLM's ledger) (`archive.run_query`: DuckDB
   with external access off, files limited to the archive, memory, threads and time limited,
   no temp directory, configuration locked), rows capped on DuckDB's relation (a comment in
   the query cannot lift the cap) and characters capped.
@@ -83,7 +83,7 @@ class _Args(BaseModel):
 
 class SqlArgs(_Args):
     query: str = Field(max_length=4000, description="One read-only DuckDB SELECT over the tables episodes, steps, calls, "
-                       "memory_ops, meta_calls (the meta-LLM's own earlier calls: tokens, dollars, stop reason; "
+                       "memory_ops, chains (write -> look-up -> decision credit), meta_calls (the meta-LLM's own earlier calls: tokens, dollars, stop reason; "
                        "see the system prompt for their columns).")
 
 

@@ -14,8 +14,8 @@ from agent_core.meta import MetaLLMConfig
 from agent_core.models.base import ChatModel
 from agent_core.records import Message, SamplingParams
 from agent_core.scaffold import Scaffold
-from agent_core.training.program import (RULE_BASED_SQL, CurationProgram, ProgramError, parse_program,
-                                         rule_based_program)
+from agent_core.training.program import (RULE_BASED_NOTE, RULE_BASED_SQL, CurationProgram, ProgramError,
+                                         parse_program, rule_based_program)
 
 PROMPT = Path(__file__).parent / "prompts" / "curator.jinja"
 
@@ -93,7 +93,7 @@ class MetaLLMCurator:
             digest=json.dumps(digest, indent=1, default=str),
             trials=[{"trial": t["trial"], "outcome": describe_trial(t)} for t in trials],
             schema=json.dumps(CurationProgram.model_json_schema()),
-            example=rule_based_program(digest).model_dump_json(indent=1))
+            example_note=RULE_BASED_NOTE, example=rule_based_program(digest).model_dump_json(indent=1))
 
     def program(self, scaffold: Scaffold, digest: dict, trials: list[dict]) -> CurationProgram:
         reply = self.model.complete([Message(role="user", content=self.prompt(scaffold, digest, trials))],
@@ -106,9 +106,9 @@ class MetaLLMCurator:
 
 
 class RuleBasedCurator:
-    """Trial 0: the rule-based program, or its first looser selection when the pool has no
-    LOG or no PLAN turn that consulted memory before writing (a small model rarely looks
-    anything up). Later trials revise it from what happened: too little data -> a looser
+    """Trial 0: the rule-based program, or its first looser selection when it selects no
+    turn in the pool (no credited chain and no episode above its task's mean: a small model
+    rarely looks anything up). Later trials revise it from what happened: too little data -> a looser
     selection; held-out loss (on unseen episodes; the training loss without one) still
     high -> one more epoch; held-out loss worse than an earlier trial's -> back to that
     trial's LoRA settings with one epoch fewer (the last change over-fitted); specialist no
@@ -118,8 +118,8 @@ class RuleBasedCurator:
 
     def program(self, scaffold: Scaffold, digest: dict, trials: list[dict]) -> CurationProgram:
         program = rule_based_program(digest)
-        consulting = digest.get("consulting_turns", {})
-        level = 0 if consulting.get("log", 1) and consulting.get("plan", 1) else 1
+        turns = digest.get("rule_based_turns")
+        level = 0 if turns is None or any(turns.values()) else 1
         for t in trials:
             error = t.get("error", "")
             if any(m in error for m in ("no usable", "returned no calls", "fewer than min_examples")):

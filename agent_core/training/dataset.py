@@ -238,6 +238,25 @@ def _examples(con: Any, chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for c in chosen]
 
 
+def add_grammars(con: Any, examples: list[dict[str, Any]]) -> None:
+    """Give each example the text of the grammar its reply was decoded under (`grammar`;
+    None: unconstrained), from the calls' digests and the steps' `grammars`, so training can
+    tell the tokens the grammar forced from those the model chose (`lora.forced_mask`)."""
+    ids = [e["meta"]["call_id"] for e in examples]
+    digests = dict(con.execute("SELECT call_id, grammar FROM calls WHERE list_contains(?, call_id)",
+                               [ids]).fetchall())
+    texts: dict[str, str] = {}
+    for (grammars,) in con.execute(
+            "SELECT grammars FROM steps WHERE list_contains(?, episode_id) AND grammars IS NOT NULL",
+            [sorted({e["meta"]["episode_id"] for e in examples})]).fetchall():
+        texts.update(grammars)
+    for e in examples:
+        digest = digests.get(e["meta"]["call_id"])
+        if digest is not None and digest not in texts:
+            raise ValueError(f"call {e['meta']['call_id']}: its grammar {digest} is not in the archive")
+        e["grammar"] = texts.get(digest) if digest is not None else None
+
+
 def _length_stats(values: list[int]) -> dict[str, float]:
     if not values:
         return {}
@@ -338,6 +357,7 @@ def build_dataset(archive_root: str | Path, program: CurationProgram, out_root: 
             [episodes]).fetchall())
         chosen = compose(candidates, progression, program, stats)
         examples = _examples(con, chosen)
+        add_grammars(con, examples)
     finally:
         con.close()
 

@@ -2,7 +2,11 @@
 
 Each example is tokenized as the model saw it at inference time: the chat template applied
 to the context with the assistant turn opened (the prompt), then the target reply and the
-end-of-turn token (the completion). The loss covers only the completion tokens. A context
+end-of-turn token (the completion). The loss covers only the completion tokens, and of those
+only the ones the model chose: a reply decoded under a grammar (the example's `grammar`) has
+tokens the grammar forced (the rest of a tag, a file name when there is one file, the
+end-of-turn after `<|DONE|>`), which teach nothing; they weigh `forced_weight` (default 0)
+and their loss is reported apart (`forced_mask`). A context
 too long for `max_seq_len` is cut in the middle of its history: the system prompt and the
 demonstrations (which inference never cuts) and the latest turns stay; the completion is
 always kept whole.
@@ -45,6 +49,9 @@ log = logging.getLogger(__name__)
 #: end-of-turn tokens besides the tokenizer's EOS (ChatML)
 _TURN_END = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
 IGNORE = -100
+#: weight of the target tokens the reply grammar forced, against 1 for the tokens the model
+#: chose (0: they are not trained on; measured in docs/architecture.md, outer loop 2)
+FORCED_WEIGHT = 0.0
 
 
 @dataclass(frozen=True)
@@ -54,12 +61,19 @@ class StepLog:
     step: int
     total_steps: int
     epoch: int
+    #: the loss trained on: mean over the target tokens, forced ones weighted `forced_weight`
     loss: float
     lr: float
     #: non-padding tokens in this step's batches (context + target)
     tokens: int
     examples: int
     elapsed_s: float
+    #: mean loss over the target tokens the model chose, and over those the grammar forced
+    #: (None when the step had none of that kind)
+    chosen_loss: float | None = None
+    forced_loss: float | None = None
+    chosen_tokens: int = 0
+    forced_tokens: int = 0
 
 
 class TrainResult(BaseModel):
@@ -70,10 +84,19 @@ class TrainResult(BaseModel):
     examples: int = Field(description="Training examples used (after dropping those that do not fit).")
     final_loss: float = Field(description="Training loss of the last step.")
     eval_loss: float | None = Field(description="Loss (eval mode) after training on the held-out "
-                                    "episodes' examples (`dataset.split_held_out`), never trained on; the saved "
+                                    "episodes' examples (`dataset.split_held_out`), never trained on, weighted "
+                                    "as in training (forced tokens by forced_weight); the saved "
                                     "adapter reproduces it (`batch_loss`). None with fewer than 2 episodes.")
     eval_examples: int = Field(0, description="Held-out examples behind eval_loss.")
     loss_curve: list[float] = Field(description="Training loss per optimizer step.")
+    forced_weight: float = Field(FORCED_WEIGHT, description="Weight of the grammar-forced target tokens "
+                                 "(1: the model's own choices).")
+    chosen_loss_curve: list[float | None] = Field(default_factory=list, description="Per step: mean loss "
+                                                  "over the target tokens the model chose.")
+    forced_loss_curve: list[float | None] = Field(default_factory=list, description="Per step: mean loss "
+                                                  "over the target tokens the grammar forced (None: none).")
+    chosen_tokens: int = Field(0, description="Target tokens the model chose, in the training examples.")
+    forced_tokens: int = Field(0, description="Target tokens the grammar forced, in the training examples.")
     tokens: int = Field(description="Non-padding tokens processed over all steps.")
     wall_s: float = Field(description="Seconds spent in the training loop.")
     base_model: str = Field(description="Name of the base model folder.")
@@ -83,10 +106,12 @@ class TrainResult(BaseModel):
 
 @dataclass
 class Encoded:
-    """One tokenized example: ids and labels (IGNORE on the context)."""
+    """One tokenized example: ids, labels (IGNORE on the context) and, per position, whether
+    the reply grammar forced that target token (`forced_mask`; False on the context)."""
 
     input_ids: list[int]
     labels: list[int]
+    forced: list[bool]
 
 
 def _stop_ids(tokenizer: Any) -> set[int]:
@@ -97,11 +122,61 @@ def _stop_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
+def _llg_tokenizer(tokenizer: Any) -> Any:
+    """llguidance's view of `tokenizer`, built once per tokenizer object, with the end-of-turn
+    token as its end of sequence (as `LocalModel` builds it)."""
+    llg = getattr(tokenizer, "_automem_llg", None)
+    if llg is None:
+        import llguidance.hf
+
+        vocab = tokenizer.get_vocab()
+        llg = llguidance.hf.from_tokenizer(tokenizer, eos_token=vocab.get("<|im_end|>", tokenizer.eos_token_id))
+        tokenizer._automem_llg = llg
+    return llg
+
+
+def forced_mask(tokenizer: Any, grammar: str | None, completion: list[int]) -> list[bool]:
+    """Per token of `completion` (a reply's tokens, ending with end-of-turn): whether the reply
+    grammar (a regex; None: unconstrained, nothing forced) forced it: the grammar allowed
+    exactly one token there, or every byte of the token is in what the grammar allowed as
+    the only continuation (llguidance's forced bytes: a tag's rest, `<|` before the next
+    command, `|` after a file name). The test is on bytes, so it holds whatever tokenization
+    the reply had at inference (jump-forward feeds the forced bytes' own tokens); a token that
+    spans forced bytes and bytes the model chose counts as chosen. The end-of-turn token is
+    forced when the grammar is complete (nothing else may follow). ValueError when the reply is
+    not a sentence of the grammar."""
+    if grammar is None:
+        return [False] * len(completion)
+    import llguidance
+    import numpy as np
+
+    from agent_core.grammar import Grammar
+
+    llg = _llg_tokenizer(tokenizer)
+    matcher = llguidance.LLMatcher(llg, Grammar(grammar).llguidance())
+    out = []
+    for i, token in enumerate(completion):
+        text = llg.decode_bytes([token])
+        if matcher.is_stopped():  # complete: only the end-of-turn may follow, and it ends the reply
+            if token not in llg.eos_tokens or i != len(completion) - 1:
+                raise ValueError(f"the reply is not a sentence of its grammar: it goes on after the grammar "
+                                 f"ended, at token {i} ({text!r})")
+            out.append(True)
+            break
+        bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        out.append(int(bits.sum()) == 1 or (bool(text) and matcher.compute_ff_bytes().startswith(text)))
+        if not matcher.consume_token(token):
+            raise ValueError(f"the reply is not a sentence of its grammar at token {i} "
+                             f"({text!r}): {matcher.get_error()}")
+    return out
+
+
 def encode_example(tokenizer: Any, messages: list[dict[str, str]], target: str, max_seq_len: int,
-                   stop_ids: set[int] | None = None, fixed: int = 1) -> Encoded | None:
+                   stop_ids: set[int] | None = None, fixed: int = 1, grammar: str | None = None) -> Encoded | None:
     """Tokenize one example. A context too long for `max_seq_len` is cut in the middle, as
     inference would never cut it: its first `fixed` messages (system prompt, demonstrations)
-    and its latest tokens stay. None when the completion and those messages do not fit."""
+    and its latest tokens stay. None when the completion and those messages do not fit.
+    `grammar`: the text of the grammar the reply was decoded under (`forced_mask`)."""
     prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     full_text = tokenizer.apply_chat_template(
         [*messages, {"role": "assistant", "content": target}], tokenize=False)
@@ -125,7 +200,8 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], target: str, 
         if head + 1 > budget:
             return None
         prompt = prompt[:head] + prompt[len(prompt) - (budget - head):]
-    return Encoded(prompt + completion, [IGNORE] * len(prompt) + completion)
+    return Encoded(prompt + completion, [IGNORE] * len(prompt) + completion,
+                   [False] * len(prompt) + forced_mask(tokenizer, grammar, completion))
 
 
 def _head_length(tokenizer: Any, head: list[dict[str, str]], prompt: list[int]) -> int:
@@ -138,7 +214,8 @@ def _head_length(tokenizer: Any, head: list[dict[str, str]], prompt: list[int]) 
 
 
 def collate(batch: list[Encoded], pad_id: int, torch: Any, device: Any = "cpu") -> dict[str, Any]:
-    """Right-padded tensors on `device`: input_ids, attention_mask, labels."""
+    """Right-padded tensors on `device`: input_ids, attention_mask, labels (what the model's
+    forward pass takes)."""
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -151,8 +228,48 @@ def collate(batch: list[Encoded], pad_id: int, torch: Any, device: Any = "cpu") 
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
+def _forced(batch: list[Encoded], torch: Any, device: Any = "cpu") -> Any:
+    """The forced mask of `batch`, padded like `collate`'s tensors."""
+    out = torch.zeros((len(batch), max(len(e.input_ids) for e in batch)), dtype=torch.bool)
+    for i, e in enumerate(batch):
+        out[i, :len(e.forced)] = torch.tensor(e.forced, dtype=torch.bool)
+    return out.to(device)
+
+
+@dataclass
+class LossSums:
+    """Summed cross-entropy over a batch's target tokens, chosen and forced apart."""
+
+    chosen: Any  # a 0-d tensor (with its graph while training)
+    forced: Any
+    n_chosen: int
+    n_forced: int
+
+    def weighted(self, forced_weight: float) -> tuple[Any, float]:
+        """The sum to train on and its normaliser (tokens, forced ones weighted)."""
+        return self.chosen + forced_weight * self.forced, self.n_chosen + forced_weight * self.n_forced
+
+
+def _mean(total: float, n: int) -> float | None:
+    return total / n if n else None
+
+
+def _loss_split(model: Any, batch: dict[str, Any], forced: Any, torch: Any) -> LossSums:
+    """`_loss_sum` split by `forced` (a bool tensor shaped like the labels)."""
+    losses, sel = _token_losses(model, batch, torch)
+    f = forced[:, 1:][sel]
+    return LossSums(losses[~f].sum(), losses[f].sum(), int((~f).sum()), int(f.sum()))
+
+
 def _loss_sum(model: Any, batch: dict[str, Any], torch: Any) -> tuple[Any, int]:
-    """Summed cross-entropy over the target tokens of a batch, and their number.
+    """Summed cross-entropy over the target tokens of a batch, and their number."""
+    losses, _ = _token_losses(model, batch, torch)
+    return losses.sum(), int(losses.numel())
+
+
+def _token_losses(model: Any, batch: dict[str, Any], torch: Any) -> tuple[Any, Any]:
+    """Cross-entropy of each target token of a batch (in row order), and the target positions
+    (a bool tensor shaped like `labels[:, 1:]`).
 
     Only target positions go through the output projection: for a small model with a large
     vocabulary it is a big share of the work, and contexts are long while replies are short."""
@@ -170,16 +287,24 @@ def _loss_sum(model: Any, batch: dict[str, Any], torch: Any) -> tuple[Any, int]:
         logits = base.get_output_embeddings()(hidden[:, :-1][sel])
     else:  # models that transform logits in their head: take the full forward pass
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][sel]
-    return F.cross_entropy(logits.float(), labels[sel], reduction="sum"), int(sel.sum())
+    return F.cross_entropy(logits.float(), labels[sel], reduction="none"), sel
 
 
-def batch_loss(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_seq_len: int) -> float:
-    """Mean target-token loss of `examples` as one batch, in eval mode without gradients
-    (how `TrainResult.eval_loss` is measured; use it to check a reloaded adapter)."""
+def encode_all(tokenizer: Any, examples: list[dict[str, Any]], max_seq_len: int) -> list[Encoded]:
+    """`encode_example` of each dataset example (its messages, target, fixed prefix and
+    grammar) that fits `max_seq_len`."""
+    stops = _stop_ids(tokenizer)
+    return [e for e in (encode_example(tokenizer, x["messages"], x["target"], max_seq_len, stops,
+                                       fixed=x.get("fixed", 1), grammar=x.get("grammar"))
+                        for x in examples) if e is not None]
+
+
+def eval_losses(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_seq_len: int) -> LossSums:
+    """Summed target-token losses of `examples` as one batch, chosen and forced apart, in eval
+    mode without gradients (plain floats)."""
     import torch
 
-    encoded = [e for e in (encode_example(tokenizer, x["messages"], x["target"], max_seq_len, fixed=x.get("fixed", 1))
-                           for x in examples) if e is not None]
+    encoded = encode_all(tokenizer, examples, max_seq_len)
     if not encoded:
         raise ValueError("no example fits max_seq_len")
     was_training = model.training
@@ -187,10 +312,20 @@ def batch_loss(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_s
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            total, n = _loss_sum(model, collate(encoded, _pad_id(tokenizer), torch, device), torch)
+            sums = _loss_split(model, collate(encoded, _pad_id(tokenizer), torch, device),
+                               _forced(encoded, torch, device), torch)
     finally:
         model.train(was_training)
-    return float(total) / n
+    return LossSums(float(sums.chosen), float(sums.forced), sums.n_chosen, sums.n_forced)
+
+
+def batch_loss(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_seq_len: int,
+               forced_weight: float = FORCED_WEIGHT) -> float:
+    """Mean target-token loss of `examples` as one batch, forced tokens weighted
+    `forced_weight` (as trained), in eval mode without gradients (how `TrainResult.eval_loss`
+    is measured; use it to check a reloaded adapter). NaN when no token weighs anything."""
+    total, n = eval_losses(model, tokenizer, examples, max_seq_len).weighted(forced_weight)
+    return float(total) / n if n else float("nan")
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -217,13 +352,16 @@ def _versions() -> dict[str, str]:
 def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
                base_path: str | Path | None = None,
                progress: Callable[[StepLog], None] | None = None,
-               device: str = "auto", gradient_checkpointing: bool = False) -> TrainResult:
+               device: str = "auto", gradient_checkpointing: bool = False,
+               forced_weight: float = FORCED_WEIGHT) -> TrainResult:
     """Train a LoRA adapter on `dataset_dir/train.jsonl` and save it at `out_dir`.
 
     `base_path`: the base checkpoint (default: the prepared local model). `device`: auto,
     cpu, cuda or cuda:N (ValueError when this machine lacks it). `gradient_checkpointing`
     recomputes activations in the backward pass (less memory for long contexts, about a
-    third more compute; the loss is the same). `progress` is
+    third more compute; the loss is the same). `forced_weight`: the weight of target tokens
+    the reply grammar forced (`forced_mask`), against 1 for the model's own; the step log
+    reports both losses apart. `progress` is
     called after every optimizer step; an exception from it stops training (and, like any
     failure, leaves no adapter at `out_dir`). Raises `ProgramError` when the settings do not
     fit the base model or no example fits `max_seq_len`; `FileExistsError` when `out_dir`
@@ -244,10 +382,13 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
+    if not 0.0 <= forced_weight <= 1.0:
+        raise ValueError(f"forced_weight must be in [0, 1], not {forced_weight}")
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     stops = _stop_ids(tokenizer)
     fits = [(x, e) for x, e in ((x, encode_example(tokenizer, x["messages"], x["target"], lora.max_seq_len,
-                                                   stops, fixed=x.get("fixed", 1))) for x in examples)
+                                                   stops, fixed=x.get("fixed", 1), grammar=x.get("grammar")))
+                                for x in examples)
             if e is not None]
     dropped = len(examples) - len(fits)
     if not fits:
@@ -256,6 +397,8 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
     train_ids, held_ids = split_held_out([x for x, _ in fits])
     held = [fits[i][0] for i in held_ids]
     encoded = [fits[i][1] for i in train_ids]
+    n_forced = sum(sum(e.forced) for e in encoded)
+    n_chosen = sum(sum(t != IGNORE for t in e.labels) for e in encoded) - n_forced
     if dropped:
         log.warning("%d of %d examples dropped: target and fixed prompt longer than max_seq_len %d",
                     dropped, len(examples), lora.max_seq_len)
@@ -304,36 +447,47 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
             for g in range(0, len(micro), lora.grad_accum):
                 if step >= total:
                     break
-                group = [collate([encoded[i] for i in idx], pad_id, torch, device)
-                         for idx in micro[g:g + lora.grad_accum]]
-                # normalise by the group's target tokens: every token weighs the same,
-                # however the tokens fall into micro-batches
-                n_target = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in group)
-                loss_total = 0.0
-                for b in group:
-                    loss, _ = _loss_sum(model, b, torch)
-                    (loss / n_target).backward()
-                    loss_total += float(loss.detach())
+                parts = [[encoded[i] for i in idx] for idx in micro[g:g + lora.grad_accum]]
+                group = [(collate(p, pad_id, torch, device), _forced(p, torch, device)) for p in parts]
+                # normalise by the group's weighted target tokens: every token of a kind weighs
+                # the same, however the tokens fall into micro-batches
+                forced_n = sum(int(f[:, 1:][b["labels"][:, 1:] != IGNORE].sum()) for b, f in group)
+                norm = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b, _ in group) - forced_n \
+                    + forced_weight * forced_n
+                sums = LossSums(0.0, 0.0, 0, 0)
+                for b, f in group:
+                    split = _loss_split(model, b, f, torch)
+                    loss, _ = split.weighted(forced_weight)
+                    if norm and loss.requires_grad:
+                        (loss / norm).backward()
+                    sums = LossSums(sums.chosen + float(split.chosen.detach()), sums.forced + float(split.forced.detach()),
+                                    sums.n_chosen + split.n_chosen, sums.n_forced + split.n_forced)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                tokens = sum(int(b["attention_mask"].sum()) for b in group)
+                tokens = sum(int(b["attention_mask"].sum()) for b, _ in group)
                 tokens_seen += tokens
-                row = StepLog(step=step, total_steps=total, epoch=epoch + 1, loss=loss_total / n_target,
-                              lr=lr, tokens=tokens, examples=sum(len(b["labels"]) for b in group),
-                              elapsed_s=round(time.perf_counter() - started, 3))
+                total_w, norm_w = sums.weighted(forced_weight)
+                row = StepLog(step=step, total_steps=total, epoch=epoch + 1,
+                              loss=total_w / norm_w if norm_w else float("nan"),
+                              lr=lr, tokens=tokens, examples=sum(len(p) for p in parts),
+                              elapsed_s=round(time.perf_counter() - started, 3),
+                              chosen_loss=_mean(sums.chosen, sums.n_chosen),
+                              forced_loss=_mean(sums.forced, sums.n_forced),
+                              chosen_tokens=sums.n_chosen, forced_tokens=sums.n_forced)
                 rows.append(asdict(row))
-                log.info("lora step %d/%d epoch %d loss %.4f lr %.2e (%d tokens, %.1f s)",
-                         step, total, row.epoch, row.loss, lr, tokens, row.elapsed_s)
+                log.info("lora step %d/%d epoch %d loss %.4f (chosen %s, forced %s) lr %.2e (%d tokens, %.1f s)",
+                         step, total, row.epoch, row.loss, _fmt(row.chosen_loss), _fmt(row.forced_loss),
+                         lr, tokens, row.elapsed_s)
                 if progress is not None:
                     progress(row)
         wall = time.perf_counter() - started
         # measured on held-out examples (reproducible from the dataset alone, to check a
         # reloaded adapter)
-        eval_loss = batch_loss(model, tokenizer, held, lora.max_seq_len) if held else None
+        eval_loss = batch_loss(model, tokenizer, held, lora.max_seq_len, forced_weight) if held else None
 
         # the adapter names its base by folder name only: no machine paths in artifacts
         model.peft_config["default"].base_model_name_or_path = base.name
@@ -342,7 +496,7 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
         model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
         curve = [r["loss"] for r in rows]
         (tmp / "loss_curve.json").write_text(json.dumps(
-            [{"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in rows], indent=1))
+            [{k: r[k] for k in ("step", "loss", "chosen_loss", "forced_loss", "lr")} for r in rows], indent=1))
         with open(tmp / "train_log.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
             writer.writeheader()
@@ -352,6 +506,7 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
             "examples": len(encoded), "held_out": len(held), "dropped_too_long": dropped, "steps": step,
             "scheduler": _scheduler_name(lora), "optimizer": "AdamW", "grad_clip": 1.0,
             "tokens": tokens_seen, "final_loss": curve[-1] if curve else None, "eval_loss": eval_loss,
+            "forced_weight": forced_weight, "target_tokens_chosen": n_chosen, "target_tokens_forced": n_forced,
             "wall_s": round(wall, 3), "device": kind(device), "dtype": dtype,
             # as the model's layers were set, not as asked
             "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) for m in model.modules()),
@@ -364,4 +519,11 @@ def train_lora(dataset_dir: str | Path, lora: LoraSettings, out_dir: str | Path,
                        final_loss=curve[-1] if curve else float("nan"), eval_loss=eval_loss,
                        eval_examples=len(held),
                        loss_curve=curve, tokens=tokens_seen, wall_s=round(wall, 3), base_model=base.name,
-                       device=kind(device), dtype=dtype)
+                       device=kind(device), dtype=dtype, forced_weight=forced_weight,
+                       chosen_loss_curve=[r["chosen_loss"] for r in rows],
+                       forced_loss_curve=[r["forced_loss"] for r in rows],
+                       chosen_tokens=n_chosen, forced_tokens=n_forced)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -129,7 +129,7 @@ class CurationProgram(_Strict):
 
     selection_sql: str = Field(
         min_length=1, description="One read-only DuckDB SELECT over the archive tables (episodes, "
-        "steps, calls, memory_ops) returning a column call_id; only memory-role LOG/PLAN calls "
+        "steps, calls, memory_ops, chains) returning a column call_id; only memory-role LOG/PLAN calls "
         "among the rows become examples.")
     composition: Composition = Field(description="How examples are drawn from the selected calls.")
     lora: LoraSettings = Field(description="LoRA training settings.")
@@ -269,7 +269,8 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 def pool_digest(archive_root: str | Path) -> dict[str, Any]:
     """A compact summary of the archive for the meta-LLM prompt: tables and columns, and
     per game the episodes, progression quantiles, calls per routine/role, memory-op
-    statistics (writes, consulting reads, write-to-search ratio, failures, duplicates)."""
+    statistics (writes, consulting reads, write-to-search ratio, failures, duplicates), and
+    write -> look-up -> decision chains (all, credited)."""
     from agent_core.archive import SCHEMAS, connect
     from agent_core.diagnostics import group_from_row, sql_aggregate
 
@@ -305,6 +306,9 @@ def pool_digest(archive_root: str | Path) -> dict[str, Any]:
                 writes=d.writes, consults=d.consults,
                 write_to_search=None if d.write_search_ratio is None else round(d.write_search_ratio, 3),
                 growth_chars_per_step=None if d.growth_chars_per_step is None else round(d.growth_chars_per_step, 2))
+        for game, n, credited in rows("SELECT game, count(*), count(*) FILTER (WHERE credited) FROM chains "
+                                      "GROUP BY game"):
+            games.setdefault(game, {"calls": {}, "memory_ops": {}})["chains"] = {"chains": n, "credited": credited}
         memory_calls = dict(rows("SELECT routine, count(*) FROM calls WHERE role = 'memory' "
                                  "AND routine IN ('log', 'plan') GROUP BY routine"))
         selectable = dict(rows(f"SELECT c.routine, count(*) FROM calls c JOIN ({RULE_BASED_SQL}) s "
@@ -315,22 +319,25 @@ def pool_digest(archive_root: str | Path) -> dict[str, Any]:
         "tables": {t: list(s.names) + ["game", "scaffold_hash"] for t, s in SCHEMAS.items()},
         "episodes": sum(g.get("episodes", 0) for g in games.values()),
         "memory_calls": {"log": memory_calls.get("log", 0), "plan": memory_calls.get("plan", 0)},
-        # memory turns the rule-based selection (valid, consulted before writing) keeps
-        "consulting_turns": {"log": selectable.get("log", 0), "plan": selectable.get("plan", 0)},
+        # memory turns the rule-based selection (credited chains; better episodes' valid turns) keeps
+        "rule_based_turns": {"log": selectable.get("log", 0), "plan": selectable.get("plan", 0)},
         "games": games,
     }
 
 
-#: The rule-based selection. A memory turn is a call with role 'memory' in LOG or PLAN. It
-#: is kept when
-#:  * valid: its step has invalid_ops = 0 (that count includes parse errors of every reply
-#:    in the step, refused or failed memory ops, misplaced ACTIONs and action-role replies
-#:    without an action), so the reply parsed cleanly, and every memory op of the call is ok;
-#:  * consult-before-write (LOG calls only): the call wrote nothing, or its first write
-#:    (create/append/rewrite/replace/upsert/delete, by op_index within the step) comes after
-#:    a successful SEARCH, READ or TAIL earlier in the same step (LIST does not count: it
-#:    shows names, not contents). PLAN consultations cannot write.
-#: "Better episodes" are chosen by the composition's top_episode_share.
+#: The rule-based selection: memory turns (role 'memory', routine LOG or PLAN) whose memory
+#: operations all succeeded, kept for either of two signals:
+#:  1. credit: the turn is a link of a credited chain (`chains`, `diagnostics.memory_chains`):
+#:     the LOG turn that wrote a line, or the turn whose look-up returned that line in a later
+#:     step, when the look-up's result stood in front of a decision and the step progressed;
+#:  2. outcome: the turn is from an episode whose final progression is above the mean of its
+#:     game and task (nothing, when every episode ends alike), and it is valid and consulted
+#:     before writing: its step has invalid_ops = 0 (that count includes parse errors of every
+#:     reply in the step, refused or failed memory ops, misplaced ACTIONs and action-role
+#:     replies without an action), and for LOG, the call wrote nothing or its first write
+#:     (by op_index within the step) comes after a successful SEARCH, READ or TAIL earlier in
+#:     the same step (LIST does not count: it shows names, not contents).
+#: Neither signal reads the game's words.
 RULE_BASED_SQL = f"""
 WITH per_call AS (
     SELECT call_id, bool_and(ok) AS all_ok,
@@ -339,6 +346,12 @@ WITH per_call AS (
 ), first_consult AS (
     SELECT episode_id, step, min(op_index) AS op_index
     FROM memory_ops WHERE ok AND op IN ({_CONSULTS}) GROUP BY episode_id, step
+), credited AS (
+    SELECT write_call_id AS call_id FROM chains WHERE credited
+    UNION SELECT lookup_call_id FROM chains WHERE credited
+), better AS (
+    SELECT e.episode_id FROM episodes e
+    WHERE e.progression > (SELECT avg(a.progression) FROM episodes a WHERE a.game = e.game AND a.task = e.task)
 )
 SELECT c.call_id
 FROM calls c
@@ -346,22 +359,35 @@ JOIN steps s ON s.episode_id = c.episode_id AND s.step = c.step
 LEFT JOIN per_call o ON o.call_id = c.call_id
 LEFT JOIN first_consult r ON r.episode_id = c.episode_id AND r.step = c.step
 WHERE c.role = 'memory' AND c.routine IN ('log', 'plan')
-  AND s.invalid_ops = 0
   AND coalesce(o.all_ok, true)
-  AND (c.routine = 'plan' OR o.first_write IS NULL OR r.op_index < o.first_write)
+  AND (c.call_id IN (SELECT call_id FROM credited)
+       OR (c.episode_id IN (SELECT episode_id FROM better)
+           AND s.invalid_ops = 0
+           AND (c.routine = 'plan' OR o.first_write IS NULL OR r.op_index < o.first_write)))
 ORDER BY c.call_id
 """.strip()
 
 
+#: What the curators' prompts say about the `chains` table and the rule-based example
+RULE_BASED_NOTE = (
+    "The chains table says where credit for memory flows, one row per write -> look-up -> decision "
+    "chain: a successful write (write_call_id, write_step) whose text a look-up of a later step "
+    "returned (SEARCH/READ/TAIL; lookup_call_id, lookup_step), the first later call of that step that "
+    "saw the result and wrote memory or committed the world action (decision_call_id), and the "
+    "progression gained over that step (gain; credited = gain > 0). The example program (the "
+    "rule-based baseline) keeps the memory turns that are links of credited chains (the write's call "
+    "and the look-up's call) and, as a second signal, valid turns that consulted before writing from "
+    "episodes whose progression is above their task's mean.")
+
+
 def rule_based_program(digest: dict[str, Any]) -> CurationProgram:
-    """A hand-written baseline program (and the meta-LLM's first example): valid memory turns
-    that consulted memory before writing, from the better half of each game's episodes when
-    progression varies, mixed by routine as in the pool; LoRA r=8, alpha=16 on q_proj,v_proj."""
-    counts = digest.get("memory_calls", {})
+    """A hand-written baseline program (and the meta-LLM's first example): memory turns that
+    are links of credited chains, and valid consult-before-write turns of the better
+    episodes (`RULE_BASED_SQL`: the outcome filter is in the SQL, so every episode's chains
+    count), mixed by routine as the selection holds them; LoRA r=8, alpha=16 on q_proj,v_proj."""
+    counts = digest.get("rule_based_turns", {})
     log_n, plan_n = counts.get("log", 0), counts.get("plan", 0)
     log_share = round(log_n / (log_n + plan_n), 2) if log_n + plan_n else 0.5
-    spread = any(g.get("progression") and g["progression"]["max"] > g["progression"]["min"]
-                 for g in digest.get("games", {}).values())
     return CurationProgram(
         selection_sql=RULE_BASED_SQL,
         composition=Composition(
@@ -369,11 +395,11 @@ def rule_based_program(digest: dict[str, Any]) -> CurationProgram:
             max_per_episode=64,
             min_examples=max(1, min(16, (log_n + plan_n) // 8)),
             max_examples=2000,
-            # ranking by progression means something only when progressions differ
-            top_episode_share=0.5 if spread else 1.0,
+            top_episode_share=1.0,
         ),
         lora=LoraSettings(rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"],
                           learning_rate=2e-4, epochs=2, batch_size=8, grad_accum=1, max_seq_len=2048,
                           schedule="cosine", warmup_ratio=0.05, seed=0),
-        rationale="rule-based baseline: valid memory turns, consult before write, better episodes",
+        rationale="rule-based baseline: links of credited write -> look-up -> decision chains, and "
+                  "valid consult-before-write turns of episodes above their task's mean progression",
     )

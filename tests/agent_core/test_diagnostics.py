@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_core.diagnostics import aggregate, diagnose, memory_use
+from agent_core.diagnostics import MemoryChain, aggregate, diagnose, memory_chains, memory_use
 from agent_core.records import EpisodeHeader, MemoryOp, Message, ModelCall, SamplingParams, StepRecord
 from agent_core.trace import Trace
 
@@ -30,15 +30,16 @@ class Log:
         return c
 
 
-def op(call: ModelCall, name: str, ok: bool = True, delta: int = 0, empty: bool = False, **args: str) -> MemoryOp:
-    return MemoryOp(call_id=call.call_id, routine=call.routine, op=name, args=args, ok=ok, result="r",
-                    delta_chars=delta, empty=empty)
+def op(call: ModelCall, name: str, ok: bool = True, delta: int = 0, empty: bool = False, result: str = "r",
+       duplicate: bool = False, **args: str) -> MemoryOp:
+    return MemoryOp(call_id=call.call_id, routine=call.routine, op=name, args=args, ok=ok, result=result,
+                    delta_chars=delta, empty=empty, duplicate=duplicate)
 
 
 def step(n: int, calls: list[ModelCall], ops: list[MemoryOp], action: str = "east", source: str = "model",
-         chars: int = 0) -> StepRecord:
+         chars: int = 0, progression: float = 0.0) -> StepRecord:
     return StepRecord(episode_id="e", step=n, observation="o", action=action, action_text=action,
-                      action_source=source, reward=0.0, done=False, progression=0.0, calls=calls,
+                      action_source=source, reward=0.0, done=False, progression=progression, calls=calls,
                       memory_ops=ops, invalid_ops=sum(not o.ok for o in ops), memory_chars=chars,
                       memory_lines=1, elapsed_s=0.0)
 
@@ -129,6 +130,81 @@ def test_distinct_actions_and_written_texts():
                                   op(calls[2], "replace", file="a.md", old="tree", new="bush")], action="east")]
     use = memory_use(steps)
     assert use.distinct_actions == 2 and use.distinct_written_texts == 3  # "seen tree" twice, "door: red", "bush"
+
+
+NOTE = "note: the key is under the green mat"
+HIT = f"1 hits for 'key':\nprogress.md:1: {NOTE}"
+
+
+def told(log: Log) -> StepRecord:
+    """Step 0: LOG writes the note down."""
+    write = log.call(f"<|APPEND|>progress.md|{NOTE}<|END|><|DONE|>")
+    act = log.call("<|ACTION|>east<|END|>", routine="plan", role="action", results=False)
+    return step(0, [write, act], [op(write, "append", file="progress.md", text=NOTE)])
+
+
+def looked(log: Log, n: int, progression: float, empty: bool = False, seen: bool = True,
+           result: str = HIT, query: str = "key") -> StepRecord:
+    """Step `n`: PLAN searches memory, then the action call (which sees the result, or not) acts."""
+    look = log.call(f"<|SEARCH|>{query}<|END|>", routine="plan")
+    act = log.call("<|ACTION|>lift mat<|END|>", routine="plan", role="action", results=False)
+    if not seen:  # a window that starts after the result message
+        act = act.model_copy(update={"window_start": look.context_end + 2})
+    return step(n, [look, act], [op(look, "search", empty=empty, result=result, query=query)],
+                progression=progression)
+
+
+def test_a_write_read_back_and_acted_on_with_progression_is_a_credited_chain():
+    log = Log()
+    steps = [told(log), step(1, [log.call("<|DONE|>", results=False)], [], source="default", progression=0.25),
+             looked(log, 2, progression=0.75)]
+    assert memory_chains(steps) == [MemoryChain(
+        write_step=0, write_call_id="e:0", write_op_index=0, lookup_step=2, lookup_call_id="e:3",
+        lookup_op_index=0, decision_call_id="e:4", gain=0.5)]
+    assert memory_chains(steps)[0].credited
+    # acted on, but the step did not progress: a chain, not credited
+    log = Log()
+    flat = memory_chains([told(log), looked(log, 1, progression=0.0)])
+    assert [c.credited for c in flat] == [False]
+
+
+def test_a_write_never_read_back_is_in_no_chain():
+    log = Log()
+    other = "saw: a bare wall"  # the look-up returns the note, never this line
+    write = log.call(f"<|APPEND|>progress.md|{other}<|END|><|DONE|>")
+    steps = [step(0, [write], [op(write, "append", file="progress.md", text=other)], source="default"),
+             looked(log, 1, progression=1.0, result="no such line here")]
+    assert memory_chains(steps) == []
+    # a duplicate write added nothing to memory: the line is credited to the write that put it there
+    log = Log()
+    first, again = told(log), told(log)
+    again = again.model_copy(update={"step": 1, "memory_ops": [again.memory_ops[0].model_copy(
+        update={"duplicate": True})]})
+    chains = memory_chains([first, again, looked(log, 2, progression=1.0)])
+    assert [(c.write_step, c.write_call_id) for c in chains] == [(0, "e:0")]
+
+
+def test_a_look_up_that_returned_nothing_is_in_no_chain():
+    # the note was rewritten away since: a search for its text echoes the query, not memory
+    log = Log()
+    miss = looked(log, 1, progression=1.0, empty=True, query=NOTE, result=f"no hits for '{NOTE}'")
+    assert memory_chains([told(log), miss]) == []
+
+
+def test_a_look_up_whose_result_the_decision_did_not_see_is_in_no_chain():
+    log = Log()
+    assert memory_chains([told(log), looked(log, 1, progression=1.0, seen=False)]) == []
+    # nothing decided after it: the default action was taken
+    log = Log()
+    default = looked(log, 1, progression=1.0).model_copy(update={"action_source": "default"})
+    assert memory_chains([told(log), default]) == []
+    # a write read back within its own step is no memory at work (it was in the context anyway)
+    log = Log()
+    write = log.call(f"<|APPEND|>progress.md|{NOTE}<|END|><|DONE|>")
+    same = looked(log, 0, progression=1.0)
+    same.calls.insert(0, write)
+    same.memory_ops.insert(0, op(write, "append", file="progress.md", text=NOTE))
+    assert memory_chains([same]) == []
 
 
 def _trace(steps: list[StepRecord]) -> Trace:

@@ -9,7 +9,7 @@ from agent_core.records import SamplingParams
 from agent_core.scaffold import Scaffold
 from agent_core.training.curator import (OK_TURNS_SQL, VALID_TURNS_SQL, MetaLLMCurator, RuleBasedCurator,
                                          describe_trial)
-from agent_core.training.program import RULE_BASED_SQL, ProgramError, rule_based_program
+from agent_core.training.program import RULE_BASED_NOTE, RULE_BASED_SQL, ProgramError, rule_based_program
 
 DIGEST = {"memory_calls": {"log": 30, "plan": 10}, "games": {"tiny": {"progression": {"min": 0, "max": 0.3}}}}
 SCAFFOLD = Scaffold.builtin("tiny")
@@ -20,6 +20,15 @@ def test_rule_based_first_trial_is_the_baseline():
     program = RuleBasedCurator().program(SCAFFOLD, DIGEST, [])
     assert program.selection_sql == RULE_BASED_SQL
     assert program.lora == rule_based_program(DIGEST).lora
+
+
+def test_rule_based_starts_looser_only_when_its_selection_keeps_nothing():
+    # credited chains are LOG writes and their look-ups: a selection without PLAN turns is still used
+    only_log = {**DIGEST, "rule_based_turns": {"log": 3, "plan": 0}}
+    program = RuleBasedCurator().program(SCAFFOLD, only_log, [])
+    assert program.selection_sql == RULE_BASED_SQL and program.composition.routine_mix.log == 1.0
+    nothing = {**DIGEST, "rule_based_turns": {"log": 0, "plan": 0}}
+    assert RuleBasedCurator().program(SCAFFOLD, nothing, []).selection_sql == VALID_TURNS_SQL
 
 
 def test_rule_based_relaxes_selection_when_data_is_scarce():
@@ -50,6 +59,7 @@ def test_meta_llm_curator_sees_pool_and_trials_and_is_parsed_strictly():
     prompt = model.calls[0][0].content
     assert json.dumps(DIGEST["memory_calls"]).replace(" ", "") in prompt.replace(" ", "").replace("\n", "")
     assert describe_trial(trials[0]) in prompt and "selection_sql" in prompt
+    assert RULE_BASED_NOTE in prompt and "FROM chains WHERE credited" in prompt  # the documented example
     with pytest.raises(ProgramError):
         curator.program(SCAFFOLD, DIGEST, trials)
 

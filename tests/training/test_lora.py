@@ -119,11 +119,13 @@ def test_saved_adapter_reloads_with_identical_loss(trained, dataset, base_path):
     batch = [examples[i] for i in train_ids][: LORA.batch_size]
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, local_files_only=True)
     base_loss = batch_loss(model, tok, batch, LORA.max_seq_len)
-    # the loss on target positions only equals transformers' own shifted, masked loss
+    # the loss on target positions only (forced ones counted too) equals transformers' own
+    # shifted, masked loss
     encoded = [encode_example(tok, e["messages"], e["target"], LORA.max_seq_len) for e in batch]
     tensors = collate(encoded, tok.pad_token_id, torch)
     with torch.no_grad():
-        assert float(model(**tensors).loss) == pytest.approx(base_loss, abs=1e-5)
+        assert float(model(**tensors).loss) == pytest.approx(
+            batch_loss(model, tok, batch, LORA.max_seq_len, forced_weight=1.0), abs=1e-5)
     base_held = batch_loss(model, tok, held, LORA.max_seq_len)
     peft = PeftModel.from_pretrained(model, result.adapter_dir)
     assert batch_loss(peft, tok, held, LORA.max_seq_len) == pytest.approx(result.eval_loss, abs=1e-5)

@@ -85,7 +85,8 @@ def test_settings_are_checked_against_the_base_model(base_path):
 
 def test_pool_digest_and_rule_based_program(archive):
     digest = pool_digest(archive.root)
-    assert digest["episodes"] == 6 and set(digest["tables"]) == {"episodes", "steps", "calls", "memory_ops", "meta_calls"}
+    assert digest["episodes"] == 6 and set(digest["tables"]) == {"episodes", "steps", "calls", "memory_ops", "chains",
+                                                                 "meta_calls"}
     tiny = digest["games"]["tiny"]
     assert tiny["steps"] == 24 and tiny["progression"]["max"] == pytest.approx(1 / 3)
     assert tiny["progression"]["min"] == 0.0
@@ -97,10 +98,17 @@ def test_pool_digest_and_rule_based_program(archive):
     assert ops["writes"] == 24 and ops["searches"] == 16 + 24 and ops["write_to_search"] == pytest.approx(0.6)
     json.dumps(digest)  # goes into a prompt
 
+    # each consulting episode's LOG reads back its step-0 note at steps 1-3 and writes after it; the
+    # three that took the key (in step 1) credit that chain
+    assert tiny["chains"] == {"chains": 12, "credited": 3}
+
     program = rule_based_program(digest)
     assert program.selection_sql == RULE_BASED_SQL
-    assert program.composition.top_episode_share == 0.5  # progression varies
-    assert program.composition.routine_mix.log == 0.45  # 40 / 88, as in the pool
+    # the outcome filter is in the SQL (episodes above their task's mean): every episode's chains count
+    assert program.composition.top_episode_share == 1.0
+    # the 3 better episodes' 4 steps x (LOG look-up, LOG write, PLAN look-up, PLAN DONE), as selected
+    assert digest["rule_based_turns"] == {"log": 24, "plan": 24}
+    assert program.composition.routine_mix.log == 0.5
     assert (program.lora.rank, program.lora.alpha, program.lora.target_modules) == (8, 16, ["q_proj", "v_proj"])
     assert program.lora.learning_rate == 2e-4
     assert parse_program(program.model_dump_json()) == program
