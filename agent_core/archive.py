@@ -1,6 +1,6 @@
-"""The Parquet trace archive: one schema, defined here, for episodes, steps, model calls
-and memory operations, and for the meta-LLM's own calls (the agentic reviewer's and
-curator's ledger, `meta_calls`).
+"""The Parquet trace archive: one schema, defined here, for episodes, steps, model calls,
+memory operations and the memory chains credit flows along, and for the meta-LLM's own
+calls (the agentic reviewer's and curator's ledger, `meta_calls`).
 
 Layout (hive partitions, so a query on one game or scaffold touches only its files):
 
@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agent_core.diagnostics import ARCHIVE_COLUMNS, diagnose
+from agent_core.diagnostics import ARCHIVE_COLUMNS, diagnose, memory_chains
 from agent_core.files import atomic_write
 from agent_core.trace import Trace, read_summary, read_trace
 
@@ -66,6 +66,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("routine", pa.string()), ("op", pa.string()), ("args", pa.map_(pa.string(), pa.string())),
         ("ok", pa.bool_()), ("result", pa.string()), ("delta_chars", pa.int64()),
         ("duplicate", pa.bool_()), ("empty", pa.bool_()), ("hook_error", pa.string())]),
+    # one row per write -> look-up -> decision chain (`diagnostics.MemoryChain`, from
+    # `diagnostics.memory_chains`): the credit a curation program's SQL can select by
+    "chains": pa.schema(_KEYS + [
+        ("write_step", pa.int64()), ("write_call_id", pa.string()), ("write_op_index", pa.int64()),
+        ("lookup_step", pa.int64()), ("lookup_call_id", pa.string()), ("lookup_op_index", pa.int64()),
+        ("decision_call_id", pa.string()), ("gain", pa.float64()), ("credited", pa.bool_())]),
     # one row per meta-LLM call of an agentic review or curation: the ledger's entry
     # (`review.agentic.CallUsage`, `call` as call_index) and what the run belongs to;
     # game/scaffold_hash: the reviewed incumbent's, or the curated pool's scaffold
@@ -78,7 +84,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("trial", pa.int64()), ("env_steps", pa.int64())]),
 }
 #: the tables written per episode (`archive_trace`); `meta_calls` is written per meta-LLM run
-TABLES = ("episodes", "steps", "calls", "memory_ops")
+TABLES = ("episodes", "steps", "calls", "memory_ops", "chains")
 META_TABLE = "meta_calls"
 META_ROLES = ("reviewer", "curator")
 
@@ -98,7 +104,8 @@ def rows(trace: Trace) -> dict[str, list[dict[str, Any]]]:
         episode.update(s.model_dump(include={"progression", "total_reward", "invalid_actions",
                                              "invalid_ops", "default_actions", "memory_chars",
                                              "prompt_tokens", "completion_tokens", "end_reason"}))
-    out: dict[str, list[dict[str, Any]]] = {"episodes": [episode], "steps": [], "calls": [], "memory_ops": []}
+    out: dict[str, list[dict[str, Any]]] = {"episodes": [episode], "steps": [], "calls": [], "memory_ops": [],
+                                            "chains": [{**keys, **c.model_dump()} for c in memory_chains(trace.steps)]}
     call_index = 0
     for st in trace.steps:
         out["steps"].append({**keys, **st.model_dump(exclude={"kind", "episode_id", "calls", "memory_ops"})})
@@ -183,7 +190,7 @@ SQL_THREADS = 2
 
 def connect(root: Path | str, *, sandbox: bool = True, memory_mb: int = SQL_MEMORY_MB, threads: int = SQL_THREADS):
     """A DuckDB connection with one view per archive table (`episodes`, `steps`, `calls`,
-    `memory_ops`, `meta_calls`), partition columns included.
+    `memory_ops`, `chains`, `meta_calls`), partition columns included.
 
     With `sandbox` (the default), file access is limited to the archive, DuckDB may use at
     most `memory_mb` of memory and `threads` threads, spills nowhere (no temp directory: a

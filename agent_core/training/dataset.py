@@ -27,8 +27,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agent_core.archive import QueryError, connect, run_query
-from agent_core.commands import MEMORY_OPS, READ_ONLY_OPS, parse_reply
+from agent_core.commands import _TAG_RE, MEMORY_OPS, READ_ONLY_OPS, parse_reply
 from agent_core.conversation import rebuild_contexts
+from agent_core.diagnostics import MemoryChain
 from agent_core.records import Message, ModelCall, messages_digest
 from agent_core.training.program import CurationProgram, ProgramError
 
@@ -207,6 +208,36 @@ def compose(candidates: list[dict[str, Any]], progression: dict[str, float],
     return sorted(chosen, key=lambda c: (c["game"], c["episode_id"], c["call_index"]))
 
 
+def refuse_degenerate(targets: list[str]) -> None:
+    """`ProgramError` when a training set cannot teach anything: every target is one text
+    (e.g. 34 copies of `<|DONE|>`), or no target has free text outside the protocol's tags."""
+    if not targets:
+        return
+    if len(targets) > 1 and len(set(targets)) == 1:
+        raise ProgramError(f"degenerate training set: all {len(targets)} targets are the same text "
+                           f"{targets[0][:80]!r}; there is nothing to learn: select other replies")
+    if not any(_TAG_RE.sub("", t).strip() for t in targets):
+        shown = ", ".join(repr(t[:40]) for t in sorted(set(targets))[:3])
+        raise ProgramError(f"degenerate training set: none of the {len(targets)} targets has free text "
+                           f"outside the tags (e.g. {shown}); there is nothing to learn: select other replies")
+
+
+def _chains(con: Any, examples: list[dict[str, Any]]) -> list[list[MemoryChain]]:
+    """Per example, the credited chains (`diagnostics.memory_chains`) its call is a link of
+    (the write's call or the look-up's call), in look-up order."""
+    ids = [e["meta"]["call_id"] for e in examples]
+    names = list(MemoryChain.model_fields)
+    by_call: dict[str, list[MemoryChain]] = {}
+    for row in con.execute(
+            f"SELECT {', '.join(names)} FROM chains WHERE credited AND (list_contains(?, write_call_id) "
+            "OR list_contains(?, lookup_call_id)) ORDER BY lookup_step, lookup_op_index, write_step",
+            [ids, ids]).fetchall():
+        chain = MemoryChain(**dict(zip(names, row)))
+        for call_id in {chain.write_call_id, chain.lookup_call_id}:
+            by_call.setdefault(call_id, []).append(chain)
+    return [by_call.get(i, []) for i in ids]
+
+
 def _episode_calls(con: Any, episode_id: str) -> list[ModelCall]:
     rows = con.execute(
         "SELECT call_index, call_id, routine, role, model, messages_digest, fixed_prefix, window_start, "
@@ -265,8 +296,8 @@ def _length_stats(values: list[int]) -> dict[str, float]:
             "total": sum(v)}
 
 
-def _card(program: CurationProgram, examples: list[dict[str, Any]], stats: Counter, digest: str,
-          tokenizer: Any | None) -> dict[str, Any]:
+def _card(program: CurationProgram, examples: list[dict[str, Any]], chains: list[list[MemoryChain]],
+          stats: Counter, digest: str, tokenizer: Any | None) -> dict[str, Any]:
     per_routine = Counter(e["meta"]["routine"] for e in examples)
     per_game = Counter(e["meta"]["game"] for e in examples)
     card: dict[str, Any] = {
@@ -288,6 +319,8 @@ def _card(program: CurationProgram, examples: list[dict[str, Any]], stats: Count
         # where every example comes from, in train.jsonl's order: [episode_id, step, call_id, routine]
         "provenance": [[e["meta"]["episode_id"], e["meta"]["step"], e["meta"]["call_id"], e["meta"]["routine"]]
                        for e in examples],
+        # per example (same order), the credited write -> look-up -> decision chains its call is a link of
+        "chains": [[c.model_dump() for c in cs] for cs in chains],
     }
     if tokenizer is not None:
         def ntok(text: str) -> int:
@@ -302,6 +335,12 @@ def _card(program: CurationProgram, examples: list[dict[str, Any]], stats: Count
 
 #: examples listed in the markdown card (the JSON card lists them all)
 PROVENANCE_ROWS = 200
+
+
+def _chain_text(chains: list[dict[str, Any]], most: int = 3) -> str:
+    text = "; ".join(f"write step {c['write_step']} -> look-up step {c['lookup_step']} -> "
+                     f"{c['decision_call_id']} -> +{c['gain']:g}" for c in chains[:most])
+    return (text + (f"; {len(chains) - most} more" if len(chains) > most else "")) or "-"
 
 
 def _card_markdown(card: dict[str, Any]) -> str:
@@ -319,10 +358,14 @@ def _card_markdown(card: dict[str, Any]) -> str:
         if card.get(key):
             lines += table(key.replace("_", " ").capitalize(), card[key])
     shown = card.get("provenance", [])[:PROVENANCE_ROWS]
+    chains = card.get("chains", [])
     lines += ["### Provenance", "", f"Every example's episode, step and model call (train.jsonl's order"
               + (f"; the first {len(shown)} of {card['examples']}, all in data_card.json" if len(shown) < card["examples"]
-                 else "") + ").", "", "| episode | step | call | routine |", "|---|---|---|---|",
-              *[f"| {e} | {s} | {c} | {r} |" for e, s, c, r in shown], ""]
+                 else "") + "), and the credited chains it is a link of (write step -> look-up step -> "
+              "the call that decided -> progression gained; '-': selected by another signal).", "",
+              "| episode | step | call | routine | chains |", "|---|---|---|---|---|",
+              *[f"| {e} | {s} | {c} | {r} | {_chain_text(chains[i] if i < len(chains) else [])} |"
+                for i, (e, s, c, r) in enumerate(shown)], ""]
     lines += ["### Selection query", "", "```sql", card["query"], "```", "",
               "### Program", "", "The program that first built this dataset (its LoRA settings do not "
               "affect the data; a program with other LoRA settings reuses the folder).", "",
@@ -341,7 +384,8 @@ def build_dataset(archive_root: str | Path, program: CurationProgram, out_root: 
     to `out_root/<digest>/` atomically (or reuse it when it exists).
 
     `tokenizer` (optional, a transformers tokenizer) adds token-length stats to the card.
-    Raises `ProgramError` for refused SQL, an empty selection, or too few examples."""
+    Raises `ProgramError` for refused SQL, an empty selection, too few examples, or a
+    degenerate set (`refuse_degenerate`)."""
     archive_root, out_root = Path(archive_root), Path(out_root)
     stats: Counter = Counter()
     ids = _select(archive_root, program, timeout_s)
@@ -356,7 +400,9 @@ def build_dataset(archive_root: str | Path, program: CurationProgram, out_root: 
             "SELECT episode_id, progression FROM episodes WHERE list_contains(?, episode_id)",
             [episodes]).fetchall())
         chosen = compose(candidates, progression, program, stats)
+        refuse_degenerate([c["target"] for c in chosen])
         examples = _examples(con, chosen)
+        chains = _chains(con, examples)
         add_grammars(con, examples)
     finally:
         con.close()
@@ -368,7 +414,7 @@ def build_dataset(archive_root: str | Path, program: CurationProgram, out_root: 
     final = out_root / digest
     if (final / CARD_JSON).is_file():
         return _info(final, json.loads((final / CARD_JSON).read_text()), reused=True)
-    card = _card(program, examples, stats, digest, tokenizer)
+    card = _card(program, examples, chains, stats, digest, tokenizer)
     out_root.mkdir(parents=True, exist_ok=True)
     remove_stale(out_root, ".tmp-*")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest}-", dir=out_root))
