@@ -34,7 +34,7 @@ NOTES_S_PER_STEP = 3.7  # NOTES.md: batch 8 x 64 tokens, r=8 on q_proj,v_proj
 
 
 def make_dataset(work: Path, episodes: int, steps: int) -> Path:
-    """Scripted tiny-game episodes -> archive -> rule-based dataset (all routines)."""
+    """Scripted tiny-game episodes -> archive -> dataset of their valid memory turns (all routines)."""
     from agent_core.agent import Roles
     from agent_core.archive import archive_trace
     from agent_core.episode import run_episode
@@ -42,16 +42,20 @@ def make_dataset(work: Path, episodes: int, steps: int) -> Path:
     from agent_core.models.scripted import ScriptedModel
     from agent_core.scaffold import Scaffold
     from agent_core.training import build_dataset, pool_digest, rule_based_program
+    from agent_core.training.curator import VALID_TURNS_SQL
     from environments import make_env
 
-    script = RoutineScript(log="<|SEARCH|>saw<|END|><|APPEND|>action_log.md|saw: step done<|END|><|DONE|>",
-                           plan="<|SEARCH|>key<|END|><|READ|>map.md<|END|><|DONE|>")
+    # the reply protocol: a look-up ends its reply, the next turn comes after its result
+    script = RoutineScript(log="<|SEARCH|>saw<|END|>", log_next="<|APPEND|>action_log.md|saw: step done<|END|><|DONE|>",
+                           plan="<|SEARCH|>key<|END|>", plan_next="<|READ|>map.md<|END|>")
     for seed in range(episodes):
         s = run_episode(make_env("tiny"), Scaffold.builtin("tiny"),
                         Roles(memory=ScriptedModel(script.reply, model_id="bench")), seed, steps,
                         work / f"ep{seed}")
         archive_trace(s.trace_path, work / "archive")
-    program = rule_based_program(pool_digest(work / "archive"))
+    # every valid memory turn (the curator's first relaxation): scripted episodes earn no credit,
+    # and a timing needs data, not good data
+    program = rule_based_program(pool_digest(work / "archive")).model_copy(update={"selection_sql": VALID_TURNS_SQL})
     return build_dataset(work / "archive", program, work / "datasets").path
 
 
