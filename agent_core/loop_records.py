@@ -37,6 +37,10 @@ class TrialRecord(_Record):
     """One curation/training/evaluation trial of the training loop."""
 
     trial: int
+    round: int = Field(0, description="The expert-iteration round the trial belongs to (its pool was "
+                       "played by that round's memory model).")
+    pool_model: str = Field("base", description="The memory model that played the trial's pool: base, or "
+                            "the specialist of an earlier round (its adapter).")
     error: str | None = Field(None, description="Why the trial stopped before a verdict.")
     program: dict[str, Any] | None = Field(None, description="The curation program, as trained.")
     dataset: str | None = None

@@ -22,6 +22,7 @@ from agent_core.loop_records import TrialRecord
 from agent_core.registry import incumbent_path
 from agent_core.meta import MetaLLMConfig
 from agent_core.models.base import ModelError
+from agent_core.models.config import ModelConfig
 from agent_core.plots import write_report
 from agent_core.records import EpisodeSummary
 from agent_core.training.program import ProgramError, TrainingBudget
@@ -39,7 +40,12 @@ class TrainingLoopParams(GameParams):
     confirm_seeds: list[int] = Field([10, 11, 12, 13], min_length=1, description="Held-out seeds the best trial must "
                                      "win on again before promotion; disjoint from the others, never shown to the curator.")
     meta: MetaLLMConfig = Field(default_factory=MetaLLMConfig, description="Who writes the curation programs.")
-    trials: int = Field(2, ge=1, le=50, description="Curation/training trials.")
+    trials: int = Field(2, ge=1, le=50, description="Curation/training trials per round.")
+    rounds: int = Field(1, ge=1, le=20, description="Rounds of expert iteration (rejection-sampling "
+                        "fine-tuning, as in STaR and ReST-EM): each round plays the pool with that round's "
+                        "memory model (round 0: the incumbent; then the best specialist of the round "
+                        "before), curates the model's own replies, trains a LoRA on the base and evaluates "
+                        "it. The paper's loop 2 is one round.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test.")
     train_budget: TrainingBudget = Field(default_factory=TrainingBudget, description="The training device, "
                                          "and caps on each trial's LoRA training over the curator's settings.")
@@ -58,7 +64,7 @@ class TrainingLoopParams(GameParams):
             raise ValueError(f"with a served model ({self.models.model!r}) train_base is required: the weights "
                              "folder of the same base the server serves (adapters trained on another base do "
                              "not load there); the local default would be the small CPU model")
-        self.gate.check_seeds(len(self.eval_seeds), "evaluation seeds", tests=self.trials)
+        self.gate.check_seeds(len(self.eval_seeds), "evaluation seeds", tests=self.trials * self.rounds)
         self.gate.check_seeds(len(self.confirm_seeds), "confirmation seeds")
         return self
 
@@ -105,8 +111,11 @@ def check_served_base(base_url: str, model: str, train_base: str) -> None:
                          f"has another configuration ({source}): {'; '.join(differs)}; train on the same weights")
 
 
-def pool_key(params: TrainingLoopParams, scaffold_hash: str) -> str:
-    blob = json.dumps([scaffold_hash, params.models.ids(), params.game, sorted(params.pool_seeds), params.max_steps])
+def pool_key(params: TrainingLoopParams, scaffold_hash: str, models: ModelConfig | None = None) -> str:
+    """The pool's archive folder: the scaffold, the models that played it (a round's
+    specialist included), the game, the seeds and the step budget."""
+    models = models or params.models
+    blob = json.dumps([scaffold_hash, models.ids(), params.game, sorted(params.pool_seeds), params.max_steps])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -144,11 +153,6 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     root, game = params.root(), params.game_name
     scaffold = params.incumbent()
 
-    pool = run_episodes(params.specs(str(scaffold.root), params.pool_seeds), params, label="pool")
-    pool_archive = root / "pools" / pool_key(params, scaffold.hash) / "archive"
-    sync(params.workspace, *archive_traces([s.trace_path for s in pool], str(pool_archive)))
-    digest = digest_pool(str(pool_archive))
-
     # the incumbent: the promoted specialist of an earlier night, else the base agent
     incumbent_adapter = incumbent_path(root, "adapters", game)
     incumbent_models = params.models
@@ -162,52 +166,33 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     base_diag = diagnose_traces([s.trace_path for s in base_runs])
     trials: list[TrialRecord] = []
     spec_runs_by_trial: dict[int, list[EpisodeSummary]] = {}
-    for n in range(params.trials):
-        trial = TrialRecord(trial=n)
-        trials.append(trial)
-        program = curate(str(scaffold.root), digest, params.meta, [t.data() for t in trials[:-1]], params.train_base,
-                         params.models.max_lora_rank, str(pool_archive),
-                         str(pool_archive.parent / "curation" / f"trial-{n}"))
-        if isinstance(program, str):
-            trial.error = program
-            continue
-        program = program.model_copy(update={"lora": params.train_budget.apply(program.lora)})
-        trial.program = program.model_dump(mode="json")
-        dataset = build_sft_dataset(str(pool_archive), program, str(root / "sft"))
-        if isinstance(dataset, str):
-            trial.error = dataset
-            logger.info("trial %d: no training data: %s", n, dataset)
-            continue
-        try:
-            result = train_adapter(dataset, program, str(root / "adapters"), params.train_base, params.train_budget)
-        except ProgramError as exc:  # e.g. no example fits max_seq_len: this trial failed, not the loop
-            trial.error = f"training refused the program: {exc}"
-            logger.warning("trial %d: %s", n, trial.error)
-            continue
-        trial.dataset, trial.examples, trial.adapter = str(dataset.path), dataset.examples, str(result.adapter_dir)
-        trial.final_loss, trial.eval_loss, trial.eval_examples = result.final_loss, result.eval_loss, result.eval_examples
-        trial.loss_curve = result.loss_curve
-        specialist = str(result.adapter_dir)
-        if params.models.backend == "openai":
-            try:
-                specialist = serve_adapter(params.models, specialist)
-            except ModelError as exc:  # e.g. the server cannot see the folder: this trial failed
-                trial.error = f"adapter could not be served: {exc}"
-                logger.warning("trial %d: %s", n, trial.error)
-                continue
-        spec_models = params.models.model_copy(update={"specialist": specialist})
-        trial.specialist = specialist
-        spec_runs = run_episodes(params.specs(str(scaffold.root), params.eval_seeds, spec_models),
-                                 params, label=f"specialist trial {n}")
-        spec_runs_by_trial[n] = spec_runs
-        spec_diag = diagnose_traces([s.trace_path for s in spec_runs])
-        trial.verdict = gate_candidate(params.eval_seeds, [s.progression for s in base_runs],
-                                       [s.progression for s in spec_runs], params.gate,
-                                       str(root / "verdicts" / f"{scaffold.hash}-{_name(incumbent_adapter)}-vs-{Path(specialist).name}.json"))
-        trial.comparison = side_by_side(base_diag, spec_diag, base_runs, spec_runs)
-        trial.diagnostics = {"base": trial.comparison["write_search_ratio"]["base"],
-                             "specialist": trial.comparison["write_search_ratio"]["specialist"]}
-        logger.info("trial %d: %s", n, trial.verdict.reason)
+    pool_models, pool_label = params.models, "base"
+    for round_ in range(params.rounds):
+        # expert iteration: this round's memory model plays the pool, its own good replies are
+        # curated and a LoRA is trained on them (on the base); the round's best specialist
+        # (by its mean on the evaluation seeds) plays the next round's pool
+        pool = run_episodes(params.specs(str(scaffold.root), params.pool_seeds, pool_models), params,
+                            label=f"pool, round {round_}")
+        pool_archive = root / "pools" / pool_key(params, scaffold.hash, pool_models) / "archive"
+        sync(params.workspace, *archive_traces([s.trace_path for s in pool], str(pool_archive)))
+        digest = digest_pool(str(pool_archive))
+        first = len(trials)
+        for n in range(first, first + params.trials):
+            trial = TrialRecord(trial=n, round=round_, pool_model=pool_label)
+            trials.append(trial)
+            runs = _trial(params, trial, scaffold, digest, pool_archive, trials[:-1], base_runs, base_diag,
+                          incumbent_adapter, root)
+            if runs is not None:
+                spec_runs_by_trial[n] = runs
+        evaluated = [t for t in trials[first:] if t.verdict is not None]
+        if not evaluated:
+            logger.info("round %d: no trial reached an evaluation; no further rounds", round_)
+            break
+        lead = max(evaluated, key=lambda t: t.verdict.mean_candidate)
+        pool_models = params.models.model_copy(update={"specialist": lead.specialist})
+        pool_label = f"round {round_} trial {lead.trial} ({Path(lead.adapter).name})"
+        logger.info("round %d: best specialist trial %d, mean progression %.4f (incumbent %.4f)", round_,
+                    lead.trial, lead.verdict.mean_candidate, lead.verdict.mean_incumbent)
 
     # the trials were judged on the same seeds: Holm's correction before picking the best
     tested = [t for t in trials if t.verdict is not None]
@@ -237,6 +222,59 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
                                                  root / "registry.json") if p.exists()])
     return {"game": params.game, "trials": [t.data() for t in trials], "promoted": best.adapter if best else None,
             "report": str(report)}
+
+
+def _trial(params: TrainingLoopParams, trial: TrialRecord, scaffold, digest: str, pool_archive: Path,
+           earlier: list[TrialRecord], base_runs: list[EpisodeSummary], base_diag: list[Diagnostics],
+           incumbent_adapter: str | None, root: Path) -> list[EpisodeSummary] | None:
+    """One curation/training/evaluation trial on a round's pool, recorded in `trial`; its
+    specialist's evaluation episodes, or None when it stopped before them."""
+    logger = get_run_logger()
+    n = trial.trial
+    program = curate(str(scaffold.root), digest, params.meta, [t.data() for t in earlier], params.train_base,
+                     params.models.max_lora_rank, str(pool_archive),
+                     str(pool_archive.parent / "curation" / f"trial-{n}"))
+    if isinstance(program, str):
+        trial.error = program
+        return None
+    program = program.model_copy(update={"lora": params.train_budget.apply(program.lora)})
+    trial.program = program.model_dump(mode="json")
+    dataset = build_sft_dataset(str(pool_archive), program, str(root / "sft"))
+    if isinstance(dataset, str):
+        trial.error = dataset
+        logger.info("trial %d: no training data: %s", n, dataset)
+        return None
+    try:
+        result = train_adapter(dataset, program, str(root / "adapters"), params.train_base, params.train_budget)
+    except ProgramError as exc:  # e.g. no example fits max_seq_len: this trial failed, not the loop
+        trial.error = f"training refused the program: {exc}"
+        logger.warning("trial %d: %s", n, trial.error)
+        return None
+    trial.dataset, trial.examples, trial.adapter = str(dataset.path), dataset.examples, str(result.adapter_dir)
+    trial.final_loss, trial.eval_loss, trial.eval_examples = result.final_loss, result.eval_loss, result.eval_examples
+    trial.loss_curve = result.loss_curve
+    specialist = str(result.adapter_dir)
+    if params.models.backend == "openai":
+        try:
+            specialist = serve_adapter(params.models, specialist)
+        except ModelError as exc:  # e.g. the server cannot see the folder: this trial failed
+            trial.error = f"adapter could not be served: {exc}"
+            logger.warning("trial %d: %s", n, trial.error)
+            return None
+    spec_models = params.models.model_copy(update={"specialist": specialist})
+    trial.specialist = specialist
+    spec_runs = run_episodes(params.specs(str(scaffold.root), params.eval_seeds, spec_models),
+                             params, label=f"specialist trial {n}")
+    spec_diag = diagnose_traces([s.trace_path for s in spec_runs])
+    trial.verdict = gate_candidate(params.eval_seeds, [s.progression for s in base_runs],
+                                   [s.progression for s in spec_runs], params.gate,
+                                   str(root / "verdicts" / f"{scaffold.hash}-{_name(incumbent_adapter)}-vs-"
+                                                           f"{Path(specialist).name}.json"))
+    trial.comparison = side_by_side(base_diag, spec_diag, base_runs, spec_runs)
+    trial.diagnostics = {"base": trial.comparison["write_search_ratio"]["base"],
+                         "specialist": trial.comparison["write_search_ratio"]["specialist"]}
+    logger.info("trial %d: %s", n, trial.verdict.reason)
+    return spec_runs
 
 
 def _name(adapter: str | None) -> str:
@@ -270,6 +308,27 @@ def _figures(trials: list[TrialRecord], incumbent: str, base_runs: list[EpisodeS
                                 "writes per look-up")]
 
 
+def learning_curve(trials: list[TrialRecord], incumbent: str) -> list[str]:
+    """Markdown lines: per round, the pool's model, the best trial's examples, losses and its
+    mean progression on the evaluation seeds beside the incumbent's, with the gate's p-value."""
+    lines = ["## Learning curve (expert iteration)", "",
+             f"| round | pool played by | trial | examples | final loss | held-out loss | incumbent ({incumbent}) "
+             "| specialist | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted({t.round for t in trials}):
+        done = [t for t in trials if t.round == r and t.verdict is not None]
+        if not done:
+            why = next((t.error for t in trials if t.round == r and t.error), "no trial evaluated")
+            lines.append(f"| {r} | {next(t.pool_model for t in trials if t.round == r)} | - | - | - | - | - | - | - "
+                         f"| {why} |")
+            continue
+        t = max(done, key=lambda t: t.verdict.mean_candidate)
+        held = f"{t.eval_loss:.4f}" if t.eval_loss is not None else "-"
+        p = t.verdict.adjusted_p if t.verdict.adjusted_p is not None else t.verdict.p_value
+        lines.append(f"| {r} | {t.pool_model} | {t.trial} | {t.examples} | {t.final_loss:.4f} | {held} | "
+                     f"{t.verdict.mean_incumbent:.4f} | {t.verdict.mean_candidate:.4f} | {p:.3f} | {t.verdict.outcome} |")
+    return lines + [""]
+
+
 def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRecord], best: TrialRecord | None,
             incumbent: str, figures: list, curation_root: Path | None = None) -> Path:
     """The report; `curation_root`: where each trial's curator records (`trial-<n>/`) are, whose
@@ -282,7 +341,7 @@ def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRe
     agentic = params.meta.resolved().mode == "agentic" and curation_root is not None
     ledgers = {t.trial: read_ledgers(curation_root / f"trial-{t.trial}", "curator") if agentic else []
                for t in trials}
-    rows = [{"trial": t.trial, "examples": t.examples, "final_loss": t.final_loss, "eval_loss": t.eval_loss,
+    rows = [{"trial": t.trial, "round": t.round, "pool_model": t.pool_model, "examples": t.examples, "final_loss": t.final_loss, "eval_loss": t.eval_loss,
              "incumbent": t.verdict.mean_incumbent if t.verdict else None,
              "specialist": t.verdict.mean_candidate if t.verdict else None,
              "promoted": t.verdict.promote if t.verdict else None,
@@ -293,8 +352,11 @@ def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRe
     create_table_artifact(rows, key="training-loop-trials", description="training trials")
     lines = [f"# Training loop: {params.game}, scaffold {scaffold_hash}", "",
              f"Incumbent: {incumbent}. Promoted: {best.adapter if best else 'nothing (the incumbent stays)'}", ""]
+    if params.rounds > 1:
+        lines += learning_curve(trials, incumbent)
     for t in trials:
-        lines.append(f"## Trial {t.trial}")
+        lines.append(f"## Trial {t.trial}" + (f" (round {t.round}, pool played by {t.pool_model})"
+                                              if params.rounds > 1 else ""))
         if agentic:
             lines += [ledger_line(ledgers[t.trial]), ""]
         if t.error:

@@ -173,3 +173,23 @@ def test_an_adapter_the_server_cannot_load_fails_its_trial_with_the_servers_mess
     assert trial["error"].startswith("adapter could not be served") and "/not-mounted/adapters/mem-" in trial["error"]
     assert "verdict" not in trial and result["promoted"] is None  # never played, never gated
     assert "/not-mounted/adapters/mem-" in Path(result["report"]).read_text()
+
+
+def test_rounds_of_expert_iteration_play_each_pool_with_the_last_rounds_specialist(tmp_path):
+    ws = tmp_path / "ws"
+    result = training_loop(params(ws, rounds=2, meta=MetaLLMConfig(backend="scripted",
+                                                                    replies=[program_json(), program_json()])))
+    first, second = result["trials"]
+    assert (first["round"], first["pool_model"]) == (0, "base")
+    assert second["round"] == 1 and second["pool_model"].startswith("round 0 trial 0 (")
+    assert Path(first["adapter"]).name in second["pool_model"]
+    # round 1's pool was played with round 0's specialist in the memory role: a pool of its own
+    pools = sorted((ws / "pools").iterdir())
+    assert len(pools) == 2
+    memory_models = {read_trace(t).header.memory_model for t in ws.glob("episodes/tiny/*/trace.jsonl")}
+    specialist_id = AGENT.model_copy(update={"specialist": first["specialist"]}).ids()[0]
+    assert specialist_id in memory_models
+    report = Path(result["report"]).read_text()
+    assert "## Learning curve (expert iteration)" in report and "| 1 | round 0 trial 0 (" in report
+    with pytest.raises(ValidationError, match="rounds"):
+        params(tmp_path, rounds=0)
