@@ -214,3 +214,34 @@ def test_a_degenerate_training_set_is_refused(archive, tmp_path):
     # with a second text the same selection trains
     mixed = "select call_id from calls where reply in ('<|DONE|>', '<|SEARCH|>key<|END|>')"
     assert build_dataset(archive.root, program(mixed), tmp_path).examples > 16
+
+
+def test_on_the_recall_game_credit_goes_to_the_told_fact_and_the_look_up_at_the_doors(tmp_path):
+    """Played, not hand-built: the rule-based `tiny-recall` policy (not a model) writes the way
+    out down when it is told (step 0) and looks it up at the doors; every episode ends alike, so
+    only the chains select, and they select exactly those two turns per episode."""
+    from agent_core.episode import run_episode
+    from agent_core.models.config import ModelConfig
+    from agent_core.scaffold import Scaffold
+    from environments import make_env
+
+    episodes = []
+    for seed in (0, 1):
+        s = run_episode(make_env("tiny", "recall-short"), Scaffold.builtin("tiny"),
+                        ModelConfig(backend="scripted", policy="tiny-recall").build(), seed, 12, tmp_path / str(seed))
+        archive_trace(s.trace_path, tmp_path / "archive")
+        episodes.append(s)
+    assert [s.progression for s in episodes] == [1.0, 1.0]
+    info = build_dataset(tmp_path / "archive", rule_based_program(pool_digest(tmp_path / "archive")), tmp_path / "sft")
+    examples = load_examples(info.path)
+    card = json.loads((info.path / "data_card.json").read_text())
+    assert info.per_routine == {"log": 2, "plan": 2}
+    for episode in episodes:
+        log, plan = [(e, chains) for e, chains in zip(examples, card["chains"])
+                     if e["meta"]["episode_id"] == episode.episode_id]
+        assert (log[0]["meta"]["routine"], log[0]["meta"]["step"], plan[0]["meta"]["routine"]) == ("log", 0, "plan")
+        assert log[1] == plan[1] and len(log[1]) == 1  # one chain, both its links
+        chain = log[1][0]
+        assert (chain["write_call_id"], chain["write_step"]) == (log[0]["meta"]["call_id"], 0)
+        assert (chain["lookup_call_id"], chain["lookup_step"]) == (plan[0]["meta"]["call_id"], plan[0]["meta"]["step"])
+        assert chain["gain"] > 0 and plan[0]["meta"]["step"] > 0
