@@ -1,6 +1,8 @@
 """Continuous batching of the local model: local Crafter episodes per minute at concurrency
 1, 2, 4, 8, decoded together (`max_batch` = concurrency) against one reply at a time under
-the lock (`max_batch` 1, the path before batching), in one run.
+the lock (`max_batch` 1, the path before batching), in one run; the batch- and
+cache-invariant path (the default, `LocalModel(invariant=True)`) beside the padded-batch path
+it replaced ("today"), with its cost per step at each level.
 
 Every level plays the same workload: `--episodes` Crafter episodes (seeds 1000, 1001, ...)
 of `--steps` steps, v0 scaffold, replies under the grammar, the scaffold's sampling, with
@@ -22,10 +24,12 @@ two with a LoRA adapter and two without, as one peft mixed-adapter pass (`adapte
 what the scheduler does) against one pass per adapter group (set_adapter / disable_adapter).
 
     python benchmarks/bench_batching.py [--episodes 8] [--steps 8] [--levels 1,2,4,8]
-        [--dtypes bfloat16] [--device auto] [--passes] [--adapters] [--levels-off]
+        [--dtypes bfloat16] [--paths invariant,today] [--repeats 2] [--device auto] [--passes]
+        [--adapters] [--levels-off]
 
 Targets (2-core CPU): batched at least 1.8x the episodes per minute of concurrency 1 at 4,
-2.5x at 8. On a GPU (`benchmarks/gpu_check.py --batching`): at least 8x at 16.
+2.5x at 8. On a GPU (`benchmarks/gpu_check.py --batching`): at least 8x at 16. The invariant
+path: at most 15% more seconds per step than today's batched path at the same concurrency.
 """
 
 from __future__ import annotations
@@ -157,8 +161,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="steps per episode")
     ap.add_argument("--levels", default="1,2,4,8", help="concurrency levels (batched)")
     ap.add_argument("--dtypes", default="bfloat16", help="weights' dtypes to play the episodes in")
+    ap.add_argument("--paths", default="invariant,today",
+                    help="decoding paths: invariant (the default) and today (padded batch, fused attention)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--lock-levels", default="1", help="levels also played under the lock (1: the baseline)")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each path and level, interleaved")
     ap.add_argument("--passes", action="store_true", help="also time bare prefill and decoding passes")
     ap.add_argument("--pass-dtypes", default="bfloat16,float32", help="dtypes for --passes")
     ap.add_argument("--adapters", action="store_true", help="also time mixed-adapter vs grouped passes")
@@ -187,32 +194,51 @@ def main() -> None:
     print(f"\n{args.episodes} local Crafter episodes of {args.steps} steps per run, v0 scaffold "
           f"(history_window {scaffold.config.history_window}, stride {scaffold.config.history_stride}), "
           "constrained")
+    paths = args.paths.split(",")
+    played = args.episodes * args.steps
     for dtype in args.dtypes.split(","):
-        model = LocalModel(dtype=dtype, device=args.device, max_batch=max(levels))
-        print(f"\n{dtype} on {model.device}")
-        print(f"{'mode':8s} {'conc':>4s} {'wall s':>7s} {'ep/min':>7s} {'x c1':>5s} {'tok/s':>6s} "
-              f"{'fwd/step':>8s} {'rows/pass':>9s} {'prefill tok/step':>16s} {'prefill %':>9s} {'decode %':>8s}")
-        play_level(model, scaffold, 1, 1, [999_999], tmp / "warm")  # first-call costs out of the figures
-        runs = [("lock", n) for n in lock_levels] + [("batched", n) for n in levels]
-        results = {}
-        for mode, n in runs:
-            model.max_batch = 1 if mode == "lock" else n
-            r = results[(mode, n)] = play_level(model, scaffold, n, args.steps, seeds, tmp / f"{dtype}-{mode}-{n}")
-            base = results[("lock", 1)]
-            print(f"{mode:8s} {n:4d} {r['wall']:7.1f} {r['episodes_per_min']:7.2f} "
-                  f"{r['episodes_per_min'] / base['episodes_per_min']:5.2f} {r['tokens_s']:6.1f} "
-                  f"{r['passes_per_step']:8.1f} {r['rows_per_pass']:9.2f} {r['prefill_per_step']:16.0f} "
-                  f"{100 * r['prefill_share']:9.0f} {100 * r['decode_share']:8.0f}", flush=True)
-        base = results[("lock", 1)]
-        print(f"{dtype}: prefill is {100 * base['prefill_share']:.0f}% of the wall time at concurrency 1: "
-              f"no batching of decoding can exceed {1 / max(base['prefill_share'], 1e-9):.2f}x")
+        print(f"\n{dtype}; runs of the paths interleaved, {args.repeats} of each (this machine's load drifts)")
+        print(f"{'path':9s} {'mode':8s} {'conc':>4s} {'wall s':>7s} {'s/step':>6s} {'ep/min':>7s} {'x c1':>5s} "
+              f"{'tok/s':>6s} {'fwd/step':>8s} {'rows/pass':>9s} {'prefill tok/step':>16s} {'prefill %':>9s} "
+              f"{'decode %':>8s}")
+        models = {path: LocalModel(dtype=dtype, device=args.device, max_batch=max(levels),
+                                   invariant=path == "invariant") for path in paths}
+        for path, model in models.items():
+            play_level(model, scaffold, 1, 1, [999_999], tmp / f"warm-{path}")  # first-call costs out
+        # the lock (max_batch 1, one reply at a time) is the baseline of today's path
+        runs = ([("today", "lock", n) for n in lock_levels] if "today" in paths else []) + \
+            [(path, "batched", n) for n in levels for path in paths]
+        results: dict[tuple[str, str, int], list[dict]] = {}
+        for repeat in range(args.repeats):
+            for path, mode, n in runs if repeat % 2 == 0 else runs[::-1]:
+                model = models[path]
+                model.max_batch = 1 if mode == "lock" else n
+                r = play_level(model, scaffold, n, args.steps, seeds, tmp / f"{dtype}-{path}-{mode}-{n}-{repeat}")
+                results.setdefault((path, mode, n), []).append(r)
+                print(f"{path:9s} {mode:8s} {n:4d} {r['wall']:7.1f} {r['wall'] / played:6.2f} "
+                      f"{r['episodes_per_min']:7.2f} {'':>5s} {r['tokens_s']:6.1f} {r['passes_per_step']:8.1f} "
+                      f"{r['rows_per_pass']:9.2f} {r['prefill_per_step']:16.0f} {100 * r['prefill_share']:9.0f} "
+                      f"{100 * r['decode_share']:8.0f}", flush=True)
+        wall = {k: statistics.fmean(r["wall"] for r in v) for k, v in results.items()}
+        print(f"\n{dtype}, mean of {args.repeats} runs each:")
+        base = wall.get(("today", "lock", 1))
+        for (path, mode, n), w in wall.items():
+            share = statistics.fmean(r["prefill_share"] for r in results[(path, mode, n)])
+            print(f"  {path:9s} {mode:8s} {n:2d}: {w / played:5.2f} s/step, {60 * args.episodes / w:5.2f} "
+                  f"episodes/min" + (f", {base / w:.2f}x today's lock at 1" if base else "")
+                  + f", prefill {100 * share:.0f}% of the wall time")
         for n, target in ((4, 1.8), (8, 2.5), (16, 8.0)):
-            got = results.get(("batched", n))
-            if got:
-                print(f"{dtype}: batched at {n} / lock at 1: "
-                      f"{got['episodes_per_min'] / base['episodes_per_min']:.2f}x (target >= {target}x)")
-        del model
-
+            for path in paths:
+                if base and (path, "batched", n) in wall:
+                    print(f"{dtype} {path}: batched at {n} / today's lock at 1: "
+                          f"{base / wall[(path, 'batched', n)]:.2f}x (target >= {target}x)")
+        for n in levels:
+            inv, today = wall.get(("invariant", "batched", n)), wall.get(("today", "batched", n))
+            if inv and today:
+                print(f"{dtype}: invariant vs today's batched at {n}: {inv / played:.2f} vs {today / played:.2f} "
+                      f"s/step ({100 * (inv / today - 1):+.0f}%; target <= +15%), "
+                      f"{60 * args.episodes / inv:.2f} vs {60 * args.episodes / today:.2f} episodes/min")
+        del models
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,27 @@ def lora_dir(local_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture()
 def server_url(local_model: Any) -> Iterator[str]:
-    """`automem serve`'s app on a free port, in a background thread."""
+    """`automem serve`'s app over the session's model on a free port, in a background thread."""
+    with serving(local_model) as url:
+        yield url
+
+
+@pytest.fixture()
+def serve() -> Any:
+    """`serving`: `with serve(model) as url:` serves another model the same way."""
+    return serving
+
+
+@contextmanager
+def serving(model: Any) -> Iterator[str]:
+    """`automem serve`'s app over `model` on a free port, in a background thread."""
     import uvicorn
 
     from agent_core.models import create_app
 
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(local_model), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

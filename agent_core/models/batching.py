@@ -119,18 +119,21 @@ def _growing_layer() -> Any:
         _kview: Any = None
         _n = 0
 
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        def update(self, key_states: Any, value_states: Any, *args: Any, reserve: int = 0,
+                   **kwargs: Any) -> tuple[Any, Any]:
+            """Append; `reserve`: room for at least that many positions (`_kbuf`, `_vbuf`;
+            never-written room is zeros)."""
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             if self._kbuf is None or self.keys is not self._kview:  # assigned from outside: adopt
                 self._kbuf, self._vbuf = self.keys, self.values
                 self._n = self.keys.shape[-2] if self.keys.numel() else 0
             n, t = self._n, key_states.shape[-2]
-            if (self._kbuf.numel() == 0 or n + t > self._kbuf.shape[-2]
+            if (self._kbuf.numel() == 0 or max(n + t, reserve) > self._kbuf.shape[-2]
                     or self._kbuf.shape[:2] != key_states.shape[:2]):
-                room = n + t + max(128, (n + t) // 4)
+                room = max(reserve, n + t + max(128, (n + t) // 4))
                 shape = (*key_states.shape[:2], room, key_states.shape[-1])
-                keys, values = key_states.new_empty(shape), value_states.new_empty(shape)
+                keys, values = key_states.new_zeros(shape), value_states.new_zeros(shape)
                 if n:
                     keys[:, :, :n] = self._kbuf[:, :, :n]
                     values[:, :, :n] = self._vbuf[:, :, :n]
@@ -263,15 +266,6 @@ class Batcher:
             return False
         return owner._peft.peft_config.get(name)
 
-    def _forward_kwargs(self, names: list[str]) -> tuple[Any, dict[str, Any]]:
-        owner = self.owner
-        if not owner._adapters:  # no LoRA layer holds an adapter: the plain model
-            return owner._model, {}
-        if owner._peft.active_adapter not in owner._adapters:
-            # peft keeps a deleted adapter as the active one, and its mixed-batch hooks look it up
-            owner._peft.set_adapter(next(iter(owner._adapters)))
-        return owner._peft, {"adapter_names": [BASE_ADAPTER if n == owner.model_id else n for n in names]}
-
     def _prefill(self, req: _Request) -> None:
         """One chunk of a new row's prompt, in its own cache; the last chunk yields its first
         token and the row joins the batch (or ends at once)."""
@@ -287,12 +281,15 @@ class Batcher:
                     self._complete(req)
                     return
             chunk = row.feed[req.fed: req.fed + owner.prefill_chunk]
-            model, kwargs = self._forward_kwargs([row.name])
             began = time.perf_counter()
-            logits = model(
-                input_ids=torch.tensor([chunk], device=owner.device), cache=row.entry.cache,
-                use_cache=True, logits_to_keep=1, **kwargs,
-            ).logits[0, -1].cpu()
+            if owner.invariant:
+                logits = owner.rows_forward([row], [chunk])[0]
+            else:
+                model, kwargs = owner._adapter_kwargs([row.name])
+                logits = model(
+                    input_ids=torch.tensor([chunk], device=owner.device), cache=row.entry.cache,
+                    use_cache=True, logits_to_keep=1, **kwargs,
+                ).logits[0, -1].cpu()
             owner.prefill_s += time.perf_counter() - began
             owner.prefill_tokens += len(chunk)
             owner.forward_passes += 1
@@ -330,43 +327,29 @@ class Batcher:
             return
         if row.reused:  # a shorter cached prefix: give it back to the store
             owner._keep_prefix(row.name, row.entry)
-        row.entry = PrefixEntry(row.prompt[:shared], self._extract(best, shared))
+        source = self._active[best].row.entry.cache
+        row.entry = PrefixEntry(row.prompt[:shared],
+                                copy_prefix(source, shared) if owner.invariant else self._extract(best, shared))
         row.reused, row.feed = shared, row.prompt[shared:]
 
     def _decode(self) -> None:
         """One forward pass over every active row."""
-        owner, torch = self.owner, self.owner._torch
+        owner = self.owner
         done = [req for req in self._active if self._over(req)]
         for req in done:
             self._remove(req, keep_prefix=True)
         if not self._active:
             return
         rows = [req.row for req in self._active]
-        width = max(len(r.feed) for r in rows)
-        length = self._mask.shape[1]
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        step_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        positions = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n, start = len(r.feed), len(r.entry.tokens)
-            ids[i, width - n:] = torch.tensor(r.feed)
-            step_mask[i, width - n:] = True
-            positions[i, width - n:] = torch.arange(start, start + n)
-            positions[i, : width - n] = start  # pads: any position, they are masked
-        mask = torch.cat([self._mask, step_mask], dim=1)
-        model, kwargs = self._forward_kwargs([r.name for r in rows])
-        began = time.perf_counter()
-        logits = model(
-            input_ids=ids.to(owner.device), attention_mask=mask.to(owner.device, torch.long),
-            position_ids=positions.to(owner.device), cache=self._cache, use_cache=True,
-            logits_to_keep=1, **kwargs,
-        ).logits[:, -1].cpu()
-        owner.decode_s += time.perf_counter() - began
-        self._mask = mask
+        if owner.invariant:  # each row in its own cache: no batch cache, no mask
+            began = time.perf_counter()
+            logits = owner.rows_forward(rows, [r.feed for r in rows])
+            owner.decode_s += time.perf_counter() - began
+        else:
+            logits = self._padded_decode(rows)
         owner.forward_passes += 1
         owner.batched_passes += 1
         owner.batched_rows += len(rows)
-        assert self._cache.get_seq_length() == length + width
         for i, req in enumerate(list(self._active)):
             r = req.row
             r.passes += 1
@@ -379,6 +362,33 @@ class Batcher:
         for req in [q for q in self._active if q.row.done]:
             self._remove(req, keep_prefix=True)
         self._repack_if_sparse()
+
+    def _padded_decode(self, rows: list[_Row]) -> Any:
+        """One pass over `rows` in the padded batch cache (not invariant); their logits."""
+        owner, torch = self.owner, self.owner._torch
+        width = max(len(r.feed) for r in rows)
+        length = self._mask.shape[1]
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        step_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n, start = len(r.feed), len(r.entry.tokens)
+            ids[i, width - n:] = torch.tensor(r.feed)
+            step_mask[i, width - n:] = True
+            positions[i, width - n:] = torch.arange(start, start + n)
+            positions[i, : width - n] = start  # pads: any position, they are masked
+        mask = torch.cat([self._mask, step_mask], dim=1)
+        model, kwargs = owner._adapter_kwargs([r.name for r in rows])
+        began = time.perf_counter()
+        logits = model(
+            input_ids=ids.to(owner.device), attention_mask=mask.to(owner.device, torch.long),
+            position_ids=positions.to(owner.device), cache=self._cache, use_cache=True,
+            logits_to_keep=1, **kwargs,
+        ).logits[:, -1].cpu()
+        owner.decode_s += time.perf_counter() - began
+        self._mask = mask
+        assert self._cache.get_seq_length() == length + width
+        return logits
 
     def _over(self, req: _Request) -> bool:
         try:
@@ -397,6 +407,9 @@ class Batcher:
         """Move a prefilled row's own cache into the batch (left-padded to a common length)."""
         torch = self.owner._torch
         row = req.row
+        if self.owner.invariant:  # it keeps its own cache
+            self._active.append(req)
+            return
         own = row.entry.cache
         n = own.get_seq_length()
         row_mask = torch.ones((1, n), dtype=torch.bool)
@@ -448,6 +461,12 @@ class Batcher:
             return
         index = self._active.index(req)
         row = req.row
+        if self.owner.invariant:  # its own cache, less any tokens taken back
+            self._crop_entry(row)
+            self._active.pop(index)
+            if keep_prefix:
+                self._complete(req)
+            return
         if keep_prefix and self.owner.prefix_reuse:
             row.entry.cache = self._extract(index, len(row.entry.tokens))
         self._active.pop(index)

@@ -23,8 +23,9 @@ DEVICE_HELP = "auto (CUDA when torch sees a GPU, else CPU), cpu, cuda or cuda:N"
 #: (benchmarks/bench_batching.py --passes, 2 cores with AVX-512 BF16 and no AMX): bf16
 #: prefills 969 tokens/s against fp32's 447, while fp32 decodes faster in large batches (a
 #: pass of 8 rows: 78 ms against 137). Local episodes spend more time prefilling than
-#: decoding (about half their wall time alone, two thirds batched), so bf16. fp32 is what
-#: makes a reply independent of its batch (tests use it); bf16 replies may vary with it.
+#: decoding (about half their wall time alone, two thirds batched), so bf16. bf16 is also
+#: the dtype in which decoding is batch- and cache-invariant here (`invariant.py`: bf16 GEMMs
+#: of up to 32 rows give every row the bits it gets alone; fp32 GEMMs do not, from 2 rows on).
 INFERENCE_DTYPE = "bfloat16"
 _SHORT = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
 

@@ -128,6 +128,11 @@ class LocalModel:
             (the baseline the batching benchmark compares against).
         prefill_chunk: with batching, prompt tokens prefilled per scheduler step, so a long
             new prompt does not stall the rows already decoding.
+        invariant: batch- and cache-invariant decoding (`invariant.py`): each row keeps its
+            own KV cache and attends in fixed shapes, so a reply is the same bit for bit alone,
+            in any batch and after any prefix-cache history (bf16 on CPU; LoRA weights are
+            kept in the model's dtype). False: the padded batch cache and transformers' fused
+            attention (faster in wide batches; replies vary with batch-mates in bf16).
     """
 
     def __init__(
@@ -142,6 +147,7 @@ class LocalModel:
         jump_forward: bool = True,
         max_batch: int = DEFAULT_MAX_BATCH,
         prefill_chunk: int = 256,
+        invariant: bool = True,
     ) -> None:
         set_runtime_env()
         import torch
@@ -157,6 +163,7 @@ class LocalModel:
             raise ValueError(f"max_batch and prefill_chunk must be >= 1; got {max_batch} and {prefill_chunk}")
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
+        self.invariant = invariant
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if not isinstance(torch_dtype, torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}")
@@ -167,6 +174,12 @@ class LocalModel:
             ).to(self.device).eval()
         except OSError as exc:
             raise ModelError(f"cannot load local model from {self.path}: {exc}") from exc
+        if invariant:
+            from agent_core.models.invariant import piecewise_linears, register
+
+            self._model.set_attn_implementation(register())
+            piecewise_linears(self._model)
+        self._dtype = torch_dtype
         self._torch = torch
         self._peft: Any = None  # PeftModel, created with the first adapter
         self._adapters: dict[str, Path] = {}
@@ -242,6 +255,7 @@ class LocalModel:
             self._peft.eval()
             self._adapters[name] = path
             self._prefixes.pop(name, None)
+            self._adapter_dtype()
 
     #: adapters loaded by `stage_adapter`, not served until `swap_adapter` (never in `names`)
     _staged: frozenset[str] = frozenset()
@@ -301,11 +315,25 @@ class LocalModel:
                 finally:
                     self._prefixes.pop(name, None)  # KV caches made with the old weights
                     self._peft.eval()
+                    self._adapter_dtype()
             finally:
                 self._peft.delete_adapter(staged)
                 self._adapters.pop(staged, None)
                 self._prefixes.pop(staged, None)
                 self._staged = self._staged - {staged}
+
+    def _adapter_dtype(self) -> None:
+        """Invariant decoding: LoRA weights in the model's dtype (peft upcasts them to fp32,
+        whose matmuls on a CPU change with the number of rows; bf16's do not), computed in
+        pieces of rows like the base layers."""
+        if not self.invariant or self._peft is None:
+            return
+        from agent_core.models.invariant import piecewise_linears
+
+        for pname, param in self._peft.named_parameters():
+            if "lora_" in pname and param.dtype != self._dtype:
+                param.data = param.data.to(self._dtype)
+        piecewise_linears(self._peft)
 
     def replace_adapter(self, name: str, path: str | Path) -> None:
         """Reload adapter `name` from `path` in place (`stage_adapter`, then `swap_adapter`):
@@ -434,7 +462,7 @@ class LocalModel:
             )
         row = _Row(prompt=prompt, params=params, name=name, matcher=matcher, budget=budget)
         row.seed(self._torch)
-        if self.max_batch <= 1:
+        if self.max_batch <= 1 and not self.invariant:
             self._generate_alone(row)
         else:
             if self._batcher is None:
@@ -489,6 +517,37 @@ class LocalModel:
             if entry.cache.get_seq_length() > len(entry.tokens):  # tokens taken back
                 entry.cache.crop(len(entry.tokens) - entry.cache.get_seq_length())
             self._finish_row(row)
+
+    def _adapter_kwargs(self, names: list[str]) -> tuple[Any, dict[str, Any]]:
+        """The module to call for rows with adapters `names` and its keyword arguments: the
+        plain model, or peft's mixed-adapter batch (`adapter_names=`, "__base__" for the base)."""
+        from agent_core.models.batching import BASE_ADAPTER
+
+        if not self._adapters:  # no LoRA layer holds an adapter: the plain model
+            return self._model, {}
+        if self._peft.active_adapter not in self._adapters:
+            # peft keeps a deleted adapter as the active one, and its mixed-batch hooks look it up
+            self._peft.set_adapter(next(iter(self._adapters)))
+        return self._peft, {"adapter_names": [BASE_ADAPTER if n == self.model_id else n for n in names]}
+
+    def rows_forward(self, rows: list["_Row"], feeds: list[list[int]]) -> Any:
+        """One invariant forward pass (`invariant.py`) feeding each row its tokens (left-padded
+        to the widest) into its own KV cache; the last position's logits per row, on the CPU."""
+        from agent_core.models.invariant import rows_pass
+
+        torch = self._torch
+        width = max(len(f) for f in feeds)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, feed) in enumerate(zip(rows, feeds, strict=True)):
+            n, start = len(feed), row.entry.cache.get_seq_length()
+            ids[i, width - n:] = torch.tensor(feed)
+            positions[i, width - n:] = torch.arange(start, start + n)
+            positions[i, :width - n] = start  # pads: never attended, never cached
+        model, kwargs = self._adapter_kwargs([r.name for r in rows])
+        with rows_pass([(r.entry.cache, len(f)) for r, f in zip(rows, feeds, strict=True)]):
+            return model(input_ids=ids.to(self.device), position_ids=positions.to(self.device), use_cache=False,
+                         logits_to_keep=1, **kwargs).logits[:, -1].cpu()
 
     def _check_model(self, name: str) -> None:
         if name != self.model_id and name not in self._adapters:
