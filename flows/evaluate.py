@@ -173,6 +173,9 @@ def _markdown(params: EvaluateParams, budget: int, games: list[str], table: list
               "arm's episodes: growth = (final - seeded characters) / steps, write/search = successful writes / "
               "successful SEARCH/READ/TAIL; look-ups used = successful look-ups whose result a later call of the "
               "same step saw before writing or acting.", ""]
+    note = params.models.replay_note()
+    if note:
+        lines_ += [f"**{note}**", ""]
     n_pairs = len(comparisons)
     for game in games:
         lines_ += [f"## {game}", "", "| arm | seeds | episodes | progression | BALROG SE | 95% CI | growth chars/step | "

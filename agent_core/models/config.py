@@ -100,8 +100,13 @@ class ModelConfig(BaseModel):
     max_batch: int = Field(
         DEFAULT_MAX_BATCH, ge=1, le=256, description="Local backend: replies decoded together by the "
         "continuous-batching scheduler (episodes in threads share each forward pass); 1: one reply "
-        "at a time under a lock. Not part of the model id: a reply is the same batched or alone "
-        "(in fp32; see docs/architecture.md).")
+        "at a time. Not part of the model id: a reply is the same bit for bit batched or alone, "
+        "after any prefix cache (batch-invariant decoding; see docs/architecture.md).")
+    batch_invariant: bool = Field(
+        False, description="openai backend: the server decodes in a batch-invariant mode (vLLM's "
+        "VLLM_BATCH_INVARIANT=1, which deployments/vllm/serve.sh turns on where the GPU has compute "
+        "capability 9.0+, and prints), so a reply does not depend on the requests beside it. Part of "
+        "the episode key (identity). False: replays on that server are not exact, and reports say so.")
     policy: Literal["routine-script", "tiny-explorer", "tiny-recall"] = Field(
         "routine-script", description="Scripted backend: replay `script` by routine, or a rule-based "
         "agent whose play depends on its memory (`agent_core.models.policies`): tiny-explorer plays "
@@ -174,9 +179,13 @@ class ModelConfig(BaseModel):
     def check(self) -> None:
         """Fail fast (before any episode) when the backend cannot work."""
         if self.backend == "openai":
-            from agent_core.models.openai_client import check_reachable
+            from agent_core.models.openai_client import check_reachable, served_card
 
             check_reachable(self.base_url)  # type: ignore[arg-type]
+            said = (served_card(self.base_url, self.model) or {}).get("batch_invariant")  # type: ignore[arg-type]
+            if said is not None and bool(said) != self.batch_invariant:  # `automem serve` says; vLLM does not
+                raise ValueError(f"batch_invariant is {self.batch_invariant} in the model config, but the server at "
+                                 f"{self.base_url} says {bool(said)}: set it to what the server does")
         elif self.backend == "local":
             from agent_core.models.weights import local_model_path
 
@@ -206,13 +215,24 @@ class ModelConfig(BaseModel):
         if self.backend == "openai":
             from agent_core.models.openai_client import api_url
 
-            return {"endpoint": api_url(self.base_url)}  # type: ignore[arg-type]
+            return {"endpoint": api_url(self.base_url),  # type: ignore[arg-type]
+                    "batch_invariant": "on" if self.batch_invariant else "off"}
         if self.backend == "local":
             from agent_core.models.weights import local_model_path, weights_digest
 
-            return {"device": kind(resolve_device(self.device)), "dtype": INFERENCE_DTYPE,
-                    "weights": weights_digest(local_model_path())}
+            device = kind(resolve_device(self.device))
+            return {"device": device, "dtype": INFERENCE_DTYPE, "weights": weights_digest(local_model_path()),
+                    "batch_invariant": LOCAL_INVARIANCE[device]}
         return {}
+
+    def replay_note(self) -> str | None:
+        """A sentence for reports when replays with these models are not exact, else None."""
+        invariant = self.identity().get("batch_invariant", "on")  # scripted: deterministic
+        if invariant == "on":
+            return None
+        return (f"Replays are not exact: batch invariance is {invariant} for these models "
+                f"({self.ids()[1]}), so a reply may change with the requests decoded beside it and with "
+                "the server's prefix cache; compare seeds played in one batch with care.")
 
     def _build(self) -> Roles:
         if self.backend == "scripted":
@@ -239,6 +259,12 @@ class ModelConfig(BaseModel):
             if name not in local.adapters:
                 local.load_adapter(name, Path(self.specialist))
         return Roles(memory=local.handle(name), action=local.handle(local.model_id))
+
+
+#: whether the local backend's decoding is batch- and cache-invariant on a device kind (an
+#: episode key part): measured on CPUs in the shipped dtype (tests/agent_core/test_invariance.py);
+#: CUDA kernels were not checked (no GPU where it was built)
+LOCAL_INVARIANCE = {"cpu": "on", "cuda": "unverified"}
 
 
 class CappedModel:

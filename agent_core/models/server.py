@@ -174,7 +174,10 @@ def create_app(model: LocalModel) -> FastAPI:
         card = {"object": "model", "created": started, "owned_by": "automem"}
         # `config`: the base's architecture and sizes, so a client can tell which base this is
         # by its configuration, not its folder's name (`weights.base_signature`)
-        data = [{"id": model.model_id, "root": str(model.path), "parent": None, "config": base_config, **card}]
+        # `batch_invariant`: a reply does not depend on its batch-mates or the prefix cache
+        # (`ModelConfig.batch_invariant` is checked against it)
+        data = [{"id": model.model_id, "root": str(model.path), "parent": None, "config": base_config,
+                 "batch_invariant": model.invariant, **card}]
         data += [
             {"id": name, "root": str(path), "parent": model.model_id, **card}
             for name, path in model.adapters.items()

@@ -44,7 +44,7 @@ def test_local_model_ids_and_episode_keys_record_device_and_dtype():
     assert config.ids() == ("smollm2-135m-instruct@cpu-bf16@grammar",) * 2
     identity = config.identity()
     assert {k: identity[k] for k in ("device", "dtype")} == {"device": "cpu", "dtype": "bfloat16"}
-    assert set(identity) == {"device", "dtype", "weights"}  # and the weights' digest (test_version.py)
+    assert set(identity) == {"device", "dtype", "weights", "batch_invariant"}  # weights: test_version.py
     assert ModelConfig().ids()[0] == f"smollm2-135m-instruct@{HERE}-bf16@grammar"
     # other backends do not depend on the local device
     assert ModelConfig(backend="scripted", device="cuda:5").ids() == ModelConfig(backend="scripted").ids()

@@ -108,6 +108,18 @@ def test_a_reply_the_server_closed_at_its_budget_is_recorded_so(fake):
     assert got.closed_at_budget and got.written == "<|ACTION|>wai" and got.finish_reason == "stop"
 
 
+def test_a_declared_batch_invariance_must_match_what_automem_serve_says(fake):
+    from agent_core.models.config import ModelConfig
+
+    fake.cards = [{"id": "m", "root": "/m", "batch_invariant": True}]
+    config = ModelConfig(backend="openai", base_url=fake.url, model="m")
+    with pytest.raises(ValueError, match="batch_invariant is False in the model config, but the server"):
+        config.check()
+    config.model_copy(update={"batch_invariant": True}).check()
+    fake.cards = [{"id": "m", "root": "/m"}]  # vLLM's card does not say: the config is taken as it is
+    config.check()
+
+
 # -- the served base -----------------------------------------------------------------------
 
 
