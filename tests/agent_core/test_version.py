@@ -94,8 +94,10 @@ def test_keys_change_with_the_endpoint_the_device_the_dtype_and_environment_opti
     args = ("scaffold", "m", "m", "minihack", "Boxoban-Hard", 0, 10, {"max_tokens": 8})
     a = ModelConfig(backend="openai", base_url="http://gpu-a:8000/v1", model="m").identity()
     b = ModelConfig(backend="openai", base_url="http://gpu-b:8000", model="m").identity()
-    assert a == {"endpoint": "http://gpu-a:8000/v1"} and a != b
+    assert a == {"endpoint": "http://gpu-a:8000/v1", "batch_invariant": "off"} and a != b
     assert episode_key(*args, a) != episode_key(*args, b)
+    on = ModelConfig(backend="openai", base_url="http://gpu-a:8000/v1", model="m", batch_invariant=True).identity()
+    assert on["batch_invariant"] == "on" and episode_key(*args, a) != episode_key(*args, on)
     assert episode_key(*args, a, {"boxoban_levels": "/levels/one"}) != episode_key(*args, a, {"boxoban_levels": "/levels/two"})
     assert episode_key(*args, a) == episode_key(*args, a, {})  # deterministic
 
