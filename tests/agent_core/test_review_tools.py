@@ -89,8 +89,10 @@ from agent_core.scaffold import Scaffold
 box = ReviewerToolbox(Path(sys.argv[1]), Scaffold.builtin("tiny"), Path(sys.argv[2]))
 box.caps.max_rows = 50
 box.caps.sql_timeout_s = 120  # what is measured is rows and memory, not speed on a loaded machine
+box.call("sql", {"query": "select count(*) from steps"})  # DuckDB and the views loaded
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 r = box.call("sql", {"query": sys.argv[3]})
-print(int(r.ok), len(r.content.splitlines()) - 2, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print(int(r.ok), len(r.content.splitlines()) - 2, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 - before)
 print(r.content[-300:].replace(chr(10), " "), file=sys.stderr)
 """
 
@@ -109,13 +111,15 @@ def test_sql_row_cap_cannot_be_commented_away_and_memory_stays_small(store, tmp_
     root, _, _ = store
     out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(root / "archive"), str(tmp_path), query],
                          capture_output=True, text=True, timeout=300, check=True)
-    ok, rows, peak_mb = map(int, out.stdout.split())
+    ok, rows, grew_mb = map(int, out.stdout.split())
     assert ok == answers, out.stderr
     if ok:
         assert rows <= 50  # at most the cap (rows shown also stop at the character cap)
-    # the whole result is 1 GB; a streamed, capped query stays near the interpreter's ~85 MB, a
-    # query that must hold everything stops at DuckDB's limit (128 MB) plus that and its own working set
-    assert peak_mb < (200 if answers else 300), f"peak RSS {peak_mb} MB"
+    # the whole result is 1 GB. The process's peak RSS grows by what the query holds: a streamed,
+    # capped query a few rows (measured: +45 MB over the process's ~85 MB), a query that must
+    # hold everything at most DuckDB's limit (128 MB) and its working set (measured: +165 MB).
+    # The process's own size before the query depends on the machine, so the growth is what is tested.
+    assert grew_mb < (100 if answers else 250), f"peak RSS grew by {grew_mb} MB"
 
 
 def test_sql_runs_under_duckdbs_limits_and_reads_no_temp_directory(box, tmp_path, monkeypatch):
