@@ -150,12 +150,22 @@ class HookOutputCut(HookError):
 # compile-time check
 
 
+#: `ast.parse` in two threads at once can fail on CPython 3.11.7 ("AST constructor recursion
+#: depth mismatch"); episodes check their hooks in threads
+_AST_LOCK = threading.Lock()
+
+
 def check_source(source: str, filename: str = "hooks.py") -> list[str]:
     """Refuse hook code that cannot run confined, with the reason (`HookCodeError`);
     return the hooks it defines. Rules: RestrictedPython compiles it; at top level only
     imports, constants (assignments) and functions; imports only from `ALLOWED_MODULES` and
     their listed names; every name it reads is defined in it or an available builtin; a
     hook has the parameters of `HOOK_SIGNATURES`; at least one hook is defined."""
+    with _AST_LOCK:
+        return _check_source(source, filename)
+
+
+def _check_source(source: str, filename: str) -> list[str]:
     if not isinstance(source, str):
         raise HookCodeError(f"{filename} must be text")
     if len(source) > MAX_SOURCE_CHARS:

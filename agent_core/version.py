@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -115,15 +116,31 @@ def sources_digest(root: Path | None = None) -> str:
     return files_digest(episode_sources(root), root)
 
 
+_DIGEST_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=None)
-def episode_digest() -> str:
-    """`sources_digest()` of the code this process runs, computed once: the code part of every
-    episode key."""
+def _episode_digest() -> str:
     return sources_digest()
 
 
-@lru_cache(maxsize=None)
+def episode_digest() -> str:
+    """`sources_digest()` of the code this process runs, computed once: the code part of every
+    episode key. Under a lock: episodes start in threads, and CPython 3.11's `ast.parse` run in
+    two threads at once can fail ("AST constructor recursion depth mismatch", seen on a Dask
+    worker with two threads)."""
+    with _DIGEST_LOCK:
+        return _episode_digest()
+
+
 def code_digest(module: str) -> str:
+    """`_code_digest` under the lock `episode_digest` takes (ast.parse in one thread at a time)."""
+    with _DIGEST_LOCK:
+        return _code_digest(module)
+
+
+@lru_cache(maxsize=None)
+def _code_digest(module: str) -> str:
     """Digest of a module's import closure within the project (e.g. the training code, for
     adapter names: an adapter trained by other code is another adapter)."""
     return files_digest(module_closure(module))
