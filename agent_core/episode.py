@@ -74,7 +74,8 @@ def run_episode(
         episode_id=episode_id, game=env.game, task=env.task, seed=seed, scaffold_hash=scaffold.hash,
         memory_model=roles.memory.model_id, action_model=roles.action.model_id, max_steps=max_steps,
         sampling=sampling, started_at=datetime.now(timezone.utc).isoformat(),
-        hooks_confinement=hooks.confinement if scaffold.hooks_source is not None else None)
+        hooks_confinement=hooks.confinement if scaffold.hooks_source is not None else None,
+        models={k: str(v) for k, v in roles.identity.items()})
     started = time.perf_counter()
     observation = env.reset(seed)
     agent = MemoryAgent(scaffold, roles, memory, env.actions, env.instructions, env.game, episode_id, seed,

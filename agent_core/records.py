@@ -183,6 +183,9 @@ class EpisodeHeader(BaseModel):
     #: how the scaffold's hooks ran: "os" (confined), "none" (the run chose to run them
     #: unconfined), None (the scaffold has no hooks)
     hooks_confinement: str | None = None
+    #: where and how the models ran (`ModelConfig.identity`: endpoint or device, dtype, weights,
+    #: and `batch_invariant`: "on", "off" or "unverified": whether a replay is exact)
+    models: dict[str, str] = Field(default_factory=dict)
 
 
 class EpisodeSummary(BaseModel):

@@ -132,6 +132,8 @@ def test_play_names_the_folder_by_the_episode_key_with_every_override_and_reuses
     assert greedy.exit_code == 0, greedy.output
     [(greedy_id, header)] = episodes().items()
     assert header["episode_id"] == greedy_id and header["sampling"]["temperature"] == 0.0
+    # the header says how the model ran, whether a replay is exact included
+    assert header["models"]["device"] == "cpu" and header["models"]["batch_invariant"] == "on"
     trace = Path(tmp_path, "episodes", "tiny", greedy_id, "trace.jsonl")
     before = (trace.read_bytes(), trace.stat().st_mtime_ns)
 
