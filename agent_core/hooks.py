@@ -11,12 +11,14 @@ input. It never runs in the episode's process:
   exposes only the listed public names of an allowed module, never another module; the
   guarded `getattr` refuses to return a module, frame, code object or traceback from any
   object, and the `str.format` family.
-- **A worker process** (`HookRunner`, one per scaffold, started on the first call): memory
-  (RLIMIT_AS), CPU seconds per call (RLIMIT_CPU), no file may be written (RLIMIT_FSIZE=0,
-  a read-only scratch working directory), no child processes (RLIMIT_NPROC=0), no network
-  (`unshare --user --net` where the kernel allows unprivileged user namespaces; otherwise
-  the worker runs without a network namespace and `network_isolated()` says so), a wall-clock
-  timeout per call, arguments and results as JSON values.
+- **A worker process** (`HookRunner`, one per episode, started on the first call): memory
+  (RLIMIT_AS), CPU seconds per call (RLIMIT_CPU), a wall-clock timeout per call, output cut
+  to `HookLimits.max_output_chars`, arguments and results as JSON values.
+- **An OS sandbox that holds for root** (`confine_self`, applied by the worker to itself
+  before any hook code runs): no capabilities, Landlock with no file access and no TCP, a
+  seccomp filter refusing processes, sockets, file metadata changes and more. Where it
+  cannot be set up, hooks are refused (`HookConfinementError`) unless the run chose
+  `confinement="none"`.
 
 A hook that raises, hangs, exceeds a limit or kills its worker raises `HookError` to the
 caller (the agent records it and goes on); the next call starts a fresh worker.

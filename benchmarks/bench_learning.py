@@ -33,18 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 TOLD = re.compile(r"The way out is the (\w+) door")
 AT_DOORS = "You are at the end of the corridor"
-WRITES = {"create", "append", "rewrite", "replace", "upsert"}
-LOOKUPS = {"read", "tail", "search", "list"}
 
 
 def recall_measures(trace) -> dict[str, bool | float]:  # noqa: ANN001 - agent_core.trace.Trace
     """The memory-skill measures of one recall episode (see the module docstring)."""
+    from agent_core.commands import CONSULT_OPS
+    from agent_core.scaffold import WRITE_OPS
+
     first = trace.steps[0]
     told = TOLD.search(first.observation)
     colour = told.group(1) if told else "?"
-    written = any(op.ok and op.op in WRITES and colour in json.dumps(op.args).lower() for op in first.memory_ops)
+    written = any(op.ok and op.op in WRITE_OPS and colour in json.dumps(op.args).lower() for op in first.memory_ops)
     doors = [s for s in trace.steps if AT_DOORS in s.observation]
-    held = any(op.ok and op.op in LOOKUPS and colour in op.result.lower() for s in doors for op in s.memory_ops)
+    held = any(op.ok and op.op in CONSULT_OPS and colour in op.result.lower() for s in doors for op in s.memory_ops)
     progression = trace.summary.progression if trace.summary else trace.steps[-1].progression
     return {"fact_written": written, "lookup_held": held, "reached": progression >= 0.5,
             "right_door": progression >= 1.0, "progression": progression}
