@@ -29,6 +29,9 @@ class IterationParams(GameParams):
     trials: int = Field(2, ge=1, le=50, description="Training-loop trials per round.")
     rounds: int = Field(1, ge=1, le=20, description="Training-loop rounds of expert iteration (each pool "
                         "played by the round before's best specialist).")
+    samples_per_seed: int = Field(1, ge=1, le=64, description="Training-loop episodes per pool seed each round "
+                                  "(sample k with the models' sampling seed k); more than 1 needs a sampling "
+                                  "temperature above 0.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test of both loops.")
     train_base: str | None = Field(None, description="Base weights to train on (default: the local model).")
     train_budget: TrainingBudget = Field(default_factory=TrainingBudget, description="The training device, "
@@ -57,8 +60,8 @@ class IterationParams(GameParams):
     def training(self, scaffold: str | None = None) -> TrainingLoopParams:
         return TrainingLoopParams(**{**self._shared(), "scaffold": scaffold or self.scaffold},
                                   pool_seeds=self.pool_seeds, eval_seeds=self.eval_seeds, meta=self.meta,
-                                  trials=self.trials, rounds=self.rounds, train_base=self.train_base,
-                                  train_budget=self.train_budget)
+                                  trials=self.trials, rounds=self.rounds, samples_per_seed=self.samples_per_seed,
+                                  train_base=self.train_base, train_budget=self.train_budget)
 
 
 def promoted_scaffolds(root: Path, game: str, start: str | None = None) -> set[str]:

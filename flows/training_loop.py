@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field, field_validator, model_validator
 
 from agent_core.diagnostics import Diagnostics, aggregate
+from agent_core.episode import EpisodeSpec
 from agent_core.gate import GateConfig, adjust, holm
 from agent_core.loop_records import TrialRecord
 from agent_core.registry import incumbent_path
@@ -46,6 +47,12 @@ class TrainingLoopParams(GameParams):
                         "memory model (round 0: the incumbent; then the best specialist of the round "
                         "before), curates the model's own replies, trains a LoRA on the base and evaluates "
                         "it. The paper's loop 2 is one round.")
+    samples_per_seed: int = Field(1, ge=1, le=64, description="Episodes per pool seed each round: sample k "
+                                  "plays with the models' sampling seed k (`ModelConfig.seed`; sample 0 with the "
+                                  "deployment's own, and with a deployment seed s, sample k with s + k), so a "
+                                  "behaviour a model shows a few times in a hundred can reach the pool. Needs a "
+                                  "sampling temperature above 0 (validated: with greedy decoding every sample is "
+                                  "the same episode).")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion test.")
     train_budget: TrainingBudget = Field(default_factory=TrainingBudget, description="The training device, "
                                          "and caps on each trial's LoRA training over the curator's settings.")
@@ -64,9 +71,23 @@ class TrainingLoopParams(GameParams):
             raise ValueError(f"with a served model ({self.models.model!r}) train_base is required: the weights "
                              "folder of the same base the server serves (adapters trained on another base do "
                              "not load there); the local default would be the small CPU model")
+        self.check_sampled(self.models.temperature, "models.temperature")  # None: the scaffold's, checked in the flow
         self.gate.check_seeds(len(self.eval_seeds), "evaluation seeds", tests=self.trials * self.rounds)
         self.gate.check_seeds(len(self.confirm_seeds), "confirmation seeds")
         return self
+
+    def check_sampled(self, temperature: float | None, source: str) -> None:
+        """More than one sample per pool seed needs sampling: with greedy decoding (temperature
+        0) every sample is the same episode under another key."""
+        if self.samples_per_seed > 1 and temperature == 0:
+            raise ValueError(f"samples_per_seed {self.samples_per_seed} needs a sampling temperature above 0, but "
+                             f"{source} is 0 (greedy decoding: every sample would be the same episode); set "
+                             "models.temperature above 0 (at most 2), or samples_per_seed to 1")
+
+    def pool_specs(self, scaffold_dir: str, models: ModelConfig) -> list[EpisodeSpec]:
+        """A round's pool: every pool seed `samples_per_seed` times, sample k with `sample_models`."""
+        return [spec for k in range(self.samples_per_seed)
+                for spec in self.specs(scaffold_dir, self.pool_seeds, sample_models(models, k))]
 
     def preflight(self) -> None:
         """What only this machine and the servers can tell, checked before any episode: the
@@ -111,11 +132,23 @@ def check_served_base(base_url: str, model: str, train_base: str) -> None:
                          f"has another configuration ({source}): {'; '.join(differs)}; train on the same weights")
 
 
+def sample_models(models: ModelConfig, sample: int) -> ModelConfig:
+    """The models that play sample `sample` of a pool seed: sample 0 with the deployment's
+    sampling seed as it is (None: the scaffold's), sample k > 0 with that seed + k (k when
+    it sets none). So sample 0 is the episode a one-sample pool plays, and a larger pool
+    reuses a smaller one's episodes from the cache."""
+    if sample == 0:
+        return models
+    return models.model_copy(update={"seed": (models.seed or 0) + sample})
+
+
 def pool_key(params: TrainingLoopParams, scaffold_hash: str, models: ModelConfig | None = None) -> str:
     """The pool's archive folder: the scaffold, the models that played it (a round's
-    specialist included), the game, the seeds and the step budget."""
+    specialist included) with their sampling overrides, the game, the seeds, the samples per
+    seed and the step budget (the archive only grows: another pool needs another folder)."""
     models = models or params.models
-    blob = json.dumps([scaffold_hash, models.ids(), params.game, sorted(params.pool_seeds), params.max_steps])
+    blob = json.dumps([scaffold_hash, models.ids(), models.sampling_overrides(), params.game,
+                       sorted(params.pool_seeds), params.samples_per_seed, params.max_steps])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -152,6 +185,8 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
     params.preflight()
     root, game = params.root(), params.game_name
     scaffold = params.incumbent()
+    params.check_sampled(params.models.sampling_for(scaffold.config.model).temperature,
+                         f"the temperature of scaffold {scaffold.hash}")
 
     # the incumbent: the promoted specialist of an earlier night, else the base agent
     incumbent_adapter = incumbent_path(root, "adapters", game)
@@ -171,8 +206,7 @@ def training_loop(params: TrainingLoopParams = TrainingLoopParams()) -> dict:
         # expert iteration: this round's memory model plays the pool, its own good replies are
         # curated and a LoRA is trained on them (on the base); the round's best specialist
         # (by its mean on the evaluation seeds) plays the next round's pool
-        pool = run_episodes(params.specs(str(scaffold.root), params.pool_seeds, pool_models), params,
-                            label=f"pool, round {round_}")
+        pool = run_episodes(params.pool_specs(str(scaffold.root), pool_models), params, label=f"pool, round {round_}")
         pool_archive = root / "pools" / pool_key(params, scaffold.hash, pool_models) / "archive"
         sync(params.workspace, *archive_traces([s.trace_path for s in pool], str(pool_archive)))
         digest = digest_pool(str(pool_archive))

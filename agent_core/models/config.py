@@ -82,6 +82,10 @@ class ModelConfig(BaseModel):
     top_p: float | None = Field(
         None, description="Nucleus-sampling mass for this deployment over the scaffold's, in (0, 1]. "
         "Part of the episode key. None: the scaffold decides.")
+    seed: int | None = Field(
+        None, ge=0, description="Sampling seed of this deployment over the scaffold's (`model.seed`): mixed "
+        "into every call's seed (`conversation.call_seed`), so the same game seed plays another sample. "
+        "Part of the episode key. None: the scaffold decides.")
     constrain: Literal["on", "off"] = Field(
         "on", description="on: every reply is decoded under the command grammar (valid by "
         "construction; vLLM's structured outputs, llguidance locally); off: free text, parsed "
@@ -122,9 +126,10 @@ class ModelConfig(BaseModel):
     def _top_p(cls, v: float | None) -> float | None:
         return v if v is None else check_top_p(v)
 
-    def sampling_overrides(self) -> dict[str, float]:
+    def sampling_overrides(self) -> dict[str, float | int]:
         """The sampling settings this deployment sets over the scaffold's."""
-        return {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p)) if v is not None}
+        return {k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p), ("seed", self.seed))
+                if v is not None}
 
     def sampling_for(self, scaffold_params: SamplingParams) -> SamplingParams:
         """The sampling an episode uses with these models (what its key and header record)."""

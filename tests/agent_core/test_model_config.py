@@ -125,3 +125,48 @@ def test_sampling_overrides_are_validated_with_their_range_and_are_in_the_episod
     keys = {spec().key(), spec(temperature=0.7).key(), spec(temperature=0.7, top_p=0.9).key()}
     assert len(keys) == 3
     assert ModelConfig(backend="scripted", temperature=0.7).build().sampling == {"temperature": 0.7}
+
+
+def test_a_sampling_seed_reaches_every_call_and_plays_another_episode(tmp_path):
+    """`ModelConfig.seed` goes over the scaffold's `model.seed`: through `Roles.sampling` and
+    the agent's sampling into every call's seed (`call_seed`), the header and the episode key,
+    so two samples of one game seed never share a cached episode. Not part of the model ids."""
+    from dataclasses import replace
+
+    from agent_core.conversation import call_seed
+    from agent_core.episode import EpisodeSpec, run_episode
+    from agent_core.scaffold import BUILTIN_DIR, Scaffold
+    from agent_core.trace import read_trace
+    from environments import make_env
+
+    assert ModelConfig(backend="scripted", seed=3).sampling_overrides() == {"seed": 3}
+    assert ModelConfig(backend="scripted", temperature=0.7, seed=0).build().sampling == {"temperature": 0.7, "seed": 0}
+    assert ModelConfig(backend="scripted", seed=3).ids() == ModelConfig(backend="scripted").ids()
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        ModelConfig(backend="scripted", seed=-1)
+
+    def spec(**models):
+        return EpisodeSpec(game="tiny", task="key-door", seed=0, max_steps=2, scaffold_dir=str(BUILTIN_DIR / "tiny"),
+                           models=ModelConfig(backend="scripted", **models), workspace=str(tmp_path))
+
+    assert len({spec().key(), spec(seed=1).key(), spec(seed=2).key()}) == 3
+
+    class Recorder:
+        def __init__(self, inner):
+            self.inner, self.model_id, self.seeds = inner, inner.model_id, []
+
+        def complete(self, messages, params, constraint=None):
+            self.seeds.append(params.seed)
+            return self.inner.complete(messages, params, constraint)
+
+    def play(seed):
+        roles = ModelConfig(backend="scripted", seed=seed).build()
+        recorder = Recorder(roles.memory)
+        summary = run_episode(make_env("tiny"), Scaffold.builtin("tiny"), replace(roles, memory=recorder, action=recorder),
+                              0, 2, tmp_path / f"ep-{seed}")
+        assert summary.episode_id == spec(seed=seed).key()  # what the cache looks up is what was played
+        return recorder.seeds, read_trace(summary.trace_path).header.sampling.seed
+
+    plain, (sampled, header_seed) = play(None), play(3)
+    assert plain[0][0] == call_seed(0, 0, 0) and sampled[0] == call_seed(0, 0, 0, 3) and header_seed == 3
+    assert set(plain[0]).isdisjoint(sampled)

@@ -193,3 +193,53 @@ def test_rounds_of_expert_iteration_play_each_pool_with_the_last_rounds_speciali
     assert "## Learning curve (expert iteration)" in report and "| 1 | round 0 trial 0 (" in report
     with pytest.raises(ValidationError, match="rounds"):
         params(tmp_path, rounds=0)
+
+
+def test_samples_per_seed_need_sampling_and_have_a_pool_of_their_own(tmp_path):
+    from flows.training_loop import pool_key, sample_models
+
+    with pytest.raises(ValidationError, match=r"samples_per_seed 2 needs a sampling temperature above 0, but "
+                                              r"models.temperature is 0.*set models.temperature above 0"):
+        params(tmp_path, samples_per_seed=2, models=AGENT.model_copy(update={"temperature": 0.0}))
+    with pytest.raises(ValidationError, match="samples_per_seed"):
+        params(tmp_path, samples_per_seed=0)
+    sampled = AGENT.model_copy(update={"temperature": 0.7})
+    one, two = params(tmp_path, models=sampled), params(tmp_path, models=sampled, samples_per_seed=2)
+    assert pool_key(one, "h") != pool_key(two, "h")
+    # the deployment's own sampling seed is part of the pool (the archive only grows)
+    assert pool_key(one, "h") != pool_key(one, "h", sampled.model_copy(update={"seed": 5}))
+    # sample 0 plays with the deployment's seed, sample k with that seed + k (k when it sets none)
+    assert [sample_models(sampled, k).seed for k in range(3)] == [None, 1, 2]
+    seeded = sampled.model_copy(update={"seed": 5})
+    assert [sample_models(seeded, k).seed for k in range(3)] == [5, 6, 7]
+    # the nightly iteration passes it on, validated the same way
+    from flows.iteration import IterationParams
+
+    night = dict(game="tiny", models=sampled, workspace=str(tmp_path), samples_per_seed=3)
+    assert IterationParams(**night).training().samples_per_seed == 3
+    with pytest.raises(ValidationError, match="samples_per_seed 3 needs a sampling temperature above 0"):
+        IterationParams(**{**night, "models": AGENT.model_copy(update={"temperature": 0.0})})
+
+
+def test_a_pool_of_two_samples_per_seed_holds_two_episodes_per_seed(tmp_path):
+    """Both samples of every pool seed are played and archived into one pool (curation then
+    fails here: nothing is trained); a greedy scaffold, with no temperature set over it, is
+    refused before any episode."""
+    from agent_core.archive import connect
+
+    ws = tmp_path / "ws"
+    sampled = AGENT.model_copy(update={"temperature": 0.7})
+    result = training_loop(params(ws, models=sampled, samples_per_seed=2,
+                                  meta=MetaLLMConfig(backend="scripted", replies=["not json"])))
+    assert "program rejected" in result["trials"][0]["error"]
+    [pool] = (ws / "pools").iterdir()
+    con = connect(pool / "archive")
+    try:
+        rows = con.execute("SELECT seed, count(*), count(DISTINCT episode_id) FROM episodes GROUP BY seed "
+                           "ORDER BY seed").fetchall()
+    finally:
+        con.close()
+    assert rows == [(10, 2, 2), (11, 2, 2)]  # 2 x len(pool_seeds) episodes
+    with pytest.raises(ValueError, match=r"samples_per_seed 2 needs .* the temperature of scaffold \w+ is 0"):
+        training_loop(params(tmp_path / "greedy", samples_per_seed=2))  # the tiny scaffold decodes greedily
+    assert not (tmp_path / "greedy" / "episodes").exists()
