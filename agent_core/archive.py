@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agent_core.diagnostics import ARCHIVE_COLUMNS, diagnose, memory_chains
+from agent_core.diagnostics import ARCHIVE_COLUMNS, diagnose, kept_writes, memory_chains
 from agent_core.files import atomic_write
 from agent_core.trace import Trace, read_summary, read_trace
 
@@ -65,7 +65,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("step", pa.int64()), ("op_index", pa.int64()), ("call_id", pa.string()),
         ("routine", pa.string()), ("op", pa.string()), ("args", pa.map_(pa.string(), pa.string())),
         ("ok", pa.bool_()), ("result", pa.string()), ("delta_chars", pa.int64()),
-        ("duplicate", pa.bool_()), ("empty", pa.bool_()), ("hook_error", pa.string())]),
+        ("duplicate", pa.bool_()), ("empty", pa.bool_()), ("hook_error", pa.string()),
+        # the write kept a passage of its step's observation that no later one showed again
+        # (`diagnostics.kept_passage`): credit in hindsight, for a curation program's SQL
+        ("kept", pa.bool_())]),
     # one row per write -> look-up -> decision chain (`diagnostics.MemoryChain`, from
     # `diagnostics.memory_chains`): the credit a curation program's SQL can select by
     "chains": pa.schema(_KEYS + [
@@ -107,6 +110,7 @@ def rows(trace: Trace) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {"episodes": [episode], "steps": [], "calls": [], "memory_ops": [],
                                             "chains": [{**keys, **c.model_dump()} for c in memory_chains(trace.steps)]}
     call_index = 0
+    kept = kept_writes(trace.steps)
     for st in trace.steps:
         out["steps"].append({**keys, **st.model_dump(exclude={"kind", "episode_id", "calls", "memory_ops"})})
         for call in st.calls:
@@ -115,7 +119,8 @@ def rows(trace: Trace) -> dict[str, list[dict[str, Any]]]:
             call_index += 1
         for i, op in enumerate(st.memory_ops):
             out["memory_ops"].append({**keys, "step": st.step, "op_index": i,
-                                      **{**op.model_dump(), "args": list(op.args.items())}})
+                                      **{**op.model_dump(), "args": list(op.args.items())},
+                                      "kept": (st.step, i) in kept})
     return out
 
 

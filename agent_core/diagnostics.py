@@ -35,10 +35,19 @@ for `lookups_used`) -> the *gain*: the progression at the end of the look-up's s
 that at the end of the step before (0 before the first). A chain is *credited* when the gain
 is positive: the write was read back and acted on, and the episode progressed. Nothing in
 it reads the game's words.
+
+Where a chain cannot start yet (a model that never looks anything up), a write still earns
+credit in hindsight when it *kept a passage* (`kept_passage`): what it wrote copies, word for
+word, a run of at least `KEPT_MIN_WORDS` words of its step's observation, that run is at
+least `KEPT_MIN_SHARE` of the written line's words (the line says what was seen, not what
+was made up), and no later observation of the episode shows that run again: the write kept
+what was about to leave the agent's view, which is what memory is for. Words are compared
+lower-cased, letters and digits only; this reads no game's words either.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -84,6 +93,8 @@ class MemoryUse(BaseModel):
                                      "of a look-up that returned something, of an earlier call in the same step.")
     distinct_actions: int = Field(0, description="Distinct world actions taken (the action text when invalid).")
     distinct_written_texts: int = Field(0, description="Distinct texts written by successful writes.")
+    kept_passages: int = Field(0, description="Successful writes that kept a passage of the step's "
+                               "observation that no later observation showed again (`kept_passage`).")
 
 
 def written_text(op) -> str:
@@ -92,6 +103,54 @@ def written_text(op) -> str:
     if op.op == "upsert":
         return f"{a.get('key', '').strip()}: {a.get('value', '').strip()}"
     return (a.get("new") if op.op == "replace" else a.get("text", "")) or ""
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+#: a kept passage: at least this many consecutive words of the observation, verbatim ...
+KEPT_MIN_WORDS = 4
+#: ... and at least this share of the written line's words
+KEPT_MIN_SHARE = 0.75
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _longest_run(line: list[str], seen: list[str]) -> list[str]:
+    """The longest run of consecutive words of `line` that stands in `seen` (the first one)."""
+    best, prev = (0, 0), [0] * (len(seen) + 1)
+    for i, w in enumerate(line, 1):
+        cur = [0] * (len(seen) + 1)
+        for j, v in enumerate(seen, 1):
+            if w == v:
+                cur[j] = prev[j - 1] + 1
+                if cur[j] > best[0]:
+                    best = (cur[j], i)
+        prev = cur
+    return line[best[1] - best[0]:best[1]]
+
+
+def kept_passage(text: str, observation: str, later: list[str]) -> bool:
+    """Whether a write of `text` at a step showing `observation` kept a passage that the
+    `later` observations never show again (see the module docstring)."""
+    seen = _words(observation)
+    after = [f" {' '.join(_words(o))} " for o in later]
+    for line in text.splitlines():
+        words = _words(line)
+        run = _longest_run(words, seen)
+        if len(run) >= KEPT_MIN_WORDS and len(run) >= KEPT_MIN_SHARE * len(words) \
+                and not any(f" {' '.join(run)} " in o for o in after):
+            return True
+    return False
+
+
+def kept_writes(steps: list[StepRecord]) -> set[tuple[int, int]]:
+    """(step, op index) of every successful, non-duplicate write over `steps` (one episode)
+    that kept a passage (`kept_passage`)."""
+    observations = [s.observation for s in steps]
+    return {(s.step, k) for n, s in enumerate(steps) for k, op in enumerate(s.memory_ops)
+            if op.ok and not op.duplicate and op.op in WRITES
+            and kept_passage(written_text(op), s.observation, observations[n + 1:])}
 
 
 def _decided(step: StepRecord) -> list[bool]:
@@ -133,7 +192,7 @@ def memory_use(steps: list[StepRecord]) -> MemoryUse:
                 writes_after += any(k < i and _sees(step.calls[i], step.calls[k]) for k in looked)
     return MemoryUse(lookups=lookups, lookups_used=used, writes_after_lookup=writes_after,
                      distinct_actions=len({s.action if s.action is not None else s.action_text for s in steps}),
-                     distinct_written_texts=len(written))
+                     distinct_written_texts=len(written), kept_passages=len(kept_writes(steps)))
 
 
 class MemoryChain(BaseModel):
@@ -288,7 +347,8 @@ def aggregate(diagnostics: list[Diagnostics]) -> GroupDiagnostics:
 
 #: the per-episode columns of the archive's `episodes` table that come from `diagnose`
 ARCHIVE_COLUMNS = ("initial_memory_chars", "memory_growth_chars", "writes", "consults", "lookups",
-                   "lookups_used", "writes_after_lookup", "distinct_actions", "distinct_written_texts")
+                   "lookups_used", "writes_after_lookup", "distinct_actions", "distinct_written_texts",
+                   "kept_passages")
 
 
 def sql_aggregate(alias: str = "e") -> str:

@@ -193,6 +193,7 @@ def publish_rollout_report(summaries: list[EpisodeSummary], diagnostics: list[Di
             "invalid_op_rate": round(d.invalid_op_rate, 3),
             "lookups_used": d.lookups_used, "lookups": d.lookups, "writes_after_lookup": d.writes_after_lookup,
             "distinct_actions": d.distinct_actions, "distinct_written_texts": d.distinct_written_texts,
+            "kept_passages": d.kept_passages,
             "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
             "end_reason": s.end_reason, "episode_id": s.episode_id,
         }

@@ -15,6 +15,7 @@ from agent_core.meta import MetaLLMConfig
 from agent_core.models.base import ChatModel
 from agent_core.records import Message, SamplingParams
 from agent_core.review.bundle import ReviewBundle
+from agent_core.commands import format_command
 from agent_core.review.candidate import HOOK_IMPORTS, HOOK_NAMES, Revision, format_revision
 from agent_core.scaffold import Scaffold
 
@@ -101,6 +102,7 @@ class RuleBasedReviewer:
         self._consult_before_write(bundle, config, findings, changes)
         self._drop_unread_files(bundle, config, findings, changes)
         self._tighten_limits(bundle, config, findings, changes)
+        self._keep_what_leaves_view(bundle, config, findings, changes)  # last: its example obeys the rest
         if not changes:
             raise NoRevision("no diagnostic crosses a remedy threshold")
         config["description"] = "Rule-based revision: " + "; ".join(changes)
@@ -181,3 +183,52 @@ class RuleBasedReviewer:
             findings.append(f"{invalid:.0%} of memory operations were invalid: fewer, simpler operations.")
             config["log"]["max_ops"] = config["log"].get("max_ops", 4) - 1
             changes.append(f"LOG: max_ops -> {config['log']['max_ops']}")
+
+    def _keep_what_leaves_view(self, bundle, config, findings, changes) -> None:
+        """No write in any episode kept a passage that later left the view
+        (`diagnostics.kept_passage`): the agent does not write down what it will not see
+        again. Remedy: a file for such facts, and one worked step (a generic one, in no
+        game's words) that writes a passage seen once and looks it up later, as
+        demonstrations: small models copy the form of earlier replies far better than they
+        follow rules. Only for a scaffold with no demonstrations yet."""
+        episodes = [e for e in bundle.episodes if e.steps > 1]
+        if not episodes or config.get("demonstrations") or config.get("agent") == "context-window" \
+                or sum(e.diagnostics.kept_passages for e in episodes) > 0:
+            return
+        findings.append(f"no write in {len(episodes)} episodes kept a passage of what the agent saw that no "
+                        "later observation showed again: what is said once is lost.")
+        if not any(f["name"] == NOTES_FILE for f in config["memory_files"]):
+            config["memory_files"].append({"name": NOTES_FILE, "kind": "append-log", "purpose": NOTES_PURPOSE})
+            changes.append(f"{NOTES_FILE}: a file for what is seen once")
+        for routine, op in (("log", "append"), ("plan", "read")):
+            if op not in config[routine]["allowed_ops"]:
+                config[routine]["allowed_ops"].append(op)
+                changes.append(f"{routine.upper()}: {op.upper()} allowed")
+        config["demonstrations"] = worked_step(bool(config["log"].get("consult_before_write")))
+        changes.append("a worked step (demonstrations): a passage seen once is appended to "
+                       f"{NOTES_FILE} word for word, and read back when it matters")
+
+
+#: the "keep what leaves the view" remedy's file and its worked step (no game's words in it)
+NOTES_FILE = "notes.md"
+NOTES_PURPOSE = ("What you are told or read only once and will not see again, one line each, in the "
+                 "words you saw.")
+_PASSAGE = "the key is under the third stone"
+
+
+def worked_step(consult_first: bool) -> list[dict[str, str]]:
+    """The demonstrations of the remedy: a LOG turn that writes a passage seen once into
+    `NOTES_FILE` (after a look-up that finds nothing when the scaffold asks to consult
+    before writing), then a later step's PLAN turn that reads it back."""
+    done = format_command("done")
+    write = format_command("append", file=NOTES_FILE, text=_PASSAGE)
+    log_prompt = (f'Step 0.\nObservation:\nYou are in a hall. A sign on the wall reads: "{_PASSAGE.capitalize()}."'
+                  f"\n\nLOG routine: record what matters; then {done}.")
+    turns = [{"user": log_prompt, "assistant": f"{write}{done}"}]
+    if consult_first:
+        turns = [{"user": log_prompt, "assistant": format_command("search", query="key")},
+                 {"user": "SEARCH: no hits for 'key'", "assistant": f"{write}{done}"}]
+    return turns + [
+        {"user": f"Step 5.\nObservation:\nYou stand before three stones.\n\nPLAN routine: consult memory "
+                 f"if useful; then {done}.", "assistant": format_command("read", file=NOTES_FILE)},
+        {"user": f"READ: {NOTES_FILE} lines 1-1 of 1:\n1: {_PASSAGE}", "assistant": done}]

@@ -102,14 +102,14 @@ def _candidates(con: Any, ids: list[str], stats: Counter, closed_replies: bool =
 
     con.register("selected_ids", pa.table({"call_id": ids}))
     rows = con.execute(
-        "SELECT c.call_id, c.episode_id, c.game, c.step, c.call_index, c.routine, c.role, c.reply, "
+        "SELECT c.call_id, c.episode_id, c.game, c.task, c.seed, c.step, c.call_index, c.routine, c.role, c.reply, "
         "c.finish_reason, coalesce(c.closed_at_budget, false), (SELECT count(*) FROM memory_ops o WHERE o.call_id = c.call_id) "
         "FROM calls c JOIN selected_ids s ON s.call_id = c.call_id "
         "ORDER BY c.game, c.episode_id, c.call_index").fetchall()
     stats["selected_ids"] = len(ids)
     stats["unknown_ids"] = len(ids) - len(rows)
     out = []
-    for call_id, episode_id, game, step, call_index, routine, role, reply, finish, closed, ran in rows:
+    for call_id, episode_id, game, task, seed, step, call_index, routine, role, reply, finish, closed, ran in rows:
         if role != "memory" or routine not in ROUTINES:
             stats["dropped_not_memory_role"] += 1
             continue
@@ -137,7 +137,7 @@ def _candidates(con: Any, ids: list[str], stats: Counter, closed_replies: bool =
                 stats["dropped_action_only"] += 1
                 continue
             stats["actions_removed"] += 1
-        out.append(dict(call_id=call_id, episode_id=episode_id, game=game, step=step,
+        out.append(dict(call_id=call_id, episode_id=episode_id, game=game, task=task, seed=seed, step=step,
                         call_index=call_index, routine=routine, target=target))
     return out
 
@@ -265,7 +265,7 @@ def _examples(con: Any, chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
             fixed[call.call_id] = call.fixed_prefix
     return [{"messages": [m.model_dump() for m in contexts[c["call_id"]]], "target": c["target"],
              "fixed": fixed[c["call_id"]],
-             "meta": {k: c[k] for k in ("call_id", "episode_id", "game", "step", "routine")}}
+             "meta": {k: c[k] for k in ("call_id", "episode_id", "game", "task", "seed", "step", "routine")}}
             for c in chosen]
 
 
@@ -455,9 +455,13 @@ HELD_OUT_MAX_EXAMPLES = 32
 
 
 def _episode_of(example: dict[str, Any]) -> str:
-    """The episode an example came from (its content digest when it names none: then it
-    stands alone)."""
-    episode = example.get("meta", {}).get("episode_id")
+    """The game seed an example was played on (several samples of one seed start alike, so
+    they are held out together), else the episode it came from, else its content digest
+    (then it stands alone)."""
+    meta = example.get("meta", {})
+    if meta.get("seed") is not None and meta.get("game"):
+        return f"{meta['game']}/{meta.get('task')}/seed {meta['seed']}"
+    episode = meta.get("episode_id")
     if episode:
         return str(episode)
     blob = json.dumps([example["messages"], example["target"]], sort_keys=True, ensure_ascii=False)
@@ -465,13 +469,14 @@ def _episode_of(example: dict[str, Any]) -> str:
 
 
 def split_held_out(examples: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
-    """Indices (train, held out) of `examples`, split by episode: the examples of one episode
-    share most of their context (each call sees the steps before it), so an example-level
-    split would score the adapter on near-copies of what it trained on. About one episode in
-    ten is held out (at least one once there are two; further episodes only while the
+    """Indices (train, held out) of `examples`, split by game seed (`_episode_of`): the
+    examples of one episode share most of their context (each call sees the steps before
+    it), and the samples of one seed (`samples_per_seed`) start from the same observation, so
+    a finer split would score the adapter on near-copies of what it trained on. About one
+    seed in ten is held out (at least one once there are two; further seeds only while the
     held-out examples number fewer than HELD_OUT_MAX_EXAMPLES), chosen by a hash of the
-    episode id, so the split is the same whatever the order or seed. With a single episode
-    nothing is held out: there is no honest held-out loss to give."""
+    seed's name, so the split is the same whatever the order. With a single seed nothing is
+    held out: there is no honest held-out loss to give."""
     by_episode: dict[str, list[int]] = {}
     for i, x in enumerate(examples):
         by_episode.setdefault(_episode_of(x), []).append(i)
@@ -491,7 +496,7 @@ def split_held_out(examples: list[dict[str, Any]]) -> tuple[list[int], list[int]
 def held_out_episodes(examples: list[dict[str, Any]]) -> list[str]:
     """The episodes `split_held_out` holds out (for the data card)."""
     _, held = split_held_out(examples)
-    return sorted({_episode_of(examples[i]) for i in held})
+    return sorted({examples[i].get("meta", {}).get("episode_id") or _episode_of(examples[i]) for i in held})
 
 
 def load_examples(dataset_dir: str | Path) -> list[dict[str, Any]]:

@@ -326,18 +326,23 @@ def pool_digest(archive_root: str | Path) -> dict[str, Any]:
 
 
 #: The rule-based selection: memory turns (role 'memory', routine LOG or PLAN) whose memory
-#: operations all succeeded, kept for either of two signals:
+#: operations all succeeded, kept for any of three signals:
 #:  1. credit: the turn is a link of a credited chain (`chains`, `diagnostics.memory_chains`):
 #:     the LOG turn that wrote a line, or the turn whose look-up returned that line in a later
 #:     step, when the look-up's result stood in front of a decision and the step progressed;
-#:  2. outcome: the turn is from an episode whose final progression is above the mean of its
-#:     game and task (nothing, when every episode ends alike), and it is valid and consulted
-#:     before writing: its step has invalid_ops = 0 (that count includes parse errors of every
-#:     reply in the step, refused or failed memory ops, misplaced ACTIONs and action-role
-#:     replies without an action), and for LOG, the call wrote nothing or its first write
-#:     (by op_index within the step) comes after a successful SEARCH, READ or TAIL earlier in
-#:     the same step (LIST does not count: it shows names, not contents).
-#: Neither signal reads the game's words.
+#:  2. credit in hindsight: the turn made a write that kept a passage (`memory_ops.kept`,
+#:     `diagnostics.kept_passage`): it copied what it saw, and no later observation showed it
+#:     again. This is where chains start: a model that never looks anything up makes none;
+#:  3. outcome: the turn is from an episode whose final progression is above the mean of its
+#:     game and task (nothing, when every episode ends alike), it did memory work (at least
+#:     one operation: a bare DONE teaches nothing about memory, and such turns made up 95-98%
+#:     of a sampled small model's selection before), and it is valid and consulted before
+#:     writing: its step has invalid_ops = 0 (that count includes parse errors of every reply
+#:     in the step, refused or failed memory ops, misplaced ACTIONs and action-role replies
+#:     without an action), and for LOG, the call wrote nothing or its first write (by op_index
+#:     within the step) comes after a successful SEARCH, READ or TAIL earlier in the same step
+#:     (LIST does not count: it shows names, not contents).
+#: No signal reads the game's words.
 RULE_BASED_SQL = f"""
 WITH per_call AS (
     SELECT call_id, bool_and(ok) AS all_ok,
@@ -349,6 +354,7 @@ WITH per_call AS (
 ), credited AS (
     SELECT write_call_id AS call_id FROM chains WHERE credited
     UNION SELECT lookup_call_id FROM chains WHERE credited
+    UNION SELECT call_id FROM memory_ops WHERE kept
 ), better AS (
     SELECT e.episode_id FROM episodes e
     WHERE e.progression > (SELECT avg(a.progression) FROM episodes a WHERE a.game = e.game AND a.task = e.task)
@@ -362,7 +368,7 @@ WHERE c.role = 'memory' AND c.routine IN ('log', 'plan')
   AND coalesce(o.all_ok, true)
   AND (c.call_id IN (SELECT call_id FROM credited)
        OR (c.episode_id IN (SELECT episode_id FROM better)
-           AND s.invalid_ops = 0
+           AND s.invalid_ops = 0 AND o.call_id IS NOT NULL
            AND (c.routine = 'plan' OR o.first_write IS NULL OR r.op_index < o.first_write)))
 ORDER BY c.call_id
 """.strip()
@@ -376,15 +382,18 @@ RULE_BASED_NOTE = (
     "saw the result and wrote memory or committed the world action (decision_call_id), and the "
     "progression gained over that step (gain; credited = gain > 0). The example program (the "
     "rule-based baseline) keeps the memory turns that are links of credited chains (the write's call "
-    "and the look-up's call) and, as a second signal, valid turns that consulted before writing from "
-    "episodes whose progression is above their task's mean.")
+    "and the look-up's call); turns whose write kept a passage (memory_ops.kept: the written line copies "
+    "at least 4 consecutive words of its step's observation, 75% of the line, and no later observation "
+    "shows them again: credit in hindsight, where chains start); and, as a third signal, valid turns "
+    "that did memory work (at least one operation) and consulted before writing, from episodes whose "
+    "progression is above their task's mean.")
 
 
 def rule_based_program(digest: dict[str, Any]) -> CurationProgram:
     """A hand-written baseline program (and the meta-LLM's first example): memory turns that
-    are links of credited chains, and valid consult-before-write turns of the better
-    episodes (`RULE_BASED_SQL`: the outcome filter is in the SQL, so every episode's chains
-    count), mixed by routine as the selection holds them; LoRA r=8, alpha=16 on q_proj,v_proj."""
+    are links of credited chains, writes that kept a passage, and valid consult-before-write
+    turns that did memory work in the better episodes (`RULE_BASED_SQL`: the outcome filter
+    is in the SQL, so every episode's chains count), mixed by routine as the selection holds them; LoRA r=8, alpha=16 on q_proj,v_proj."""
     counts = digest.get("rule_based_turns", {})
     log_n, plan_n = counts.get("log", 0), counts.get("plan", 0)
     log_share = round(log_n / (log_n + plan_n), 2) if log_n + plan_n else 0.5
@@ -400,6 +409,7 @@ def rule_based_program(digest: dict[str, Any]) -> CurationProgram:
         lora=LoraSettings(rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"],
                           learning_rate=2e-4, epochs=2, batch_size=8, grad_accum=1, max_seq_len=2048,
                           schedule="cosine", warmup_ratio=0.05, seed=0),
-        rationale="rule-based baseline: links of credited write -> look-up -> decision chains, and "
-                  "valid consult-before-write turns of episodes above their task's mean progression",
+        rationale="rule-based baseline: links of credited write -> look-up -> decision chains, writes "
+                  "that kept a passage seen once, and valid consult-before-write turns that did memory "
+                  "work in episodes above their task's mean progression",
     )

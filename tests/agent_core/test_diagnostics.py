@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_core.diagnostics import MemoryChain, aggregate, diagnose, memory_chains, memory_use
+from agent_core.diagnostics import (MemoryChain, aggregate, diagnose, kept_passage, kept_writes, memory_chains,
+                                     memory_use)
 from agent_core.records import EpisodeHeader, MemoryOp, Message, ModelCall, SamplingParams, StepRecord
 from agent_core.trace import Trace
 
@@ -53,7 +54,8 @@ def test_a_look_up_reaches_a_write_only_through_a_later_call():
     turns = step(0, [search, write, act], [op(search, "search", query="key"),
                                           op(write, "upsert", file="map.md", key="key", value="hall")])
     assert memory_use([turns]).model_dump() == {"lookups": 1, "lookups_used": 1, "writes_after_lookup": 1,
-                                                 "distinct_actions": 1, "distinct_written_texts": 1}
+                                                 "distinct_actions": 1, "distinct_written_texts": 1,
+                                                 "kept_passages": 0}
     # the old protocol: SEARCH and UPSERT in one reply, the result came back after the write
     log = Log()
     both = log.call("<|SEARCH|>key<|END|><|UPSERT|>map.md|key|hall<|END|><|DONE|>")
@@ -232,3 +234,25 @@ def test_the_two_paper_diagnostics_count_successful_ops_and_exclude_seeded_files
     assert group.write_search_ratio == pytest.approx(2 / 4)  # not the mean of 2.0 and 0.0
     assert group.growth_chars_per_step == pytest.approx(15 / 3)
     assert aggregate([e]).growth_chars_per_step == 0 and aggregate([]).write_search_ratio is None
+
+
+def test_a_write_kept_a_passage_only_when_it_copies_what_later_left_the_view():
+    seen = 'You are in a hall. A sign on the wall reads: "The key is under the third stone."'
+    later = ["You are in a corridor.", "You stand before three stones."]
+    assert kept_passage("the key is under the third stone", seen, later)
+    assert kept_passage("note: The key is under the THIRD stone!\nhall", seen, later)  # one line is enough
+    assert not kept_passage("the key is under the third stone", seen, later + [seen])  # shown again later
+    assert not kept_passage("the key is under the blue rock", seen, later)  # 5 of 8 words copied: made up
+    assert not kept_passage("third stone", seen, later)  # too short to be a passage
+    # an episode: the step-0 write kept it; the same text written again later (the sign is gone
+    # from view by then) is a duplicate, and a write that copies what stays in view is not kept
+    log = Log()
+    w0 = log.call("<|APPEND|>notes.md|the key is under the third stone<|END|><|DONE|>")
+    w1 = log.call("<|APPEND|>notes.md|you are in a corridor<|END|><|DONE|>")
+    s0 = step(0, [w0], [op(w0, "append", file="notes.md", text="the key is under the third stone")])
+    s1 = step(1, [w1], [op(w1, "append", file="notes.md", text="you are in a long corridor now")])
+    s0.observation, s1.observation = seen, "You are in a long corridor now."
+    s2 = step(2, [], [])
+    s2.observation = "You are in a long corridor now."
+    assert kept_writes([s0, s1, s2]) == {(0, 0)}
+    assert memory_use([s0, s1, s2]).kept_passages == 1

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from agent_core.agent import Roles
-from agent_core.diagnostics import diagnose
+from agent_core.diagnostics import diagnose, kept_passage
 from agent_core.episode import run_episode
 from agent_core.models.config import RoutineScript
 from agent_core.models.scripted import ScriptedModel
@@ -16,7 +16,7 @@ from agent_core.review.bundle import build_bundle
 from agent_core.review.candidate import (CandidateError, Revision, format_revision, parse_revision,
                                          validate_candidate)
 from agent_core.review.propose import propose
-from agent_core.review.reviewers import MetaLLMReviewer, NoRevision, RuleBasedReviewer
+from agent_core.review.reviewers import MetaLLMReviewer, NoRevision, RuleBasedReviewer, worked_step
 from agent_core.scaffold import Scaffold
 from agent_core.trace import read_trace
 from environments import make_env
@@ -75,11 +75,37 @@ def test_rule_based_remedies_for_each_problem(tmp_path):
     junk = RoutineScript(log="<|APPEND|>../x|a<|END|><|READ|>nope.md<|END|><|DONE|>", plan="<|SEARCH|>a<|END|><|DONE|>")
     rev = parse_revision(RuleBasedReviewer().review(build_bundle(inc, play(inc, tmp_path / "j", junk)), inc, []))
     assert any("max_ops" in c for c in rev.changes)
-    calm = RoutineScript(log="<|READ|>action_log.md<|END|><|DONE|>",
+    # an agent that writes down what it saw once (step 0's "You wake up in the house.") and reads
+    calm = RoutineScript(log="<|APPEND|>progress.md|You wake up in the house<|END|><|READ|>action_log.md<|END|>",
                          plan="<|READ|>map.md<|END|><|READ|>progress.md<|END|><|READ|>strategy.md<|END|><|DONE|>")
-    with pytest.raises(NoRevision):
-        RuleBasedReviewer(write_search_ratio=10).review(
+    with pytest.raises(NoRevision):  # (its log repeats the line: growth thresholds raised)
+        RuleBasedReviewer(write_search_ratio=10, growth_chars_per_step=100, duplicate_share=1).review(
             build_bundle(inc, play(inc, tmp_path / "c", calm, steps=3)), inc, [])
+
+
+def test_a_scaffold_whose_agent_keeps_nothing_gets_a_worked_step(tmp_path):
+    inc = Scaffold.builtin("tiny")
+    forgetful = RoutineScript(log="<|READ|>action_log.md<|END|><|APPEND|>progress.md|looked around<|END|><|DONE|>",
+                              plan="<|READ|>map.md<|END|><|READ|>progress.md<|END|><|READ|>strategy.md<|END|>"
+                                   "<|DONE|>")
+    traces = play(inc, tmp_path / "f", forgetful, steps=3)
+    assert all(diagnose(read_trace(t)).kept_passages == 0 for t in traces)
+    rev = parse_revision(RuleBasedReviewer(write_search_ratio=10).review(build_bundle(inc, traces), inc, []))
+    assert [c for c in rev.changes if "worked step" in c or "notes.md" in c] == rev.changes
+    assert "what is said once is lost" in rev.analysis
+    candidate = validate_candidate(rev, inc, tmp_path / "store")
+    assert "notes.md" in {f.name for f in candidate.config.memory_files}
+    demos = candidate.config.demonstrations
+    assert demos[0].assistant == "<|APPEND|>notes.md|the key is under the third stone<|END|><|DONE|>"
+    assert demos[1].assistant == "<|READ|>notes.md<|END|>" and "1: the key is under the third stone" in demos[2].user
+    # the worked step is a write the diagnostics credit: it copies a passage seen once
+    assert kept_passage("the key is under the third stone", demos[0].user, [demos[1].user])
+    # the example obeys the scaffold: with consult_before_write it looks up first
+    assert worked_step(True)[0]["assistant"].startswith("<|SEARCH|>")
+    # it runs: the candidate plays, and a scaffold that already has demonstrations is left alone
+    play(candidate, tmp_path / "cand", forgetful, seeds=(0,), steps=2)
+    with pytest.raises(NoRevision):
+        RuleBasedReviewer(write_search_ratio=10).review(build_bundle(candidate, traces), candidate, [])
 
 
 def good_revision(inc: Scaffold, **edit) -> Revision:

@@ -47,3 +47,14 @@ def test_the_dataset_card_names_the_held_out_episodes(archive, tmp_path):
     card = json.loads((info.path / "data_card.json").read_text())
     assert card["held_out_episodes"] == sorted({examples[i]["meta"]["episode_id"] for i in held})
     assert len(card["held_out_episodes"]) == 1 and card["episodes"] == 6  # 6 episodes: round(0.6) -> 1
+
+
+def test_the_samples_of_one_game_seed_are_held_out_together():
+    # samples_per_seed: two episodes per seed start from the same observation
+    examples = [{"messages": [{"role": "user", "content": f"{e} step {i}"}], "target": "<|DONE|>",
+                 "meta": {"episode_id": e, "call_id": f"{e}:{i}", "game": "tiny", "task": "recall", "seed": seed}}
+                for seed in range(10) for e in (f"s{seed}a", f"s{seed}b") for i in range(3)]
+    train, held = split_held_out(examples)
+    held_seeds = {examples[i]["meta"]["seed"] for i in held}
+    assert len(held_seeds) == 1 and len(held) == 6  # one seed in ten: both its episodes
+    assert not held_seeds & {examples[i]["meta"]["seed"] for i in train}

@@ -106,9 +106,10 @@ def test_pool_digest_and_rule_based_program(archive):
     assert program.selection_sql == RULE_BASED_SQL
     # the outcome filter is in the SQL (episodes above their task's mean): every episode's chains count
     assert program.composition.top_episode_share == 1.0
-    # the 3 better episodes' 4 steps x (LOG look-up, LOG write, PLAN look-up, PLAN DONE), as selected
-    assert digest["rule_based_turns"] == {"log": 24, "plan": 24}
-    assert program.composition.routine_mix.log == 0.5
+    # the 3 better episodes' 4 steps x (LOG look-up, LOG write, PLAN look-up), as selected; their
+    # PLAN turns that only said DONE did no memory work and are not kept
+    assert digest["rule_based_turns"] == {"log": 24, "plan": 12}
+    assert program.composition.routine_mix.log == 0.67
     assert (program.lora.rank, program.lora.alpha, program.lora.target_modules) == (8, 16, ["q_proj", "v_proj"])
     assert program.lora.learning_rate == 2e-4
     assert parse_program(program.model_dump_json()) == program
