@@ -35,6 +35,11 @@ TOLD = re.compile(r"The way out is the (\w+) door")
 AT_DOORS = "You are at the end of the corridor"
 
 
+def names(colour: str, text: str) -> bool:
+    """`text` names `colour` as a word ("discovered" does not name red)."""
+    return re.search(rf"\b{colour}\b", text, re.IGNORECASE) is not None
+
+
 def recall_measures(trace) -> dict[str, bool | float]:  # noqa: ANN001 - agent_core.trace.Trace
     """The memory-skill measures of one recall episode (see the module docstring)."""
     from agent_core.commands import CONSULT_OPS
@@ -43,9 +48,9 @@ def recall_measures(trace) -> dict[str, bool | float]:  # noqa: ANN001 - agent_c
     first = trace.steps[0]
     told = TOLD.search(first.observation)
     colour = told.group(1) if told else "?"
-    written = any(op.ok and op.op in WRITE_OPS and colour in json.dumps(op.args).lower() for op in first.memory_ops)
+    written = any(op.ok and op.op in WRITE_OPS and names(colour, json.dumps(op.args)) for op in first.memory_ops)
     doors = [s for s in trace.steps if AT_DOORS in s.observation]
-    held = any(op.ok and op.op in CONSULT_OPS and colour in op.result.lower() for s in doors for op in s.memory_ops)
+    held = any(op.ok and op.op in CONSULT_OPS and names(colour, op.result) for s in doors for op in s.memory_ops)
     progression = trace.summary.progression if trace.summary else trace.steps[-1].progression
     return {"fact_written": written, "lookup_held": held, "reached": progression >= 0.5,
             "right_door": progression >= 1.0, "progression": progression}

@@ -32,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from bench_learning import names  # noqa: E402 - the same measure as whole episodes
+
 PLANTED = "note: the way out is the {colour} door"
 IN_FRONT = "From your memory: the way out is the {colour} door."
 
@@ -77,8 +79,8 @@ def probe(link: str, scaffold, roles, seed: int) -> dict:  # noqa: ANN001
     ops = decision.memory_ops
     return {
         "seed": seed, "colour": colour, "action": decision.action_text,
-        "written": any(o.ok and o.op in WRITE_OPS and colour in json.dumps(o.args).lower() for o in ops),
-        "held": any(o.ok and o.op in CONSULT_OPS and colour in o.result.lower() for o in ops),
+        "written": any(o.ok and o.op in WRITE_OPS and names(colour, json.dumps(o.args)) for o in ops),
+        "held": any(o.ok and o.op in CONSULT_OPS and names(colour, o.result) for o in ops),
         "looked_up": any(o.op in CONSULT_OPS for o in ops),
         "right": decision.action_text == f"open {colour} door",
         "door": decision.action_text.startswith("open "),
@@ -95,7 +97,7 @@ def summary(link: str, rows: list[dict]) -> str:
 
     if link == "write":
         return f"fact written {share('written')}; LOG replies naming the colour " \
-               f"{sum(r['colour'] in r['log'].lower() for r in rows)}/{n}"
+               f"{sum(names(r['colour'], r['log']) for r in rows)}/{n}"
     if link == "lookup":
         held = [r for r in rows if r["held"]]
         return (f"looked up {share('looked_up')}; look-up returned the fact {share('held')}; right door "

@@ -342,6 +342,10 @@ def pool_digest(archive_root: str | Path) -> dict[str, Any]:
 #:     without an action), and for LOG, the call wrote nothing or its first write (by op_index
 #:     within the step) comes after a successful SEARCH, READ or TAIL earlier in the same step
 #:     (LIST does not count: it shows names, not contents).
+#: Where the pool holds credited turns (1 or 2), the outcome turns are at most as many (a
+#: fixed pseudo-random draw, by the digest of their call ids): the outcome signal credits
+#: every turn of a luckier episode alike and would otherwise drown the few turns that earned
+#: credit (measured on tiny/recall: 2 kept writes beside ~100 outcome turns).
 #: No signal reads the game's words.
 RULE_BASED_SQL = f"""
 WITH per_call AS (
@@ -358,19 +362,26 @@ WITH per_call AS (
 ), better AS (
     SELECT e.episode_id FROM episodes e
     WHERE e.progression > (SELECT avg(a.progression) FROM episodes a WHERE a.game = e.game AND a.task = e.task)
+), chosen AS (
+    SELECT c.call_id, c.call_id IN (SELECT call_id FROM credited) AS by_credit
+    FROM calls c
+    JOIN steps s ON s.episode_id = c.episode_id AND s.step = c.step
+    LEFT JOIN per_call o ON o.call_id = c.call_id
+    LEFT JOIN first_consult r ON r.episode_id = c.episode_id AND r.step = c.step
+    WHERE c.role = 'memory' AND c.routine IN ('log', 'plan')
+      AND coalesce(o.all_ok, true)
+      AND (c.call_id IN (SELECT call_id FROM credited)
+           OR (c.episode_id IN (SELECT episode_id FROM better)
+               AND s.invalid_ops = 0 AND o.call_id IS NOT NULL
+               AND (c.routine = 'plan' OR o.first_write IS NULL OR r.op_index < o.first_write)))
+), ranked AS (
+    SELECT call_id, by_credit, row_number() OVER (PARTITION BY by_credit ORDER BY md5(call_id)) AS n
+    FROM chosen
 )
-SELECT c.call_id
-FROM calls c
-JOIN steps s ON s.episode_id = c.episode_id AND s.step = c.step
-LEFT JOIN per_call o ON o.call_id = c.call_id
-LEFT JOIN first_consult r ON r.episode_id = c.episode_id AND r.step = c.step
-WHERE c.role = 'memory' AND c.routine IN ('log', 'plan')
-  AND coalesce(o.all_ok, true)
-  AND (c.call_id IN (SELECT call_id FROM credited)
-       OR (c.episode_id IN (SELECT episode_id FROM better)
-           AND s.invalid_ops = 0 AND o.call_id IS NOT NULL
-           AND (c.routine = 'plan' OR o.first_write IS NULL OR r.op_index < o.first_write)))
-ORDER BY c.call_id
+SELECT call_id FROM ranked
+WHERE by_credit
+   OR n <= coalesce(nullif((SELECT count(*) FROM chosen WHERE by_credit), 0), n)
+ORDER BY call_id
 """.strip()
 
 

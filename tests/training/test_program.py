@@ -106,9 +106,10 @@ def test_pool_digest_and_rule_based_program(archive):
     assert program.selection_sql == RULE_BASED_SQL
     # the outcome filter is in the SQL (episodes above their task's mean): every episode's chains count
     assert program.composition.top_episode_share == 1.0
-    # the 3 better episodes' 4 steps x (LOG look-up, LOG write, PLAN look-up), as selected; their
-    # PLAN turns that only said DONE did no memory work and are not kept
-    assert digest["rule_based_turns"] == {"log": 24, "plan": 12}
+    # credit: the 3 credited chains' write and look-up (6 LOG turns); outcome: of the 3 better
+    # episodes' 4 steps x (LOG look-up, LOG write, PLAN look-up) (their PLAN turns that only said
+    # DONE did no memory work), at most as many as the credited turns: 6 more
+    assert digest["rule_based_turns"] == {"log": 8, "plan": 4}
     assert program.composition.routine_mix.log == 0.67
     assert (program.lora.rank, program.lora.alpha, program.lora.target_modules) == (8, 16, ["q_proj", "v_proj"])
     assert program.lora.learning_rate == 2e-4
