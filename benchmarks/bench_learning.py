@@ -56,6 +56,34 @@ def recall_measures(trace) -> dict[str, bool | float]:  # noqa: ANN001 - agent_c
             "right_door": progression >= 1.0, "progression": progression}
 
 
+def loss_split(curve: Path) -> str:
+    """The loss over the target tokens the model chose and over those the grammar forced, first
+    step -> last (`lora.py` trains on the chosen ones)."""
+    if not curve.is_file():
+        return "-"
+    rows = json.loads(curve.read_text())
+
+    def ends(key: str) -> str:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return f"{values[0]:.3f} -> {values[-1]:.3f}" if values else "-"
+
+    return f"chosen {ends('chosen_loss')}; forced {ends('forced_loss')}"
+
+
+def training_set(dataset: Path) -> str:
+    """What the trial trained on: its examples that write memory, that look it up, and that
+    only say DONE (`train.jsonl`)."""
+    from agent_core.commands import CONSULT_OPS, parse_reply
+    from agent_core.scaffold import WRITE_OPS
+    from agent_core.training.dataset import load_examples
+
+    if not dataset.is_dir():
+        return "-"
+    ops = [{c.op for c in parse_reply(e["target"]).commands} for e in load_examples(dataset)]
+    return (f"{sum(bool(o & set(WRITE_OPS)) for o in ops)} write, {sum(bool(o & set(CONSULT_OPS)) for o in ops)} "
+            f"look up, {sum(o <= {'done'} for o in ops)} only DONE")
+
+
 def table(rows: list[tuple[str, list[dict]]]) -> str:
     head = ("| arm | episodes | fact written at step 0 | look-up at the doors held it | right door with the fact "
             "in front | reached the doors | right door | mean progression |\n|---|---|---|---|---|---|---|---|")
@@ -75,6 +103,10 @@ def main() -> None:
     parser.add_argument("--preset", type=Path, default=Path(__file__).resolve().parents[1] / "deployments" /
                         "presets" / "recall-local.yaml")
     parser.add_argument("--workspace", type=Path, default=Path("automem-runs-learning"))
+    parser.add_argument("--loop2-scaffold", choices=("incumbent", "candidate"), default="incumbent",
+                        help="the scaffold loop 2 learns under: loop 1's incumbent (the nightly order), or "
+                        "loop 1's last candidate when the gate did not keep it (an experiment: whether a "
+                        "scaffold that makes the behaviour reachable lets loop 2 amplify it)")
     a = parser.parse_args()
 
     import yaml
@@ -84,16 +116,26 @@ def main() -> None:
     configure_prefect_env(a.workspace)
     from agent_core.scaffold import Scaffold
     from agent_core.trace import read_trace
-    from flows.iteration import IterationParams, iteration
+    from flows.iteration import IterationParams
+    from flows.scaffold_loop import scaffold_loop
+    from flows.training_loop import training_loop
 
     raw = yaml.safe_load(a.preset.read_text())["params"]
     params = IterationParams(**{**raw, "workspace": str(a.workspace)})
     started = time.perf_counter()
-    result = iteration(params)
+    params.training().preflight()
+    loop1 = scaffold_loop(params.scaffold_loop())  # the nightly iteration's order: loop 1, then loop 2
+    loop2_scaffold = loop1["incumbent"]
+    tried = [h["candidate"] for h in loop1["history"] if h.get("candidate")]
+    if a.loop2_scaffold == "candidate" and tried and tried[-1] != Path(loop2_scaffold).name:
+        loop2_scaffold = str(params.root() / "scaffolds" / tried[-1])
+    loop2 = training_loop(params.training(loop2_scaffold))
+    result = {"scaffold_loop": loop1, "training_loop": loop2, "report": loop2["report"]}
     wall = time.perf_counter() - started
     game, task = params.game.split("/", 1)
     v0 = Scaffold.builtin(game).hash
-    best = Path(result["scaffold_loop"]["incumbent"]).name
+    best = Path(loop1["incumbent"]).name
+    under = Path(loop2_scaffold).name
     trials = result["training_loop"]["trials"]
     base_id = params.models.ids()[0]
     labels = {base_id: "base"}
@@ -108,7 +150,8 @@ def main() -> None:
         h = trace.header
         if h.task != task or h.max_steps != params.max_steps or h.memory_model not in labels:
             continue
-        scaffold = "v0" if h.scaffold_hash == v0 else ("best" if h.scaffold_hash == best else h.scaffold_hash[:8])
+        scaffold = "v0" if h.scaffold_hash == v0 else ("best" if h.scaffold_hash == best else
+                                                       f"candidate {h.scaffold_hash[:8]}")
         arm = f"{scaffold} scaffold + {labels[h.memory_model]}"
         if h.seed in params.eval_seeds:
             eval_arms[arm].append(recall_measures(trace))
@@ -119,24 +162,23 @@ def main() -> None:
           f"{len(params.eval_seeds)} held-out evaluation seeds, {len(params.pool_seeds)} pool seeds; "
           f"wall {wall / 60:.1f} min (cached work reused)")
     print(f"scaffold loop: v0 {v0}, incumbent after loop 1 {best} "
-          f"({'changed' if best != v0 else 'unchanged'})")
+          f"({'changed' if best != v0 else 'unchanged'}); loop 2 learned under {under}"
+          + (" (loop 1's last candidate, not kept by the gate)" if under != best else ""))
     for h in result["scaffold_loop"]["history"]:
-        print(f"  iteration {h['iteration']}: {h['verdict']} - {h.get('reason', '')[:200]}")
+        print(f"  iteration {h['iteration']}: candidate {h.get('candidate')}: {h['verdict']} - "
+              f"{h.get('reason', '')[:200]}")
     print("\nHeld-out evaluation seeds:\n" + table(sorted(eval_arms.items())))
     print("\nPools (training data, sampled):\n" + table(sorted(pools.items())))
     print("\nLoop 2, per trial:")
-    print("| round | trial | pool played by | examples | final loss | held-out loss | loss split | incumbent | "
-          "specialist | p (Holm) | verdict / error |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| round | trial | pool played by | examples | trained on | final loss | held-out loss | loss split | "
+          "incumbent | specialist | p (Holm) | verdict / error |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t in trials:
         v = t.get("verdict") or {}
-        split = "-"
-        curve = Path(t["adapter"]) / "loss_curve.json" if t.get("adapter") else None
-        if curve and curve.is_file():
-            data = json.loads(curve.read_text())
-            keys = [k for k in data if isinstance(data, dict) and ("chosen" in k or "forced" in k)]
-            split = "; ".join(f"{k} {json.dumps(data[k])[:60]}" for k in keys) or "-"
+        split = loss_split(Path(t["adapter"]) / "loss_curve.json") if t.get("adapter") else "-"
         p = v.get("adjusted_p") if v.get("adjusted_p") is not None else v.get("p_value")
-        print(f"| {t['round']} | {t['trial']} | {t['pool_model']} | {t.get('examples')} | {t.get('final_loss')} | "
+        trained = training_set(Path(t["dataset"])) if t.get("dataset") else "-"
+        print(f"| {t['round']} | {t['trial']} | {t['pool_model']} | {t.get('examples')} | {trained} | "
+              f"{t.get('final_loss')} | "
               f"{t.get('eval_loss')} | {split} | {v.get('mean_incumbent')} | {v.get('mean_candidate')} | "
               f"{p} | {v.get('reason') or t.get('error')} |")
     print(f"\nreport: {result['report']}")
