@@ -453,7 +453,22 @@ def iterate(
     except ValueError as exc:
         _fail(str(exc))
     result = iteration(params)
+    curve = report_section(Path(result["report"]).read_text(), "## Learning curve")
+    if curve:  # loop 2's rounds, what a night's learning came to
+        console.print(curve, markup=False, highlight=False, soft_wrap=True)
     console.print(f"[bold]report:[/bold] {Path(result['report']).resolve()}")
+
+
+def report_section(markdown: str, heading: str) -> str:
+    """The section of a markdown report that starts with a line beginning `heading`, up to the
+    next heading of the same level ("" when there is none)."""
+    lines = markdown.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        return ""
+    level = heading.split(" ", 1)[0] + " "
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(level)), len(lines))
+    return "\n".join(lines[start:end]).strip()
 
 
 @app.command()

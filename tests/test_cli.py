@@ -149,3 +149,11 @@ def test_play_names_the_folder_by_the_episode_key_with_every_override_and_reuses
     assert again.exit_code == 0, again.output
     assert f"episode {greedy_id} already played: reusing it" in again.output
     assert (trace.read_bytes(), trace.stat().st_mtime_ns) == before and episodes().keys() == both.keys()
+
+
+def test_iterate_prints_the_learning_curve_section_of_the_report():
+    from automem_cli.main import report_section
+
+    report = "# Night\n\n## Learning curve (expert iteration)\n\n| round |\n|---|\n| 0 |\n\n## Trial 0\nrest"
+    assert report_section(report, "## Learning curve") == "## Learning curve (expert iteration)\n\n| round |\n|---|\n| 0 |"
+    assert report_section("# Night\n\n## Trial 0\n", "## Learning curve") == ""
