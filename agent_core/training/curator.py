@@ -20,11 +20,15 @@ from agent_core.training.program import (RULE_BASED_NOTE, RULE_BASED_SQL, Curati
 PROMPT = Path(__file__).parent / "prompts" / "curator.jinja"
 
 #: Looser selections the rule-based curator falls back to when a trial finds too little data.
-#: Valid memory turns (every op ok, no parse error in the step), consult-before-write or not:
+#: Valid memory turns that did memory work (at least one operation, every op of the step ok, no
+#: parse error in it), consult-before-write or not. A turn that only says DONE is left out: it
+#: teaches nothing about memory, and such turns were 95-98% of this selection on a sampled 135M
+#: model (283 of 298 examples on tiny/recall-short):
 VALID_TURNS_SQL = """
 SELECT c.call_id FROM calls c
 JOIN steps s ON s.episode_id = c.episode_id AND s.step = c.step
 WHERE c.role = 'memory' AND c.routine IN ('log', 'plan') AND s.invalid_ops = 0
+  AND EXISTS (SELECT 1 FROM memory_ops o WHERE o.call_id = c.call_id)
 ORDER BY c.call_id
 """.strip()
 #: Memory turns that ran at least one operation and none that failed, whatever else
