@@ -155,7 +155,7 @@ def pool_key(params: TrainingLoopParams, scaffold_hash: str, models: ModelConfig
 def side_by_side(base: list[Diagnostics], spec: list[Diagnostics], base_runs: list[EpisodeSummary],
                  spec_runs: list[EpisodeSummary]) -> dict[str, dict[str, float | None]]:
     """Progression and memory diagnostics, base agent vs specialist: progression, duplicate
-    writes and invalid ops averaged over seeds; the paper's two diagnostics and what memory
+    writes, invalid ops and kept passages (`diagnostics.kept_passage`) averaged over seeds; the paper's two diagnostics and what memory
     did pooled over the episodes (`diagnostics.aggregate`)."""
     def mean(values):
         values = [v for v in values if v is not None]
@@ -170,6 +170,7 @@ def side_by_side(base: list[Diagnostics], spec: list[Diagnostics], base_runs: li
         "progression": ([r.progression for r in base_runs], [r.progression for r in spec_runs]),
         "duplicate_write_ratio": ([d.duplicate_write_ratio for d in base], [d.duplicate_write_ratio for d in spec]),
         "invalid_op_rate": ([d.invalid_op_rate for d in base], [d.invalid_op_rate for d in spec]),
+        "kept_passages": ([d.kept_passages for d in base], [d.kept_passages for d in spec]),
     }.items():
         rows[name] = {"base": mean(b), "specialist": mean(s)}
     rows["write_search_ratio"] = pooled("write_search_ratio")
