@@ -34,13 +34,21 @@ SMALL_LORA = LoraSettings(rank=4, alpha=8, target_modules=["q_proj", "v_proj"], 
                           batch_size=2, max_seq_len=1024, max_steps=2, schedule="constant")
 
 
-def program_json() -> str:
-    """The rule-based program's first relaxation (valid memory turns): the local model rarely
-    looks memory up before writing, which the strictest selection asks for."""
+def program_json(log_only: bool = False) -> str:
+    """The rule-based program's first relaxation (valid memory turns that did memory work): the
+    local model rarely looks memory up before writing, which the strictest selection asks for.
+    `log_only`: train on LOG turns only, for 2 epochs (the sampled local model's turns on tiny
+    that made an operation are few: still 2 optimizer steps)."""
     from agent_core.training.curator import VALID_TURNS_SQL
+    from agent_core.training.program import RoutineMix
 
     program = rule_based_program({"memory_calls": {"log": 1, "plan": 1}, "games": {}})
-    return program.model_copy(update={"lora": SMALL_LORA, "selection_sql": VALID_TURNS_SQL}).model_dump_json()
+    program = program.model_copy(update={"lora": SMALL_LORA, "selection_sql": VALID_TURNS_SQL})
+    if log_only:
+        program = program.model_copy(update={
+            "lora": SMALL_LORA.model_copy(update={"epochs": 2}),
+            "composition": program.composition.model_copy(update={"routine_mix": RoutineMix(log=1.0, plan=0.0)})})
+    return program.model_dump_json()
 
 
 def params(ws: Path, **kw) -> TrainingLoopParams:
@@ -57,8 +65,11 @@ def test_the_trained_adapter_plays_on_the_local_model_and_becomes_the_next_incum
     from agent_core.registry import promote
 
     ws = tmp_path / "ws"
-    local = ModelConfig(backend="local")
-    result = training_loop(params(ws, models=local))
+    # sampled (greedy, its only turns with an operation copy the help's CREATE example: a
+    # degenerate set, refused); each call's seed comes from the episode's, so it replays
+    local = ModelConfig(backend="local", temperature=1.0, top_p=0.95)
+    curator = MetaLLMConfig(backend="scripted", replies=[program_json(log_only=True)])
+    result = training_loop(params(ws, models=local, meta=curator))
     [trial] = result["trials"]
     adapter = Path(trial["adapter"])
     assert {"adapter_config.json", "adapter_model.safetensors", "loss_curve.json"} <= {p.name for p in adapter.iterdir()}
@@ -95,7 +106,7 @@ def test_the_trained_adapter_plays_on_the_local_model_and_becomes_the_next_incum
     # by hand: see the module docstring for why the gate cannot promote one on CPU)
     promote(ws, "adapters", "tiny", str(adapter), reason="test")
     stamp = (adapter / "train_result.json").stat().st_mtime_ns
-    again = training_loop(params(ws, models=local))
+    again = training_loop(params(ws, models=local, meta=curator))
     assert again["trials"][0]["adapter"] == trial["adapter"]  # unchanged program and data: not retrained
     assert (adapter / "train_result.json").stat().st_mtime_ns == stamp
     verdict = again["trials"][0]["verdict"]
