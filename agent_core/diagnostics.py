@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from difflib import SequenceMatcher
 from collections import Counter
 from pathlib import Path
 
@@ -117,17 +118,9 @@ def _words(text: str) -> list[str]:
 
 
 def _longest_run(line: list[str], seen: list[str]) -> list[str]:
-    """The longest run of consecutive words of `line` that stands in `seen` (the first one)."""
-    best, prev = (0, 0), [0] * (len(seen) + 1)
-    for i, w in enumerate(line, 1):
-        cur = [0] * (len(seen) + 1)
-        for j, v in enumerate(seen, 1):
-            if w == v:
-                cur[j] = prev[j - 1] + 1
-                if cur[j] > best[0]:
-                    best = (cur[j], i)
-        prev = cur
-    return line[best[1] - best[0]:best[1]]
+    """The longest run of consecutive words of `line` that stands in `seen` (the earliest one)."""
+    match = SequenceMatcher(None, line, seen, autojunk=False).find_longest_match(0, len(line), 0, len(seen))
+    return line[match.a:match.a + match.size]
 
 
 def kept_passage(text: str, observation: str, later: list[str]) -> bool:
