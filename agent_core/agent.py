@@ -15,39 +15,12 @@ from agent_core.conversation import Conversation
 from agent_core.grammar import Grammar, act_grammar, log_grammar, plan_grammar
 from agent_core.hooks import HookOutputCut
 from agent_core.memory import MemoryDir
-from agent_core.models.base import ChatModel
-from agent_core.records import MemoryOp, ModelCall, Routine, SamplingParams, override_sampling
+from agent_core.models.base import Roles
+from agent_core.records import MemoryOp, ModelCall, Routine
 from environments.base import normalise_action
 from agent_core.scaffold import WRITE_OPS, RoutineConfig, Scaffold
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Roles:
-    """Which model plays which role. `action` defaults to the memory model."""
-
-    memory: ChatModel
-    action: ChatModel | None = None
-    #: decode every reply under the command grammar (`agent_core.grammar`)
-    constrain: bool = False
-    #: where and how the models run (endpoint, dtype): part of the episode key
-    identity: dict = field(default_factory=dict)
-    #: sampling settings of the deployment over the scaffold's (temperature, top_p): part of
-    #: the episode key through `sampling()`
-    sampling: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.action = self.action or self.memory
-
-    @property
-    def shared(self) -> bool:
-        """One model plays both roles: it may commit the action while consulting memory."""
-        return self.action is self.memory
-
-    def sampling_for(self, scaffold_params: SamplingParams) -> SamplingParams:
-        """The sampling an episode uses: the scaffold's, with this deployment's overrides."""
-        return override_sampling(scaffold_params, self.sampling)
 
 
 @dataclass

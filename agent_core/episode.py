@@ -13,7 +13,8 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_core.agent import MemoryAgent, Roles
+from agent_core.agent import MemoryAgent
+from agent_core.models.base import Roles
 from agent_core.hooks import require_confinement
 from agent_core.memory import MemoryDir
 from agent_core.models.config import ModelConfig

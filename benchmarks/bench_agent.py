@@ -19,7 +19,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent_core.agent import Roles  # noqa: E402
+from agent_core.models.base import Roles  # noqa: E402
 from agent_core.episode import run_episode  # noqa: E402
 from agent_core.models.config import RoutineScript  # noqa: E402
 from agent_core.models.scripted import ScriptedModel  # noqa: E402

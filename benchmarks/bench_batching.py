@@ -50,7 +50,7 @@ _COUNTERS = ("generated_tokens", "forward_passes", "batched_passes", "batched_ro
 
 def play_level(model, scaffold, concurrency: int, steps: int, seeds: list[int], out: Path) -> dict:
     """The episodes of `seeds`, `concurrency` at a time, against `model`; wall time and counters."""
-    from agent_core.agent import Roles
+    from agent_core.models.base import Roles
     from agent_core.episode import run_episode
     from environments import make_env
 

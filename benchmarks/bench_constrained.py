@@ -26,7 +26,7 @@ from agent_core.models.weights import set_runtime_env  # noqa: E402
 
 set_runtime_env()
 
-from agent_core.agent import Roles  # noqa: E402
+from agent_core.models.base import Roles  # noqa: E402
 from agent_core.diagnostics import diagnose  # noqa: E402
 from agent_core.episode import run_episode  # noqa: E402
 from agent_core.models.config import CappedModel  # noqa: E402

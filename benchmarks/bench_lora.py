@@ -35,7 +35,7 @@ NOTES_S_PER_STEP = 3.7  # NOTES.md: batch 8 x 64 tokens, r=8 on q_proj,v_proj
 
 def make_dataset(work: Path, episodes: int, steps: int) -> Path:
     """Scripted tiny-game episodes -> archive -> dataset of their valid memory turns (all routines)."""
-    from agent_core.agent import Roles
+    from agent_core.models.base import Roles
     from agent_core.archive import archive_trace
     from agent_core.episode import run_episode
     from agent_core.models.config import RoutineScript

@@ -32,7 +32,7 @@ set_runtime_env()
 
 def play(temperature: float, seed: int, steps: int, out: Path, model=None) -> list[tuple[str, str]]:
     """(action, every reply of the step joined) per step of one episode."""
-    from agent_core.agent import Roles
+    from agent_core.models.base import Roles
     from agent_core.episode import run_episode
     from agent_core.models.local import LocalModel
     from agent_core.scaffold import Scaffold

@@ -4,7 +4,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.archive import archive_trace
 from automem_cli.main import app, parse_seeds
 from agent_core.episode import run_episode

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.archive import archive_trace, connect
 from agent_core.diagnostics import aggregate, diagnose_path
 from agent_core.episode import run_episode

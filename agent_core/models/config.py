@@ -15,13 +15,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent_core.agent import Roles
 from agent_core.grammar import Grammar
 from agent_core.models.devices import DeviceSetting, INFERENCE_DTYPE, kind, resolve_device, short_dtype
-from agent_core.models.base import ChatModel
+from agent_core.models.base import ChatModel, Roles
 from agent_core.models.batching import DEFAULT_MAX_BATCH
 from agent_core.records import (Completion, Message, SamplingParams, check_temperature, check_top_p,
                                  override_sampling)
+
+
+#: the ranks `vllm serve --max-lora-rank` accepts
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+#: module names vLLM serves LoRA on (linear layers; embeddings and lm_head need extra flags)
+VLLM_LORA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj",
+                               "down_proj", "gate_up_proj"})
 
 
 class RoutineScript(BaseModel):
@@ -137,8 +143,6 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> "ModelConfig":
-        from agent_core.training.program import VLLM_LORA_RANKS
-
         if self.backend == "openai" and not (self.base_url and self.model):
             raise ValueError("the openai backend needs base_url and model")
         if self.max_lora_rank is not None and self.max_lora_rank not in VLLM_LORA_RANKS:

@@ -221,7 +221,7 @@ def validate_candidate(revision: Revision, incumbent: Scaffold, scaffolds_root: 
 def smoke_episode(scaffold: Scaffold, out_dir: Path, steps: int = 3) -> None:
     """Play a few steps of the tiny game with the scripted agent: every template renders
     with the real variables and the loop runs."""
-    from agent_core.agent import Roles
+    from agent_core.models.base import Roles
     from agent_core.episode import run_episode
     from agent_core.models.config import RoutineScript
     from agent_core.models.scripted import ScriptedModel

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent_core.commands import CONSULT_OPS
 from agent_core.models.devices import DeviceSetting
+from agent_core.models.config import VLLM_LORA_MODULES
 from agent_core.scaffold import WRITE_OPS
 
 
@@ -197,13 +198,6 @@ def _checkpoint_modules(path: Path) -> set[str]:
                 (size,) = struct.unpack("<Q", fh.read(8))
                 names |= set(json.loads(fh.read(size))) - {"__metadata__"}
     return {n.rsplit(".", 1)[0] for n in names if n.endswith((".weight", ".bias"))}
-
-
-#: the ranks `vllm serve --max-lora-rank` accepts
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-#: module names vLLM serves LoRA on (linear layers; embeddings and lm_head need extra flags)
-VLLM_LORA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj",
-                               "down_proj", "gate_up_proj"})
 
 
 def check_served_lora(lora: LoraSettings, max_lora_rank: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.conversation import rebuild_contexts
 from agent_core.diagnostics import diagnose
 from agent_core.episode import run_episode
@@ -201,7 +201,7 @@ def test_model_down_fails_clearly_and_keeps_trace(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from agent_core.agent import Roles
+    from agent_core.models.base import Roles
     from agent_core.episode import run_episode
     from agent_core.models.scripted import ScriptedModel
     from agent_core.scaffold import Scaffold

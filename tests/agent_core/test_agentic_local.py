@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.archive import archive_trace
 from agent_core.episode import run_episode
 from agent_core.models.config import RoutineScript

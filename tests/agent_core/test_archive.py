@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.archive import QueryError, archive_trace, connect, run_query
 from agent_core.episode import run_episode
 from agent_core.models.config import RoutineScript

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.commands import parse_reply
 from agent_core.episode import run_episode
 from agent_core.grammar import Grammar, act_grammar

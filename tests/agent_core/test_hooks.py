@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.episode import run_episode
 from agent_core.episode import HooksConfig
 from agent_core.hooks import (SECCOMP_LIBRARY_ENV, HookCodeError, HookConfinementError, HookDisabled, HookError,

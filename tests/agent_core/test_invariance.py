@@ -38,7 +38,7 @@ def shipped_model(local_model: Any, lora_dir: Path) -> Any:
 def _play(model: Any, seed: int, out: Path) -> tuple[list[str], list[str | None]]:
     """One sampled Crafter episode (the preset's temperature and top_p, replies capped for
     speed); its replies and actions."""
-    from agent_core.agent import Roles
+    from agent_core.models.base import Roles
     from agent_core.episode import run_episode
     from agent_core.models.config import CappedModel
     from agent_core.scaffold import Scaffold

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.conversation import rebuild_contexts
 from agent_core.episode import run_episode
 from agent_core.grammar import act_grammar

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.diagnostics import diagnose
 from agent_core.episode import run_episode
 from agent_core.scaffold import Scaffold

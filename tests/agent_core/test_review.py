@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.diagnostics import diagnose, kept_passage
 from agent_core.episode import run_episode
 from agent_core.models.config import RoutineScript

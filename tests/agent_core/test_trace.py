@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.archive import archive_trace, run_query
 from agent_core.episode import run_episode
 from agent_core.models.config import RoutineScript

@@ -293,7 +293,7 @@ class _Replies:
 
 
 def test_cut_off_replies_and_operations_beyond_the_cap_are_never_targets(tmp_path):
-    from agent_core.agent import Roles
+    from agent_core.models.base import Roles
     from agent_core.archive import archive_trace
     from agent_core.episode import run_episode
     from agent_core.scaffold import Scaffold
@@ -317,7 +317,7 @@ def test_cut_off_replies_and_operations_beyond_the_cap_are_never_targets(tmp_pat
 
 
 def test_replies_closed_at_the_budget_run_but_are_targets_only_when_a_program_asks(tmp_path):
-    from agent_core.agent import Roles
+    from agent_core.models.base import Roles
     from agent_core.archive import archive_trace
     from agent_core.diagnostics import diagnose
     from agent_core.episode import run_episode

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_core.agent import Roles
+from agent_core.models.base import Roles
 from agent_core.archive import archive_trace
 from agent_core.episode import run_episode
 from agent_core.grammar import Grammar, log_grammar, plan_grammar
