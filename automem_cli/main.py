@@ -197,7 +197,7 @@ def trace_show(path: Path, full: bool = typer.Option(False, help="Show whole rep
 def trace_review(path: Path, max_chars: int = typer.Option(1500, min=100, help="Characters per tool result.")) -> None:
     """An agentic review's trace (`reviews/<key>/agent-N.jsonl`): every call, tool result and
     how it ended."""
-    from agent_core.review.agentic import render_review_trace
+    from agent_core.meta.loop import render_review_trace
 
     if not Path(path).is_file():
         _fail(f"no review trace at {path}")

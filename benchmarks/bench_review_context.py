@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT / "tests" / "agent_core"))
 
 from agent_core.archive import archive_trace  # noqa: E402
 from agent_core.models.tool_calls import ScriptedToolModel  # noqa: E402
-from agent_core.review.agentic import AgentBudget, AgenticReviewer, context_tokens  # noqa: E402
+from agent_core.meta.loop import AgentBudget, context_tokens  # noqa: E402
+from agent_core.review.agentic import AgenticReviewer  # noqa: E402
 from agent_core.review.bundle import build_bundle  # noqa: E402
 from agent_core.review.candidate import HOOK_IMPORTS, HOOK_NAMES  # noqa: E402,F401
 from agent_core.review.reviewers import MetaLLMReviewer, NoRevision  # noqa: E402

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field, field_validator, model_validator
 
 from agent_core.gate import GateConfig
-from agent_core.meta import MetaLLMConfig
+from agent_core.meta.config import MetaLLMConfig
 from agent_core.plots import Figure, bars_with_intervals as bars, lines as lines_plot, write_report
 from agent_core.training.program import TrainingBudget
 from flows.common import GameParams, check_seeds, sync

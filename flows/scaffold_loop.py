@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from agent_core.gate import GateConfig, GateVerdict
 from agent_core.loop_records import IterationRecord
-from agent_core.meta import MetaLLMConfig
+from agent_core.meta.config import MetaLLMConfig
 from agent_core.scaffold import Scaffold
 from flows.common import GameParams, check_disjoint, check_seeds, run_episodes, sync
 from tasks.archive import archive_traces

@@ -21,7 +21,7 @@ from agent_core.episode import EpisodeSpec
 from agent_core.gate import GateConfig, adjust, holm
 from agent_core.loop_records import TrialRecord
 from agent_core.registry import incumbent_path
-from agent_core.meta import MetaLLMConfig
+from agent_core.meta.config import MetaLLMConfig
 from agent_core.models.base import ModelError
 from agent_core.models.config import ModelConfig
 from agent_core.plots import write_report
@@ -371,7 +371,7 @@ def _report(params: TrainingLoopParams, scaffold_hash: str, trials: list[TrialRe
     from prefect.runtime import flow_run
 
     from agent_core.report import ledger_line, ledger_totals
-    from agent_core.review.agentic import read_ledgers
+    from agent_core.meta.loop import read_ledgers
 
     agentic = params.meta.resolved().mode == "agentic" and curation_root is not None
     ledgers = {t.trial: read_ledgers(curation_root / f"trial-{t.trial}", "curator") if agentic else []

@@ -10,9 +10,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from agent_core.gate import GateConfig, GateVerdict, confirm, gate
 from agent_core.registry import promote
-from agent_core.review.agentic import archive_ledgers, render_review_trace
+from agent_core.meta.loop import archive_ledgers, render_review_trace
 from agent_core.review.bundle import build_bundle
-from agent_core.meta import MetaLLMConfig
+from agent_core.meta.config import MetaLLMConfig
 from agent_core.review.reviewers import make_reviewer
 from agent_core.review.propose import Proposal, load_proposal, propose, review_key
 from agent_core.scaffold import Scaffold

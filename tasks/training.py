@@ -10,8 +10,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from agent_core.meta import MetaLLMConfig
-from agent_core.review.agentic import archive_ledgers
+from agent_core.meta.config import MetaLLMConfig
+from agent_core.meta.loop import archive_ledgers
 from agent_core.scaffold import Scaffold
 from agent_core.training.curator import make_curator
 from agent_core.training.dataset import DatasetInfo, build_dataset

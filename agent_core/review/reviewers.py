@@ -11,7 +11,7 @@ from typing import Protocol
 import jinja2
 import yaml
 
-from agent_core.meta import MetaLLMConfig
+from agent_core.meta.config import MetaLLMConfig
 from agent_core.models.base import ChatModel
 from agent_core.records import Message, SamplingParams
 from agent_core.review.bundle import ReviewBundle

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import jinja2
 
-from agent_core.meta import MetaLLMConfig
+from agent_core.meta.config import MetaLLMConfig
 from agent_core.models.base import ChatModel
 from agent_core.records import Message, SamplingParams
 from agent_core.scaffold import Scaffold
@@ -158,12 +158,12 @@ def make_curator(config: MetaLLMConfig, base_path: Path | None = None, archive_r
                  record_dir: Path | None = None) -> Curator:
     """The meta-LLM curator when an endpoint is configured: single-call (one prompt holding the
     pool digest), or with `mode: agentic` the agent over the pool's archive at `archive_root`
-    (`review/agentic.py`); else the rule-based one."""
+    (`training/agentic.py`); else the rule-based one."""
     model = config.chat_model()
     if model is None:
         return RuleBasedCurator()
     if config.resolved().mode == "agentic":
-        from agent_core.review.agentic import make_agentic_curator
+        from agent_core.training.agentic import make_agentic_curator
 
         return make_agentic_curator(config, model, archive_root, record_dir, base_path)
     return MetaLLMCurator(model, config.params(), base_path)

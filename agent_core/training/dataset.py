@@ -81,7 +81,7 @@ def strip_actions(reply: str) -> str | None:
     return None if _ACTION_TAG_RE.search(text) else text
 
 
-def _select(archive_root: Path, program: CurationProgram, timeout_s: float) -> list[str]:
+def select_calls(archive_root: Path, program: CurationProgram, timeout_s: float) -> list[str]:
     """The call ids the program's SQL selects (sandboxed, time-limited, read-only)."""
     try:
         table = run_query(archive_root, program.selection_sql, timeout_s=timeout_s)
@@ -388,7 +388,7 @@ def build_dataset(archive_root: str | Path, program: CurationProgram, out_root: 
     degenerate set (`refuse_degenerate`)."""
     archive_root, out_root = Path(archive_root), Path(out_root)
     stats: Counter = Counter()
-    ids = _select(archive_root, program, timeout_s)
+    ids = select_calls(archive_root, program, timeout_s)
     con = connect(archive_root)
     try:
         candidates = _candidates(con, ids, stats, program.composition.closed_replies)

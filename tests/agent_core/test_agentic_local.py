@@ -19,9 +19,11 @@ from agent_core.models.scripted import ScriptedModel
 from agent_core.models.tool_calls import ChatTurn
 from agent_core.records import SamplingParams
 from agent_core.trace import read_jsonl
-from agent_core.review.agentic import AgentBudget, AgenticReviewer
+from agent_core.meta.loop import AgentBudget
+from agent_core.review.agentic import AgenticReviewer
 from agent_core.review.bundle import build_bundle
-from agent_core.review.tools import ReviewerToolbox, ToolCaps
+from agent_core.meta.tool_specs import ToolCaps
+from agent_core.review.agentic import ReviewerToolbox
 from agent_core.scaffold import Scaffold
 from environments import make_env
 

@@ -18,11 +18,14 @@ from agent_core.models.base import ModelError
 from agent_core.models.config import RoutineScript
 from agent_core.models.scripted import ScriptedModel
 from agent_core.models.tool_calls import ScriptedToolModel, ToolCall, ToolCompletion
-from agent_core.review.agentic import AgentBudget, AgenticCurator, AgenticReviewer, Price, run_agent
+from agent_core.meta.loop import AgentBudget, Price, run_agent
+from agent_core.review.agentic import AgenticReviewer
+from agent_core.training.agentic import AgenticCurator
 from agent_core.review.bundle import build_bundle
 from agent_core.review.candidate import parse_revision
 from agent_core.review.propose import propose
-from agent_core.review.tools import ReviewerToolbox, ToolCaps
+from agent_core.meta.tool_specs import ToolCaps
+from agent_core.review.agentic import ReviewerToolbox
 from agent_core.scaffold import Scaffold
 from agent_core.trace import read_jsonl, read_trace
 from environments import make_env
@@ -347,7 +350,7 @@ def test_the_next_review_sees_hypotheses_diffs_and_per_seed_outcomes(store, tmp_
 
 
 def test_the_mode_comes_from_the_environment_unless_given(store, tmp_path, monkeypatch):
-    from agent_core.meta import MetaLLMConfig
+    from agent_core.meta.config import MetaLLMConfig
     from agent_core.review.reviewers import MetaLLMReviewer, RuleBasedReviewer, make_reviewer
 
     root, _ = store
@@ -414,7 +417,8 @@ def test_the_ledger_goes_into_the_archive_and_round_trips(store, tmp_path):
     import shutil
 
     from agent_core.archive import archive_meta_calls, run_query
-    from agent_core.review.agentic import archive_ledgers, archive_tables
+    from agent_core.meta.loop import archive_ledgers
+    from agent_core.meta.prompts import archive_tables
 
     root, traces = store
     archive = tmp_path / "archive"

@@ -12,7 +12,9 @@ from agent_core.archive import archive_trace
 from agent_core.episode import run_episode
 from agent_core.models.config import RoutineScript
 from agent_core.models.scripted import ScriptedModel
-from agent_core.review.tools import CuratorToolbox, ReviewerToolbox, Toolbox
+from agent_core.meta.tools import Toolbox
+from agent_core.review.agentic import ReviewerToolbox
+from agent_core.training.agentic import CuratorToolbox
 from agent_core.scaffold import Scaffold
 from agent_core.trace import read_trace
 from environments import make_env
@@ -84,7 +86,7 @@ def test_sql_refuses_files_writes_and_attach(box, query):
 RSS_PROBE = """
 import sys
 from pathlib import Path
-from agent_core.review.tools import ReviewerToolbox
+from agent_core.review.agentic import ReviewerToolbox
 from agent_core.scaffold import Scaffold
 box = ReviewerToolbox(Path(sys.argv[1]), Scaffold.builtin("tiny"), Path(sys.argv[2]))
 box.caps.max_rows = 50
@@ -208,8 +210,8 @@ def test_read_file_shows_scaffold_and_code(box, store):
     assert r.ok and r.content.startswith(scaffold.files["scaffold.yaml"].decode()[:100])
     code = box.call("read_file", {"path": "agent_core/memory.py", "offset": 6000})
     assert code.ok and "characters 6000-12000 of" in code.content
-    listing = box.call("read_file", {"path": "agent_core/review"})
-    assert listing.ok and "agent_core/review/tools.py" in listing.content
+    listing = box.call("read_file", {"path": "agent_core/meta"})
+    assert listing.ok and "agent_core/meta/tools.py" in listing.content
 
 
 @pytest.mark.parametrize("name,arguments,expect", [

@@ -15,7 +15,7 @@ from agent_core.models.base import ModelError
 from agent_core.models.tool_calls import (ChatTurn, ToolCall, ToolRequestError, _chosen, _functions,
                                           parse_tool_reply, render_messages, tool_grammar)
 from agent_core.records import SamplingParams
-from agent_core.review.tools import SqlArgs, TraceArgs
+from agent_core.meta.tool_specs import SqlArgs, TraceArgs
 
 TOOLS = [{"type": "function", "function": {"name": n, "description": d, "parameters": a.model_json_schema()}}
          for n, d, a in (("sql", "run sql", SqlArgs), ("trace", "read steps", TraceArgs))]

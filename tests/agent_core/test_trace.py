@@ -15,7 +15,7 @@ from agent_core.archive import archive_trace, run_query
 from agent_core.episode import run_episode
 from agent_core.models.config import RoutineScript
 from agent_core.models.scripted import ScriptedModel
-from agent_core.review.agentic import render_review_trace
+from agent_core.meta.loop import render_review_trace
 from agent_core.scaffold import Scaffold
 from agent_core.trace import TraceError, read_trace
 from automem_cli.main import app

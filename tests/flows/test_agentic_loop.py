@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent_core.meta import MetaLLMConfig
+from agent_core.meta.config import MetaLLMConfig
 from agent_core.models.config import ModelConfig
-from agent_core.review.agentic import AgentBudget, render_review_trace
+from agent_core.meta.loop import AgentBudget, render_review_trace
 from agent_core.scaffold import Scaffold
 from agent_core.trace import read_jsonl
 from flows.scaffold_loop import ScaffoldLoopParams, _key, scaffold_loop

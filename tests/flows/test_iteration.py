@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_core.meta import MetaLLMConfig
+from agent_core.meta.config import MetaLLMConfig
 from agent_core.models.config import ModelConfig
 from flows.iteration import IterationParams, iteration
 

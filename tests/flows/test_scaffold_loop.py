@@ -9,7 +9,7 @@ import pytest
 
 from agent_core.models.config import ModelConfig, RoutineScript
 from agent_core.registry import load_registry
-from agent_core.meta import MetaLLMConfig
+from agent_core.meta.config import MetaLLMConfig
 from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
 
 # writes, then a look-up that ends the reply (its result comes back; the next turn is DONE)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent_core.meta import MetaLLMConfig
+from agent_core.meta.config import MetaLLMConfig
 from agent_core.models.config import ModelConfig, RoutineScript
 from agent_core.trace import read_trace
 from agent_core.training.program import LoraSettings, rule_based_program

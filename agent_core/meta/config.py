@@ -1,8 +1,10 @@
-"""The meta-LLM both outer loops consult: the scaffold reviewer and the training curator.
-Without an endpoint, each loop falls back to its rule-based counterpart."""
+"""The meta-LLM's configuration: its endpoint, its mode (one call, or an agent over the trace
+store) and that agent's budget, and the model it resolves to. Without an endpoint, each
+loop falls back to its rule-based counterpart."""
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from typing import Literal
@@ -11,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent_core.models.base import ChatModel
 from agent_core.records import SamplingParams
-from agent_core.review.agentic import AgentBudget
+from agent_core.meta.loop import AgentBudget
 
 
 class MetaLLMConfig(BaseModel):
@@ -73,6 +75,12 @@ class MetaLLMConfig(BaseModel):
         return OpenAIChatModel(base_url=cfg.base_url, model=cfg.model,
                                api_key=os.environ.get(cfg.api_key_env), timeout_s=600.0)
 
+    def tool_model(self, model: ChatModel) -> ChatModel:
+        """The model the agentic reviewer or curator calls: `model` (the endpoint's, with tool
+        calls), or with the scripted backend `replies` as JSON tool calls replayed in order
+        (the last repeats)."""
+        return _scripted_tools(tuple(self.replies)) if self.resolved().backend == "scripted" else model
+
     def identity(self) -> str:
         """What distinguishes this meta-LLM's output (part of review and curation cache keys)."""
         cfg = self.resolved()
@@ -88,3 +96,18 @@ def _scripted(replies: tuple[str, ...]) -> ChatModel:
     from agent_core.models.scripted import ScriptedModel
 
     return ScriptedModel(list(replies), model_id="scripted-meta", when_exhausted="repeat_last")
+
+
+@lru_cache(maxsize=None)
+def _scripted_tools(replies: tuple[str, ...]) -> ChatModel:
+    """One scripted tool model per script and process (its replies go on across reviews)."""
+    from agent_core.models.tool_calls import ScriptedToolModel
+
+    calls = []
+    for r in replies:
+        try:
+            data = json.loads(r)
+            calls.append((data["name"], data.get("arguments", {})))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            calls.append(r)  # plain text: the loop reminds the model to call a tool
+    return ScriptedToolModel(calls, model_id="scripted-meta", when_exhausted="repeat_last")

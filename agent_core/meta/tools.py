@@ -16,8 +16,10 @@ pydantic model (one definition: the schema the model sees and the check its call
   scaffold's initial files (and checked against the recorded size).
 - `read_file(path)`: the incumbent scaffold's files and the agent's code (`agent_core/`), not the
   games' code (their generators and solutions), nothing else.
-- `submit_revision(...)` (reviewer), `submit_program(...)` (curator): the proposal, checked
-  by today's validation; a rejection is the tool's result, so the agent can fix it.
+
+Each loop adds its submission tool on a subclass: `submit_revision` (the reviewer,
+`review/agentic.py`) and `submit_program` (the curator, `training/agentic.py`), each checked
+by that loop's own validation; a rejection is the tool's result, so the agent can fix it.
 
 `Toolbox.call(name, arguments)` never raises: an unknown tool, malformed JSON or bad
 arguments come back as an error result that says what is valid.
@@ -30,14 +32,15 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from agent_core.archive import QueryError, connect, run_query
 from agent_core.memory import MemoryDir
+from agent_core.meta.tool_specs import (GrepArgs, MemoryAtArgs, MemoryDiffArgs, ReadFileArgs, SqlArgs, Tool, ToolCaps,
+                                        ToolError, ToolResult, TraceArgs)
 from agent_core.scaffold import WRITE_OPS, Scaffold
 
 #: the project's root: the folder holding the `agent_core` package
@@ -45,148 +48,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: folders of the agent's code `read_file` may show, and the kinds of file it shows there
 CODE_DIRS = ("agent_core",)
 CODE_SUFFIXES = frozenset({".py", ".jinja", ".yaml", ".md", ".txt"})
-
-
-class ToolCaps(BaseModel):
-    """How much one tool result may hold."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_chars: int = Field(6_000, ge=200, le=200_000, description="Characters per tool result.")
-    max_rows: int = Field(50, ge=1, le=10_000, description="Rows per sql result.")
-    max_hits: int = Field(30, ge=1, le=1_000, description="Most grep hits per call.")
-    max_window: int = Field(50, ge=1, le=2_000, description="Most steps one trace call renders.")
-    sql_timeout_s: float = Field(10.0, gt=0, le=600, description="Time limit of one sql query.")
-    sql_memory_mb: int = Field(128, ge=32, le=65_536, description="DuckDB memory limit of one sql query (MB).")
-
-
-class ToolResult(BaseModel):
-    """What a tool call gave back: its text for the model, and whether it was an error."""
-
-    name: str
-    ok: bool
-    content: str
-    #: set by a submission tool that accepted the proposal (the loop ends)
-    accepted: Any = None
-
-
-class ToolError(ValueError):
-    """A tool refused its arguments; the message goes back to the model."""
-
-
-# -- argument models: the tools' JSON schemas ----------------------------------------------
-
-
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SqlArgs(_Args):
-    query: str = Field(max_length=4000, description="One read-only DuckDB SELECT over the tables episodes, steps, calls, "
-                       "memory_ops, chains (write -> look-up -> decision credit), meta_calls (the meta-LLM's own earlier calls: tokens, dollars, stop reason; "
-                       "see the system prompt for their columns).")
-
-
-class TraceArgs(_Args):
-    episode: str = Field(max_length=64, description="Episode id (a unique prefix is enough).")
-    from_step: int = Field(0, ge=0, description="First step shown.")
-    to_step: int | None = Field(None, ge=0, description="Last step shown (default: from_step + 4).")
-    offset: int = Field(0, ge=0, description="Character offset into the rendered window (paging).")
-
-
-GrepField = Literal["observation", "action", "reply", "prompt", "op_result", "op_args"]
-
-
-class GrepArgs(_Args):
-    pattern: str = Field(max_length=500, description="Regular expression (RE2 syntax), matched case-sensitively; "
-                         "prefix (?i) for case-insensitive.")
-    fields: list[GrepField] = Field(
-        default_factory=lambda: ["observation", "action", "reply", "op_result", "op_args"],
-        description="Where to look: observation, action, reply (model replies), prompt (messages "
-        "sent to the model), op_result, op_args.")
-    episode: str | None = Field(None, description="Only this episode (id or unique prefix).")
-    from_step: int = Field(0, ge=0, description="Only steps at or after this one.")
-    max_hits: int = Field(20, ge=1, le=1000, description="At most this many hits (capped).")
-
-
-class MemoryAtArgs(_Args):
-    episode: str = Field(max_length=64, description="Episode id (a unique prefix is enough).")
-    step: int = Field(ge=-1, description="The memory as it stood after this step (-1: before the first).")
-    file: str | None = Field(None, max_length=64, description="One file's full text (default: every file, cut).")
-    offset: int = Field(0, ge=0, description="Character offset into the file (paging).")
-
-
-class MemoryDiffArgs(_Args):
-    episode: str = Field(max_length=64, description="Episode id (a unique prefix is enough).")
-    step_a: int = Field(ge=-1, description="The earlier state: after this step (-1: the initial files).")
-    step_b: int = Field(ge=-1, description="The later state: after this step.")
-
-
-class ReadFileArgs(_Args):
-    path: str = Field(max_length=300, description="A scaffold file (scaffold.yaml, prompts/<name>.jinja, hooks.py) or a "
-                      "path of the agent's code under agent_core/ (a folder lists its files; the games' code is not shown).")
-    offset: int = Field(0, ge=0, description="Character offset (paging).")
-
-
-class Hypothesis(_Args):
-    failure: str = Field(description="What failed.")
-    episode: str = Field(description="The episode where it shows (id or unique prefix).")
-    step: int = Field(ge=0, description="The step where it starts.")
-    why: str = Field(description="Why the change should fix it.")
-
-
-class SubmitRevisionArgs(_Args):
-    hypothesis: Hypothesis
-    analysis: str = Field(description="What went wrong and why, citing episodes and steps.")
-    changes: list[str] = Field(min_length=1, description="One line per change.")
-    files: dict[str, str] = Field(description="Path -> complete new text of every file you change "
-                                  "(scaffold.yaml, prompts/<name>.jinja, hooks.py); files you leave out "
-                                  "stay as the incumbent's.")
-
-
-class SubmitProgramArgs(_Args):
-    program: dict[str, Any] = Field(description="The curation program: a JSON object with the "
-                                    "CurationProgram schema (see the system prompt).")
-    hypothesis: str = Field("", description="What the program should improve over earlier trials, and why.")
-
-
-# -- tool specs ------------------------------------------------------------------------------
-
-
-class Tool(BaseModel):
-    """One tool: its name, what it does, and its argument model."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    name: str
-    description: str
-    args: type[_Args]
-    run: Callable[[Any], ToolResult | str]
-
-    def schema_(self) -> dict[str, Any]:
-        return _plain_schema(self.args.model_json_schema())
-
-    def spec(self) -> dict[str, Any]:
-        """The OpenAI `tools` entry."""
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": self.schema_()}}
-
-
-def _plain_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The pydantic schema with `$defs` inlined (some servers and engines do not follow
-    references) and titles dropped (noise in the model's prompt)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return walk(dict(defs[node["$ref"].rsplit("/", 1)[-1]]))
-            return {k: walk(v) for k, v in node.items() if k != "title"}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(schema)
 
 
 class Toolbox:
@@ -538,75 +399,3 @@ def _args_dict(args: Any) -> dict[str, str]:
 
 def _args_text(args: Any) -> str:
     return json.dumps(_args_dict(args), ensure_ascii=False)
-
-
-# -- submission tools ---------------------------------------------------------------------------
-
-
-class ReviewerToolbox(Toolbox):
-    """The reviewer's tools: the trace-store tools and `submit_revision`.
-
-    A submission is turned into today's revision reply (`candidate.format_revision`), parsed
-    by the same strict parser and validated (`validate_candidate`: constraints, schema,
-    templates, hooks in a sandbox, a smoke episode). Accepted: the tool result names the
-    stored candidate and `accepted` holds (Revision, Scaffold, hypothesis)."""
-
-    def __init__(self, archive_root: Path | str, incumbent: Scaffold, scaffolds_root: Path | str,
-                 caps: ToolCaps | None = None) -> None:
-        super().__init__(archive_root, incumbent, scaffolds_root, caps)
-        self.submissions: list[dict[str, Any]] = []
-
-    def _tools(self) -> list[Tool]:
-        return super()._tools() + [Tool(
-            name="submit_revision", args=SubmitRevisionArgs, run=self.submit_revision,
-            description="Submit the revised scaffold with its hypothesis. It is validated at once; a "
-            "rejection says why, and you may fix it and submit again.")]
-
-    def submit_revision(self, args: SubmitRevisionArgs) -> ToolResult:
-        from agent_core.review.candidate import CandidateError, Revision, format_revision, parse_revision, \
-            validate_candidate
-
-        h = args.hypothesis
-        files = {k: v.decode(errors="replace") for k, v in self.incumbent.files.items()}
-        files.update(args.files)
-        analysis = (f"Hypothesis: {h.failure} (episode {h.episode}, step {h.step}). Why the change should fix "
-                    f"it: {h.why}\n\n{args.analysis}")
-        try:
-            revision = parse_revision(format_revision(Revision(analysis=analysis, changes=args.changes, files=files)))
-            candidate = validate_candidate(revision, self.incumbent, self.scaffolds_root)  # type: ignore[arg-type]
-        except CandidateError as exc:
-            self.submissions.append({"verdict": "rejected", "reason": str(exc)})
-            return ToolResult(name="submit_revision", ok=False,
-                              content=f"rejected: {exc}. Fix it and call submit_revision again.")
-        self.submissions.append({"verdict": "valid", "candidate": candidate.hash})
-        return ToolResult(name="submit_revision", ok=True, content=f"accepted: candidate {candidate.hash}",
-                          accepted={"revision": revision, "candidate": candidate, "hypothesis": h})
-
-
-class CuratorToolbox(Toolbox):
-    """The curator's tools: the trace-store tools over the pool's archive and
-    `submit_program` (checked by `parse_program`, with the LoRA settings against the base)."""
-
-    def __init__(self, archive_root: Path | str, scaffold: Scaffold, base_path: Path | None = None,
-                 caps: ToolCaps | None = None) -> None:
-        super().__init__(archive_root, scaffold, None, caps)
-        self.base_path = base_path
-
-    def _tools(self) -> list[Tool]:
-        return super()._tools() + [Tool(
-            name="submit_program", args=SubmitProgramArgs, run=self.submit_program,
-            description="Submit the curation program (JSON object). It is validated at once; a rejection "
-            "says why, and you may fix it and submit again.")]
-
-    def submit_program(self, args: SubmitProgramArgs) -> ToolResult:
-        from agent_core.training.dataset import _select  # the dataset builder's own selection check
-        from agent_core.training.program import ProgramError, parse_program
-
-        try:
-            program = parse_program(json.dumps(args.program), self.base_path)
-            selected = _select(self.archive_root, program, self.caps.sql_timeout_s)
-        except ProgramError as exc:
-            return ToolResult(name="submit_program", ok=False,
-                              content=f"rejected: {exc.reason}. Fix it and call submit_program again.")
-        return ToolResult(name="submit_program", ok=True, content=f"accepted: the selection holds {len(selected)} calls",
-                          accepted={"program": program, "hypothesis": args.hypothesis})
