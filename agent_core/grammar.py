@@ -46,7 +46,7 @@ from agent_core.commands import CONSULT_OPS, OPS, OpSpec
 TEXT_MAX_CHARS = 160
 GrammarKind = Literal["regex", "lark"]
 
-_NAME = r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}"  # memory.NAME_RE (the '..' rule is MemoryDir's)
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}"  # memory_input.NAME_RE (the '..' rule is valid_name's)
 _RANGE = r"[0-9]{1,6}(-[0-9]{1,6})?"
 _COUNT = r"[0-9]{1,4}"
 

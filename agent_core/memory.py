@@ -7,10 +7,10 @@ directory is owned by one agent, so contents are cached in memory (search/list n
 the disk) and every mutation is written through atomically (temp file + `os.replace`).
 
 Choices:
-- File names match `NAME_RE` and contain no `..`; surrounding whitespace and one leading
-  `./` are dropped before checking (so `./notes.md ` is `notes.md`); anything else is refused
-  with the rule. Entries that are symlinks or not regular files are never read or written.
-- Lines are split on `\\n` only; line numbers are 1-based.
+- File names follow `memory_input.NAME_RE` (and its rule); model input is checked there.
+  Entries that are symlinks or not regular files are never read or written.
+- Lines are split on `\\n` only; line numbers are 1-based. What look-ups show (the cache
+  and its search index, the renderings within `max_read_chars`) is `memory_view`'s job.
 - A write that would grow a file past `max_file_chars` or memory past `max_total_chars` is
   refused (never truncated); a write that shrinks is always allowed.
 - UPSERT keys are one line, non-empty, at most `MAX_KEY_CHARS`, without ':'; a line
@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import stat
-from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -36,18 +34,11 @@ from pydantic import BaseModel, Field
 
 from agent_core.commands import OPS
 from agent_core.files import atomic_write
+from agent_core.memory_input import Refusal, check_name, check_text, parse_int, parse_range, show, valid_name
+from agent_core.memory_view import CachedFile, list_rows, render_read, render_tail, search_hits
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-NAME_RULE = ("file names are 1-64 characters from A-Z a-z 0-9 . _ -, start with a letter or "
-             "digit and contain no '..' (no folders or paths)")
 MAX_KEY_CHARS = 200
-#: longest search hit line shown (the part around the match is kept)
-HIT_CHARS = 160
 _TMP_PREFIX = ".tmp-"  # cannot collide with a valid name (those start with a letter/digit)
-_NOTE_RESERVE = 200  # room kept for a header/truncation note inside max_read_chars
-_INT_RE = re.compile(r"\+?(\d{1,9})")
-_RANGE_RE = re.compile(r"(?:lines?\s{0,4})?(\d{1,9})(?:\s{0,4}(-|–|—|\.\.|:|,|to)\s{0,4}(\d{1,9})?)?",
-                       re.IGNORECASE)
 
 
 class MemoryLimits(BaseModel):
@@ -74,59 +65,6 @@ class OpResult:
     empty: bool = False
 
 
-class _Refusal(Exception):
-    """Bad model input: becomes a failed OpResult."""
-
-
-def _split_lines(text: str) -> list[str]:
-    """Lines of a text split on '\\n' (a final newline does not start an empty line)."""
-    if not text:
-        return []
-    lines = text.split("\n")
-    if text.endswith("\n"):
-        lines.pop()
-    return lines
-
-
-def _count_lines(text: str) -> int:
-    return 0 if not text else text.count("\n") + (not text.endswith("\n"))
-
-
-def _show(value: object, limit: int = 40) -> str:
-    """A short, one-line, quoted rendering of model input for messages."""
-    r = repr(value if not isinstance(value, str) else value[:limit])
-    return r + ("..." if isinstance(value, str) and len(value) > limit else "")
-
-
-class _File:
-    """Cached content of one file, with a lazily built case-folded search index."""
-
-    __slots__ = ("text", "lines", "_folded", "_starts", "_split")
-
-    def __init__(self, text: str):
-        self.text = text
-        self.lines = _count_lines(text)
-        self._folded: str | None = None
-        self._starts: list[int] = []
-        self._split: list[str] = []
-
-    def split(self) -> list[str]:
-        if not self._split and self.text:
-            self._split = _split_lines(self.text)
-        return self._split
-
-    def index(self) -> tuple[str, list[str], list[int]]:
-        """(case-folded text joined by '\\n', original lines, start offset of each folded line)."""
-        if self._folded is None:
-            folded = [ln.casefold() for ln in self.split()]
-            starts, pos = [], 0
-            for ln in folded:
-                starts.append(pos)
-                pos += len(ln) + 1
-            self._folded, self._starts = "\n".join(folded), starts
-        return self._folded, self._split, self._starts
-
-
 def _guarded(fn: Callable[..., OpResult]) -> Callable[..., OpResult]:
     """Turn refusals and OS errors into failed OpResults."""
 
@@ -134,43 +72,12 @@ def _guarded(fn: Callable[..., OpResult]) -> Callable[..., OpResult]:
     def wrapper(self: MemoryDir, *args: Any, **kwargs: Any) -> OpResult:
         try:
             return fn(self, *args, **kwargs)
-        except _Refusal as exc:
+        except Refusal as exc:
             return OpResult(False, str(exc), 0)
         except OSError as exc:
             return OpResult(False, f"{fn.__name__} failed: {exc.strerror or exc}", 0)
 
     return wrapper
-
-
-def _parse_int(value: object, what: str) -> int | None:
-    """A non-negative int from an int or a string like ' 12 ' / '+12'; None when empty."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        s = value.strip()
-        if not s:
-            return None
-        m = _INT_RE.fullmatch(s)
-        if m:
-            return int(m.group(1))
-    raise _Refusal(f"{what} must be a whole number, got {_show(value)}")
-
-
-def _parse_range(value: object) -> tuple[int | None, int | None]:
-    """(start, end) from 'start-end', 'start-' (to the end) or 'n' (one line); empty: whole file."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None, None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, value
-    m = _RANGE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
-    if not m:
-        raise _Refusal(f"line range {_show(value)} not understood: use start-end, e.g. 3-10")
-    start, sep, end = int(m.group(1)), m.group(2), m.group(3)
-    if sep is None:  # "3": one line
-        return start, start
-    return start, (int(end) if end is not None else None)  # "3-": to the end
 
 
 #: apply(): required and optional argument names of each memory operation, from the op
@@ -194,7 +101,7 @@ class MemoryDir:
         self.limits = limits or MemoryLimits()
         self._fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, _File] = {}
+        self._files: dict[str, CachedFile] = {}
         self._total = 0
         self._load()
 
@@ -207,11 +114,11 @@ class MemoryDir:
                     with suppress(OSError):  # leftover of an interrupted write
                         os.unlink(entry.path)
                     continue
-                if not self._valid(entry.name) or not entry.is_file(follow_symlinks=False):
+                if not valid_name(entry.name) or not entry.is_file(follow_symlinks=False):
                     continue
                 text = self._read_disk(entry.path)
                 if text is not None:
-                    self._files[entry.name] = _File(text)
+                    self._files[entry.name] = CachedFile(text)
                     self._total += len(text)
 
     @staticmethod
@@ -257,31 +164,10 @@ class MemoryDir:
                 raise ValueError(f"cannot seed memory file {name!r}: {res.text}")
 
     # ------------------------------------------------------------------ checks
-    @staticmethod
-    def _valid(name: str) -> bool:
-        return NAME_RE.fullmatch(name) is not None and ".." not in name
-
-    def _name(self, name: object) -> str:
-        if not isinstance(name, str):
-            raise _Refusal(f"invalid file name {_show(name)}: {NAME_RULE}")
-        n = name.strip()
-        n = n[2:] if n.startswith("./") else n
-        if not self._valid(n):
-            raise _Refusal(f"invalid file name {_show(name)}: {NAME_RULE}")
-        return n
-
-    @staticmethod
-    def _text(text: object, what: str = "text") -> str:
-        if not isinstance(text, str):
-            raise _Refusal(f"{what} must be text, got {type(text).__name__}")
-        if "\x00" in text:
-            raise _Refusal(f"{what} contains a NUL character")
-        return text
-
-    def _existing(self, name: str) -> _File:
+    def _existing(self, name: str) -> CachedFile:
         f = self._files.get(name)
         if f is None:
-            raise _Refusal(f"no file named {name}; LIST shows the files")
+            raise Refusal(f"no file named {name}; LIST shows the files")
         self._check_disk(name)
         return f
 
@@ -293,7 +179,7 @@ class MemoryDir:
         except FileNotFoundError:
             return path
         if not stat.S_ISREG(st.st_mode):
-            raise _Refusal(f"{name} is not a regular file (symlinks and folders are refused)")
+            raise Refusal(f"{name} is not a regular file (symlinks and folders are refused)")
         return path
 
     # ------------------------------------------------------------------ writing
@@ -304,39 +190,39 @@ class MemoryDir:
         old_len = len(old.text) if old else 0
         delta = len(text) - old_len
         if old is None and len(self._files) >= lim.max_files:
-            raise _Refusal(f"refused: max_files={lim.max_files} reached; DELETE a file or reuse one")
+            raise Refusal(f"refused: max_files={lim.max_files} reached; DELETE a file or reuse one")
         if delta > 0 and len(text) > lim.max_file_chars:
-            raise _Refusal(f"refused: {name} would have {len(text):,} chars, over max_file_chars="
-                           f"{lim.max_file_chars:,} (now {old_len:,}); shorten or summarise it")
+            raise Refusal(f"refused: {name} would have {len(text):,} chars, over max_file_chars="
+                          f"{lim.max_file_chars:,} (now {old_len:,}); shorten or summarise it")
         if delta > 0 and self._total + delta > lim.max_total_chars:
-            raise _Refusal(f"refused: memory would total {self._total + delta:,} chars, over "
-                           f"max_total_chars={lim.max_total_chars:,} (now {self._total:,}); "
-                           "delete or shorten files first")
+            raise Refusal(f"refused: memory would total {self._total + delta:,} chars, over "
+                          f"max_total_chars={lim.max_total_chars:,} (now {self._total:,}); "
+                          "delete or shorten files first")
         path = self._check_disk(name)
         try:
             data = text.encode("utf-8")
         except UnicodeEncodeError:
-            raise _Refusal("text is not valid unicode (it has a lone surrogate)") from None
+            raise Refusal("text is not valid unicode (it has a lone surrogate)") from None
         atomic_write(path, data, fsync=self._fsync, prefix=_TMP_PREFIX)
-        self._files[name] = _File(text)
+        self._files[name] = CachedFile(text)
         self._total += delta
         return delta
 
     @_guarded
     def create(self, name: str, text: str = "") -> OpResult:
         """Create a new file; refused when it exists."""
-        n, t = self._name(name), self._text(text)
+        n, t = check_name(name), check_text(text)
         if n in self._files or os.path.lexists(self.root / n):
-            raise _Refusal(f"{n} already exists; use APPEND, REPLACE or REWRITE")
+            raise Refusal(f"{n} already exists; use APPEND, REPLACE or REWRITE")
         delta = self._write(n, t)
         return OpResult(True, f"created {n} ({len(t)} chars)", delta)
 
     @_guarded
     def append(self, name: str, text: str) -> OpResult:
         """Add text on its own line(s) at the end of a file (created when missing)."""
-        n, t = self._name(name), self._text(text)
+        n, t = check_name(name), check_text(text)
         if not t.strip():
-            raise _Refusal("nothing to append: the text is empty")
+            raise Refusal("nothing to append: the text is empty")
         base = self._existing(n).text if n in self._files else ""
         sep = "\n" if base and not base.endswith("\n") else ""
         new = base + sep + t + ("" if t.endswith("\n") else "\n")
@@ -346,7 +232,7 @@ class MemoryDir:
     @_guarded
     def rewrite(self, name: str, text: str) -> OpResult:
         """Replace a whole file (created when missing)."""
-        n, t = self._name(name), self._text(text)
+        n, t = check_name(name), check_text(text)
         if n in self._files:
             self._existing(n)
         delta = self._write(n, t)
@@ -355,13 +241,13 @@ class MemoryDir:
     @_guarded
     def replace(self, name: str, old: str, new: str) -> OpResult:
         """Replace the first occurrence of a passage."""
-        n, o, w = self._name(name), self._text(old, "old"), self._text(new, "new")
+        n, o, w = check_name(name), check_text(old, "old"), check_text(new, "new")
         if not o:
-            raise _Refusal("the passage to replace is empty")
+            raise Refusal("the passage to replace is empty")
         base = self._existing(n).text
         i = base.find(o)
         if i < 0:
-            raise _Refusal(f"passage not found in {n}: it must match the file text exactly (READ {n} to check)")
+            raise Refusal(f"passage not found in {n}: it must match the file text exactly (READ {n} to check)")
         count = base.count(o)
         delta = self._write(n, base[:i] + w + base[i + len(o):])
         more = f" (first of {count} occurrences)" if count > 1 else ""
@@ -370,13 +256,13 @@ class MemoryDir:
     @_guarded
     def upsert(self, name: str, key: str, value: str) -> OpResult:
         """Set `key: value` in a keyed file: replace the line with that key, else append."""
-        n = self._name(name)
-        k, v = self._text(key, "key").strip(), self._text(value, "value")
+        n = check_name(name)
+        k, v = check_text(key, "key").strip(), check_text(value, "value")
         if not k or ":" in k or "\n" in k or "\r" in k or len(k) > MAX_KEY_CHARS:
-            raise _Refusal(f"invalid key {_show(key)}: keys are one non-empty line of at most "
-                           f"{MAX_KEY_CHARS} chars without ':'")
+            raise Refusal(f"invalid key {show(key)}: keys are one non-empty line of at most "
+                          f"{MAX_KEY_CHARS} chars without ':'")
         if "\n" in v or "\r" in v:
-            raise _Refusal("the value must be one line")
+            raise Refusal("the value must be one line")
         v = v.strip()
         line = f"{k}: {v}" if v else f"{k}:"
         out, found, dropped = [], False, 0
@@ -399,7 +285,7 @@ class MemoryDir:
     @_guarded
     def delete(self, name: str) -> OpResult:
         """Delete a file."""
-        n = self._name(name)
+        n = check_name(name)
         f = self._existing(n)
         with suppress(FileNotFoundError):
             os.unlink(self.root / n)
@@ -408,98 +294,39 @@ class MemoryDir:
         return OpResult(True, f"deleted {n} ({len(f.text)} chars)", -len(f.text))
 
     # ------------------------------------------------------------------ reading
-    def _budget(self) -> int:
-        return self.limits.max_read_chars - _NOTE_RESERVE
-
-    def _clip(self, line: str, budget: int) -> str:
-        return line if len(line) <= budget else line[: max(0, budget - 3)] + "..."
-
     @_guarded
     def read(self, name: str, start: int | None = None, end: int | None = None) -> OpResult:
         """A whole file or the 1-based inclusive line range start-end, lines numbered."""
-        n = self._name(name)
+        n = check_name(name)
         f = self._existing(n)
-        s, e = _parse_int(start, "start"), _parse_int(end, "end")
+        s, e = parse_int(start, "start"), parse_int(end, "end")
         lines = f.split()
-        total = len(lines)
-        if total == 0:
+        if not lines:
             return OpResult(True, f"{n} is empty", empty=True)
-        s = 1 if s is None else s
-        e = total if e is None else min(e, total)
-        if s < 1 or s > total:
-            raise _Refusal(f"{n} has {total} lines; start line {s} is out of range")
-        if e < s:
-            raise _Refusal(f"end line {e} is before start line {s}")
-        budget, shown = self._budget(), []
-        for no in range(s, e + 1):
-            row = self._clip(f"{no}: {lines[no - 1]}", budget)
-            if shown and len(row) + 1 > budget:
-                break
-            shown.append(row)
-            budget -= len(row) + 1
-        last = s + len(shown) - 1
-        text = f"{n} lines {s}-{last} of {total}:\n" + "\n".join(shown)
-        if last < e:
-            text += f"\n[truncated at max_read_chars={self.limits.max_read_chars}; READ {n}|{last + 1}-{e} for more]"
-        return OpResult(True, text)
+        return OpResult(True, render_read(n, lines, s, e, self.limits.max_read_chars))
 
     @_guarded
     def tail(self, name: str, n: int = 10) -> OpResult:
         """The last n lines of a file, numbered."""
-        name_ = self._name(name)
+        name_ = check_name(name)
         f = self._existing(name_)
-        count = _parse_int(n, "n")
+        count = parse_int(n, "n")
         count = 10 if count is None else count
         if count < 1:
-            raise _Refusal(f"n must be at least 1, got {count}")
+            raise Refusal(f"n must be at least 1, got {count}")
         lines = f.split()
-        total = len(lines)
-        if total == 0:
+        if not lines:
             return OpResult(True, f"{name_} is empty", empty=True)
-        first = max(1, total - count + 1)
-        budget, shown = self._budget(), []
-        for no in range(total, first - 1, -1):
-            row = self._clip(f"{no}: {lines[no - 1]}", budget)
-            if shown and len(row) + 1 > budget:
-                break
-            shown.append(row)
-            budget -= len(row) + 1
-        shown.reverse()
-        top = total - len(shown) + 1
-        note = (f"[truncated at max_read_chars={self.limits.max_read_chars}; "
-                f"READ {name_}|{first}-{top - 1} for earlier lines]\n") if top > first else ""
-        return OpResult(True, f"{name_} lines {top}-{total} of {total}:\n{note}" + "\n".join(shown))
+        return OpResult(True, render_tail(name_, lines, count, self.limits.max_read_chars))
 
     @_guarded
     def search(self, query: str) -> OpResult:
         """Case-insensitive literal substring search over all files: `file:line: text` hits."""
-        q = self._text(query, "query").strip()
+        q = check_text(query, "query").strip()
         if not q or "\n" in q or "\r" in q:
-            raise _Refusal("the search keyword must be one non-empty line")
-        fq, lim = q.casefold(), self.limits
-        budget, hits, stopped = self._budget(), [], ""
-        for name in sorted(self._files):
-            folded, lines, starts = self._files[name].index()
-            pos = folded.find(fq)
-            while pos >= 0:
-                if len(hits) >= lim.max_search_hits:
-                    stopped = f"[stopped at max_search_hits={lim.max_search_hits}; use a more specific keyword]"
-                    break
-                i = bisect_right(starts, pos) - 1
-                line, col = lines[i], pos - starts[i]
-                if len(line) > HIT_CHARS:
-                    lo = max(0, min(col - HIT_CHARS // 3, len(line) - HIT_CHARS))
-                    line = ("..." if lo else "") + line[lo:lo + HIT_CHARS] + "..."
-                row = self._clip(f"{name}:{i + 1}: {line}", budget)
-                if hits and len(row) + 1 > budget:
-                    stopped = f"[truncated at max_read_chars={lim.max_read_chars}; use a more specific keyword]"
-                    break
-                hits.append(row)
-                budget -= len(row) + 1
-                pos = folded.find(fq, starts[i + 1]) if i + 1 < len(starts) else -1
-            if stopped:
-                break
-        shown = _show(q)
+            raise Refusal("the search keyword must be one non-empty line")
+        hits, stopped = search_hits(self._files, q, self.limits.max_read_chars, self.limits.max_search_hits)
+        shown = show(q)
         if not hits:
             return OpResult(True, f"no hits for {shown}", empty=True)
         text = f"{len(hits)} hits for {shown}:\n" + "\n".join(hits)
@@ -513,16 +340,7 @@ class MemoryDir:
                 f"{self._total:,}/{lim.max_total_chars:,} chars")
         if not self._files:
             return OpResult(True, head, empty=True)
-        budget, rows = self._budget(), []
-        for name in sorted(self._files):
-            f = self._files[name]
-            row = f"{name}: {f.lines} lines, {len(f.text):,} chars"
-            if len(row) + 1 > budget:
-                rows.append(f"[{len(self._files) - len(rows)} more files not shown]")
-                break
-            rows.append(row)
-            budget -= len(row) + 1
-        return OpResult(True, head + ":\n" + "\n".join(rows))
+        return OpResult(True, head + ":\n" + list_rows(self._files, lim.max_read_chars))
 
     # ------------------------------------------------------------------ dispatch
     @_guarded
@@ -530,21 +348,21 @@ class MemoryDir:
         """Run a memory operation by (case-insensitive) name with string arguments."""
         if not isinstance(op, str) or op.strip().lower() not in _APPLY_ARGS:
             known = ", ".join(o.upper() for o in _APPLY_ARGS)
-            raise _Refusal(f"unknown memory operation {_show(op)}; known: {known}")
+            raise Refusal(f"unknown memory operation {show(op)}; known: {known}")
         name = op.strip().lower()
         required, optional = _APPLY_ARGS[name]
         if not isinstance(args, Mapping):
-            raise _Refusal(f"{name.upper()} arguments must be a mapping")
+            raise Refusal(f"{name.upper()} arguments must be a mapping")
         a: dict[str, Any] = {}
         for k, v in args.items():
             key = _ARG_ALIASES.get(str(k).lower(), str(k).lower())
             if key not in required and key not in optional:
-                raise _Refusal(f"{name.upper()} takes no argument {_show(k)}; "
-                               f"arguments: {', '.join(required + optional) or 'none'}")
+                raise Refusal(f"{name.upper()} takes no argument {show(k)}; "
+                              f"arguments: {', '.join(required + optional) or 'none'}")
             a[key] = v
         missing = [k for k in required if k not in a]
         if missing:
-            raise _Refusal(f"{name.upper()} needs {', '.join(missing)}")
+            raise Refusal(f"{name.upper()} needs {', '.join(missing)}")
         if name == "create":
             return self.create(a["file"], a.get("text", ""))
         if name in ("append", "rewrite"):
@@ -555,9 +373,9 @@ class MemoryDir:
             return self.upsert(a["file"], a["key"], a["value"])
         if name == "read":
             if "lines" in a:
-                start, end = _parse_range(a["lines"])
+                start, end = parse_range(a["lines"])
             else:
-                start, end = _parse_int(a.get("start"), "start"), _parse_int(a.get("end"), "end")
+                start, end = parse_int(a.get("start"), "start"), parse_int(a.get("end"), "end")
             return self.read(a["file"], start, end)
         if name == "tail":
             return self.tail(a["file"], a.get("n", 10))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from agent_core.commands import OPS, parse_reply
 from agent_core.grammar import (Grammar, GrammarError, act_grammar, command_pattern, log_grammar,
                                 plan_grammar)
-from agent_core.memory import NAME_RE
+from agent_core.memory_input import NAME_RE
 from agent_core.scaffold import BUILTIN_DIR, Scaffold, ScaffoldError
 from environments import make_env
 

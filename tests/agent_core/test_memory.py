@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agent_core.memory import NAME_RE, MemoryDir, MemoryLimits, OpResult
+from agent_core.memory import MemoryDir, MemoryLimits, OpResult
+from agent_core.memory_input import NAME_RE
 
 SMALL = MemoryLimits(max_file_chars=500, max_total_chars=1_000, max_files=3, max_read_chars=400,
                      max_search_hits=5)
