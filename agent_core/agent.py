@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from agent_core.commands import CONSULT_OPS, OPS, READ_ONLY_OPS, Command, format_command, parse_reply
+from agent_core.commands import CONSULT_OPS, OPS, WRITE_OPS, Command, format_command, parse_reply, split_at_look_ups
 from agent_core.conversation import Conversation
 from agent_core.grammar import Grammar, act_grammar, log_grammar, plan_grammar
 from agent_core.hooks import HookOutputCut
@@ -18,7 +18,7 @@ from agent_core.memory import MemoryDir
 from agent_core.models.base import Roles
 from agent_core.records import MemoryOp, ModelCall, Routine
 from environments.base import normalise_action
-from agent_core.scaffold import WRITE_OPS, RoutineConfig, Scaffold
+from agent_core.scaffold import RoutineConfig, Scaffold
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +175,9 @@ class MemoryAgent:
             parsed = parse_reply(call.reply, truncated=call.finish_reason != "stop")  # length, abort, filter: incomplete
             feedback = list(parsed.errors)
             decision.invalid_ops += parsed.error_count
-            finished, action, over_cap, looked_up, not_run = False, None, 0, False, 0
-            for i, cmd in enumerate(parsed.commands):
-                if looked_up and cmd.op not in READ_ONLY_OPS:  # the look-up group ended the reply
-                    not_run = len(parsed.commands) - i
-                    break
+            finished, action, over_cap, not_run = False, None, 0, 0
+            run, cut = split_at_look_ups(parsed.commands)  # a look-up group ends the reply
+            for cmd in run:
                 if cmd.op == "done":
                     finished = True
                     break
@@ -190,7 +188,6 @@ class MemoryAgent:
                     decision.invalid_ops += 1
                     feedback.append(f"ACTION is not allowed in {routine.upper()}; end it with DONE.")
                     continue
-                looked_up |= cmd.op in READ_ONLY_OPS
                 if ops_left <= 0:
                     over_cap += 1
                     continue
@@ -199,6 +196,8 @@ class MemoryAgent:
                 decision.memory_ops.append(op)
                 decision.invalid_ops += not op.ok
                 feedback.append(f"{cmd.op.upper()}: {op.result}")
+            else:  # the reply was not ended by DONE or the action before the cut
+                not_run = len(cut)
             if over_cap:  # invalid, with one line of feedback however many there were
                 decision.invalid_ops += over_cap
                 feedback.append(f"{over_cap} operation(s) not run: at most {cfg.max_ops} per {routine.upper()}.")

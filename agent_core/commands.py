@@ -27,7 +27,7 @@ MAX_ERRORS = 20
 #: how an argument is shown in usage lines
 _PLACEHOLDERS = {"lines": "start-end"}
 
-_TAG_RE = re.compile(r"<\|[ \t]{0,8}(/?)[ \t]{0,8}([A-Za-z_]{1,24})[ \t]{0,8}\|>")
+TAG_RE = re.compile(r"<\|[ \t]{0,8}(/?)[ \t]{0,8}([A-Za-z_]{1,24})[ \t]{0,8}\|>")
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,19 @@ OPS: dict[str, OpSpec] = {s.name: s for s in (
     _spec("done", (), 0, "control", (), "finish this routine", needs_end=False),
     _spec("action", ("name",), 1, "world", ("name",), "commit the world action"),
 )}
-READ_ONLY_OPS = frozenset(n for n, s in OPS.items() if s.read_only)
+# The op sets, each in the table's order: the one vocabulary of the grammar, the scaffold's
+# allowed_ops, the agent, the diagnostics and the curator's SQL.
+#: operations that change memory
+WRITE_OPS = tuple(n for n, s in OPS.items() if s.kind == "write")
+#: look-ups: they read memory and end the reply (`split_at_look_ups`); LIST included, its
+#: names can decide a READ or a write
+READ_OPS = tuple(n for n, s in OPS.items() if s.read_only)
+#: operations run against the memory directory (not DONE or ACTION)
+MEMORY_OPS = WRITE_OPS + READ_OPS
+#: writes that add content (DELETE only removes): what the write counts and ratios count
+CONTENT_WRITE_OPS = tuple(n for n in WRITE_OPS if n != "delete")
 #: look-ups that see memory contents (LIST only shows names): what consult_before_write asks for
 CONSULT_OPS = ("read", "tail", "search")
-MEMORY_OPS = frozenset(n for n, s in OPS.items() if s.memory)
 
 CORRECTION_HINT = ("Write each command as <|OP|>arg1|arg2<|END|>, e.g. <|APPEND|>notes.md|text<|END|>, "
                    "<|READ|>notes.md|1-20<|END|>, <|SEARCH|>keyword<|END|>, <|ACTION|>name<|END|>; "
@@ -161,7 +170,7 @@ class _Parser:
     def run(self) -> ParseResult:
         text = self.text
         open_: tuple[OpSpec, int, int] | None = None  # spec, tag start, body start
-        for m in _TAG_RE.finditer(text):
+        for m in TAG_RE.finditer(text):
             closing, name = m.group(1), m.group(2).lower()
             if open_ is not None:
                 spec, tag_start, body_start = open_
@@ -246,3 +255,16 @@ def format_command(op: str, **args: str) -> str:
         raise ValueError(f"{op}: arguments would not parse back unchanged "
                          f"({parsed.errors[0] if parsed.errors else 'they contain tag-like text'})")
     return raw
+
+
+def split_at_look_ups(commands: list[Command]) -> tuple[list[Command], list[Command]]:
+    """A reply's commands as the agent runs them: a group of look-ups ends the reply (their
+    results go back to the model before it writes or acts), so the first command after a
+    look-up that is not itself one, and all after it, are not run. Returns (the commands up
+    to that cut, the commands cut off). The agent and the dataset builder both apply it."""
+    looked = False
+    for i, cmd in enumerate(commands):
+        if looked and cmd.op not in READ_OPS:
+            return commands[:i], commands[i:]
+        looked |= cmd.op in READ_OPS
+    return commands, []

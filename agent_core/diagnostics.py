@@ -55,21 +55,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, computed_field
 
-from agent_core.commands import CONSULT_OPS, READ_ONLY_OPS
+from agent_core.commands import CONSULT_OPS, CONTENT_WRITE_OPS, READ_OPS
 from agent_core.records import StepRecord
-from agent_core.scaffold import WRITE_OPS
 from agent_core.trace import TRACE_NAME, Trace, read_summary, read_trace
 
-#: operations that write memory / consult it (for the write-to-search ratio)
-WRITES = frozenset(WRITE_OPS) - {"delete"}
-CONSULTS = frozenset(CONSULT_OPS)
-#: look-ups for what memory did (LIST included: its names can decide a READ or a write)
-LOOKUPS = frozenset(READ_ONLY_OPS)
-
-
-def sql_list(ops: frozenset[str] | tuple[str, ...]) -> str:
-    """Op names as an SQL list for queries over the archive's memory_ops, e.g. `'read', 'tail'`."""
-    return ", ".join(f"'{o}'" for o in sorted(ops))
 
 
 def per_step_means(trace_paths: list[str] | list[Path], fields: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
@@ -142,14 +131,14 @@ def kept_writes(steps: list[StepRecord]) -> set[tuple[int, int]]:
     that kept a passage (`kept_passage`)."""
     observations = [s.observation for s in steps]
     return {(s.step, k) for n, s in enumerate(steps) for k, op in enumerate(s.memory_ops)
-            if op.ok and not op.duplicate and op.op in WRITES
+            if op.ok and not op.duplicate and op.op in CONTENT_WRITE_OPS
             and kept_passage(written_text(op), s.observation, observations[n + 1:])}
 
 
 def _decided(step: StepRecord) -> list[bool]:
     """Per call of the step: its reply wrote memory successfully or committed the action (the
     step's last call, when the model's action was taken: nothing runs after the action)."""
-    wrote = {op.call_id for op in step.memory_ops if op.ok and op.op in WRITES}
+    wrote = {op.call_id for op in step.memory_ops if op.ok and op.op in CONTENT_WRITE_OPS}
     out = [c.call_id in wrote for c in step.calls]
     if step.calls and step.action_source == "model":
         out[-1] = True
@@ -171,16 +160,16 @@ def memory_use(steps: list[StepRecord]) -> MemoryUse:
         order = {c.call_id: i for i, c in enumerate(step.calls)}
         decided = _decided(step)
         looked = sorted({order[op.call_id] for op in step.memory_ops
-                         if op.ok and not op.empty and op.op in LOOKUPS and op.call_id in order})
+                         if op.ok and not op.empty and op.op in READ_OPS and op.call_id in order})
         for op in step.memory_ops:
             i = order.get(op.call_id)
             if not op.ok or i is None:
                 continue
-            if op.op in LOOKUPS:
+            if op.op in READ_OPS:
                 lookups += 1
                 used += not op.empty and any(decided[j] and _sees(step.calls[j], step.calls[i])
                                              for j in range(i + 1, len(step.calls)))
-            elif op.op in WRITES:
+            elif op.op in CONTENT_WRITE_OPS:
                 written.add(written_text(op))
                 writes_after += any(k < i and _sees(step.calls[i], step.calls[k]) for k in looked)
     return MemoryUse(lookups=lookups, lookups_used=used, writes_after_lookup=writes_after,
@@ -224,7 +213,7 @@ def memory_chains(steps: list[StepRecord]) -> list[MemoryChain]:
         decided = _decided(step)
         for k, op in enumerate(step.memory_ops):
             i = order.get(op.call_id)
-            if not op.ok or op.empty or op.op not in CONSULTS or i is None:
+            if not op.ok or op.empty or op.op not in CONSULT_OPS or i is None:
                 continue
             decision = next((step.calls[j] for j in range(i + 1, len(step.calls))
                              if decided[j] and _sees(step.calls[j], step.calls[i])), None)
@@ -240,7 +229,7 @@ def memory_chains(steps: list[StepRecord]) -> list[MemoryChain]:
                         gain=step.progression - before))
                 claimed |= shown
         written += [(step.step, k, op.call_id, _lines(written_text(op))) for k, op in enumerate(step.memory_ops)
-                    if op.ok and not op.duplicate and op.op in WRITES]
+                    if op.ok and not op.duplicate and op.op in CONTENT_WRITE_OPS]
         before = step.progression
     return chains
 
@@ -273,8 +262,8 @@ def diagnose(trace: Trace) -> Diagnostics:
     steps = trace.steps
     n = len(steps)
     ops = [op for s in steps for op in s.memory_ops]
-    writes = [op for op in ops if op.op in WRITES and op.ok]
-    consults = sum(op.op in CONSULTS and op.ok for op in ops)
+    writes = [op for op in ops if op.op in CONTENT_WRITE_OPS and op.ok]
+    consults = sum(op.op in CONSULT_OPS and op.ok for op in ops)
     invalid = sum(s.invalid_ops for s in steps)
     # invalid ops include parse errors that produced no op record: count them as attempts too
     failed_ops = sum(not op.ok for op in ops)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import jinja2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent_core.commands import OPS
+from agent_core.commands import MEMORY_OPS, READ_OPS, WRITE_OPS
 from agent_core.grammar import GrammarError, log_grammar, plan_grammar
 from agent_core.hooks import HookCodeError, HookRunner, check_source
 from agent_core.memory import MemoryLimits
@@ -31,10 +31,6 @@ from agent_core.records import SamplingParams
 REQUIRED_PROMPTS = ("system", "log", "plan", "act")
 #: prompts of the context-window baseline (no PLAN routine)
 CONTEXT_WINDOW_PROMPTS = ("system", "log", "act")
-# the op lists derive from the one op table (commands.OPS)
-WRITE_OPS = tuple(name for name, spec in OPS.items() if spec.kind == "write")
-READ_OPS = tuple(name for name, spec in OPS.items() if spec.read_only)
-MEMORY_OPS = WRITE_OPS + READ_OPS
 BUILTIN_DIR = Path(__file__).parent / "scaffolds"
 
 

@@ -42,8 +42,7 @@ def names(colour: str, text: str) -> bool:
 
 def recall_measures(trace) -> dict[str, bool | float]:  # noqa: ANN001 - agent_core.trace.Trace
     """The memory-skill measures of one recall episode (see the module docstring)."""
-    from agent_core.commands import CONSULT_OPS
-    from agent_core.scaffold import WRITE_OPS
+    from agent_core.commands import CONSULT_OPS, WRITE_OPS
 
     first = trace.steps[0]
     told = TOLD.search(first.observation)
@@ -73,8 +72,7 @@ def loss_split(curve: Path) -> str:
 def training_set(dataset: Path) -> str:
     """What the trial trained on: its examples that write memory, that look it up, and that
     only say DONE (`train.jsonl`)."""
-    from agent_core.commands import CONSULT_OPS, parse_reply
-    from agent_core.scaffold import WRITE_OPS
+    from agent_core.commands import CONSULT_OPS, WRITE_OPS, parse_reply
     from agent_core.training.dataset import load_examples
 
     if not dataset.is_dir():

@@ -54,8 +54,7 @@ def _agent(scaffold, roles, env, seed: int, folder: Path, plant: str | None = No
 
 def probe(link: str, scaffold, roles, seed: int) -> dict:  # noqa: ANN001
     """One sample of `link` on game seed `seed`: what the step did (see the module docstring)."""
-    from agent_core.commands import CONSULT_OPS
-    from agent_core.scaffold import WRITE_OPS
+    from agent_core.commands import CONSULT_OPS, WRITE_OPS
     from environments.tiny import RecallEnv
 
     env = RecallEnv("recall-short", max_steps=30)

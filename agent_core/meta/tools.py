@@ -41,7 +41,8 @@ from agent_core.archive import QueryError, connect, run_query
 from agent_core.memory import MemoryDir
 from agent_core.meta.tool_specs import (GrepArgs, MemoryAtArgs, MemoryDiffArgs, ReadFileArgs, SqlArgs, Tool, ToolCaps,
                                         ToolError, ToolResult, TraceArgs)
-from agent_core.scaffold import WRITE_OPS, Scaffold
+from agent_core.commands import WRITE_OPS
+from agent_core.scaffold import Scaffold
 
 #: the project's root: the folder holding the `agent_core` package
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from agent_core.diagnostics import WRITES, Diagnostics, diagnose
+from agent_core.commands import CONTENT_WRITE_OPS
+from agent_core.diagnostics import Diagnostics, diagnose
 from agent_core.scaffold import Scaffold
 from agent_core.trace import Trace, read_trace
 
@@ -96,7 +97,7 @@ def file_usage(trace: Trace) -> list[FileUsage]:
             entry = usage.setdefault(name, FileUsage(name=name, final_chars=final.get(name, 0))) if name else None
             if not op.ok:
                 continue
-            if op.op in WRITES and entry:
+            if op.op in CONTENT_WRITE_OPS and entry:
                 entry.writes += 1
                 entry.duplicate_writes += op.duplicate
                 entry.chars_written += max(op.delta_chars, 0)

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agent_core.archive import QueryError, connect, run_query
-from agent_core.commands import _TAG_RE, MEMORY_OPS, READ_ONLY_OPS, parse_reply
+from agent_core.commands import MEMORY_OPS, TAG_RE, parse_reply, split_at_look_ups
 from agent_core.conversation import rebuild_contexts
 from agent_core.diagnostics import MemoryChain
 from agent_core.records import Message, ModelCall, messages_digest
@@ -56,12 +56,7 @@ class DatasetInfo(BaseModel):
 def _after_look_ups(commands: list) -> bool:
     """Whether anything but a world action follows a look-up group in one reply: the group
     ends the reply, so the agent ran none of it (the action is cut from targets anyway)."""
-    looked = False
-    for cmd in commands:
-        if looked and cmd.op not in READ_ONLY_OPS and cmd.op != "action":
-            return True
-        looked |= cmd.op in READ_ONLY_OPS
-    return False
+    return any(cmd.op != "action" for cmd in split_at_look_ups(commands)[1])
 
 
 def strip_actions(reply: str) -> str | None:
@@ -216,7 +211,7 @@ def refuse_degenerate(targets: list[str]) -> None:
     if len(targets) > 1 and len(set(targets)) == 1:
         raise ProgramError(f"degenerate training set: all {len(targets)} targets are the same text "
                            f"{targets[0][:80]!r}; there is nothing to learn: select other replies")
-    if not any(_TAG_RE.sub("", t).strip() for t in targets):
+    if not any(TAG_RE.sub("", t).strip() for t in targets):
         shown = ", ".join(repr(t[:40]) for t in sorted(set(targets))[:3])
         raise ProgramError(f"degenerate training set: none of the {len(targets)} targets has free text "
                            f"outside the tags (e.g. {shown}); there is nothing to learn: select other replies")

@@ -18,10 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent_core.commands import CONSULT_OPS
+from agent_core.commands import CONSULT_OPS, WRITE_OPS
 from agent_core.models.devices import DeviceSetting
 from agent_core.models.config import VLLM_LORA_MODULES
-from agent_core.scaffold import WRITE_OPS
 
 
 class ProgramError(ValueError):

@@ -217,7 +217,7 @@ def test_op_lists_derive_from_the_one_op_table(tmp_path):
     from agent_core.agent import _COMMAND_HELP
     from agent_core.commands import OPS, parse_reply
     from agent_core.memory import MemoryDir
-    from agent_core.scaffold import MEMORY_OPS, READ_OPS, WRITE_OPS
+    from agent_core.commands import MEMORY_OPS, READ_OPS, WRITE_OPS
 
     memory_ops = [n for n, s in OPS.items() if s.memory]
     assert sorted(MEMORY_OPS) == sorted(memory_ops) and set(READ_OPS) | set(WRITE_OPS) == set(memory_ops)

@@ -18,7 +18,8 @@ from agent_core.models.base import ModelError
 from agent_core.models.policies import tiny_explorer, tiny_recall
 from agent_core.models.scripted import ScriptedModel
 from agent_core.records import SamplingParams
-from agent_core.scaffold import READ_OPS, Scaffold
+from agent_core.commands import READ_OPS
+from agent_core.scaffold import Scaffold
 from agent_core.trace import read_trace
 from environments import make_env
 

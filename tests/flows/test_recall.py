@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from agent_core.models.config import ModelConfig
-from agent_core.scaffold import READ_OPS, Scaffold
+from agent_core.commands import READ_OPS
+from agent_core.scaffold import Scaffold
 from agent_core.trace import read_trace
 from flows.evaluate import Arm, EvaluateParams, evaluate
 

@@ -12,7 +12,7 @@ import pytest
 
 from agent_core.models.base import Roles
 from agent_core.archive import archive_trace
-from agent_core.commands import MEMORY_OPS, READ_ONLY_OPS, parse_reply
+from agent_core.commands import MEMORY_OPS, READ_OPS, parse_reply
 from agent_core.episode import run_episode
 from agent_core.grammar import Grammar
 from agent_core.models.config import RoutineScript
@@ -20,7 +20,9 @@ from agent_core.models.scripted import ScriptedModel
 from agent_core.records import Message, SamplingParams
 from agent_core.scaffold import Scaffold
 from agent_core.training.dataset import TRAIN_FILE, build_dataset, load_examples
-from agent_core.training.lora import IGNORE, batch_loss, encode_example, train_lora
+from agent_core.training.encoding import IGNORE, encode_example
+from agent_core.training.lora import train_lora
+from agent_core.training.loss import batch_loss
 from agent_core.training.program import Composition, CurationProgram, LoraSettings, RoutineMix
 from environments import make_env
 
@@ -92,7 +94,7 @@ def test_training_prompt_equals_the_prompt_sent_at_inference(played, local):
 def _writes(reply: str) -> bool:
     """The kind selected: a reply that starts by writing to memory (and so holds free text)."""
     commands = parse_reply(reply).commands
-    return bool(commands) and commands[0].op in MEMORY_OPS and commands[0].op not in READ_ONLY_OPS
+    return bool(commands) and commands[0].op in MEMORY_OPS and commands[0].op not in READ_OPS
 
 
 def test_one_round_on_own_replies_raises_held_out_likelihood(played, local, base_path, tmp_path):
