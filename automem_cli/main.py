@@ -4,39 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
-
-MAX_TOKENS_HELP = "Cap on tokens per reply; default: the scaffold's."
-CONSTRAIN_HELP = ("on: decode every reply under the command grammar (vLLM structured outputs); "
-                  "off: free text, parsed forgivingly.")
 
 # Before torch can be imported: offline, and OpenMP threads that sleep when idle.
 from agent_core.models.batching import DEFAULT_MAX_BATCH  # noqa: E402
-from agent_core.models.devices import DEVICE_HELP  # noqa: E402
 from agent_core.models.weights import set_runtime_env  # noqa: E402
 
 set_runtime_env()
 
-# The model options every command that plays episodes takes, declared once.
-BaseUrl = Annotated[Optional[str], typer.Option(help="OpenAI-compatible model server, e.g. vLLM's "
-                                                "http://host:8000/v1 (default: the local model).")]
-ServedModel = Annotated[Optional[str], typer.Option("--model", help="Served model name (with --base-url).")]
-MaxTokens = Annotated[Optional[int], typer.Option(min=1, help=MAX_TOKENS_HELP)]
-Constrain = Annotated[str, typer.Option(help=CONSTRAIN_HELP)]
-Temperature = Annotated[Optional[float], typer.Option(help="Sampling temperature over the scaffold's "
-                        "(0: greedy, at most 2); each call is seeded from the episode's seed, step and call. "
-                        "Part of the episode key.")]
-Device = Annotated[str, typer.Option(help=f"Local model's device: {DEVICE_HELP}.")]
-HooksConfinement = Annotated[str, typer.Option(help="How scaffold hooks run: `os` (the OS sandbox: Landlock + seccomp; "
-                             "refused where it cannot be set up) or `none` (unconfined, an explicit choice recorded "
-                             "in every episode header and report).")]
-Workspace = Annotated[Optional[Path], typer.Option(help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs).")]
-Dask = Annotated[Optional[str], typer.Option("--dask", help="Play the episodes on an existing Dask cluster: its "
-                                             "scheduler, e.g. tcp://host:8786 (needs a Prefect server in PREFECT_API_URL).")]
+# The options commands share, declared once (`options.py`), and the shared output (`output.py`).
+from automem_cli.options import (  # noqa: E402
+    Archive, Device, Dtype, DtypeOption, Format, FormatOption, Game, GamesOptions, GameTask, HooksConfinement,
+    ModelOptions, RunOptions, Seed, Seeds, Steps, Task, Workspace, parse_seeds, with_groups)
+from automem_cli.output import print_rows, write_csv, write_json  # noqa: E402
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AutoMem: LLM agents that learn to manage their memory.")
 env_app = typer.Typer(no_args_is_help=True, help="Look at a game by hand.")
@@ -46,6 +29,7 @@ app.add_typer(env_app, name="env")
 app.add_typer(trace_app, name="trace")
 app.add_typer(traces_app, name="traces")
 console = Console()
+err_console = Console(stderr=True)  # notes beside csv or json on stdout
 
 
 def _fail(message: str) -> None:
@@ -63,7 +47,7 @@ def _make_env(game: str, task: Optional[str], steps: Optional[int] = None):
 
 
 @env_app.command("show")
-def env_show(game: str, seed: int = typer.Option(0, min=0), task: Optional[str] = None) -> None:
+def env_show(game: Game, seed: Seed = 0, task: Task = None) -> None:
     """Print the first observation and the action vocabulary."""
     env = _make_env(game, task)
     console.print(env.reset(seed).text, markup=False)
@@ -71,7 +55,7 @@ def env_show(game: str, seed: int = typer.Option(0, min=0), task: Optional[str] 
 
 
 @env_app.command("play")
-def env_play(game: str, seed: int = typer.Option(0, min=0), task: Optional[str] = None) -> None:
+def env_play(game: Game, seed: Seed = 0, task: Task = None) -> None:
     """Play by typing actions (empty line or Ctrl-D quits)."""
     env = _make_env(game, task)
     console.print(env.reset(seed).text, markup=False)
@@ -94,20 +78,16 @@ def env_play(game: str, seed: int = typer.Option(0, min=0), task: Optional[str] 
 
 
 @app.command()
+@with_groups
 def play(
     env: str = typer.Option("crafter", "--env", help="Game: crafter, minihack, nethack, tiny."),
-    task: Optional[str] = typer.Option(None, help="Task within the game (default: the game's first)."),
-    seed: int = typer.Option(0, min=0),
-    steps: int = typer.Option(30, min=1, help="Step budget."),
+    task: Task = None,
+    seed: Seed = 0,
+    steps: Steps = 30,
     scaffold: Optional[Path] = typer.Option(None, help="Scaffold directory (default: the game's v0)."),
     specialist: Optional[str] = typer.Option(None, help="Memory-specialist adapter name (served) or path (local)."),
-    base_url: BaseUrl = None,
-    model: ServedModel = None,
-    max_tokens: MaxTokens = None,
-    constrain: Constrain = "on",
-    temperature: Temperature = None,
+    models: ModelOptions = ModelOptions(),
     hooks_confinement: HooksConfinement = "os",
-    device: Device = "auto",
     workspace: Workspace = None,
 ) -> None:
     """Play one episode and print where the trace is and its diagnostics. The episode's folder
@@ -130,10 +110,10 @@ def play(
     except ScaffoldError as exc:
         _fail(str(exc))
     try:
-        models = _models(base_url, model, max_tokens, constrain, device, specialist, temperature)
-        models.check()
+        config = models.config(specialist)
+        config.check()
         spec = EpisodeSpec(game=game.game, task=game.task, seed=seed, max_steps=steps, scaffold_dir=str(sc.root),
-                           models=models, workspace=str(workspace_root(workspace)),
+                           models=config, workspace=str(workspace_root(workspace)),
                            hooks=HooksConfig(confinement=hooks_confinement))
         out = spec.out_dir()
     except (ValueError, ModelError, OSError) as exc:
@@ -156,10 +136,8 @@ def play(
 
 
 def _print_diagnostics(d: dict) -> None:
-    table = Table("metric", "value", title="diagnostics")
-    for k, v in d.items():
-        table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
-    console.print(table)
+    print_rows(console, ("metric", "value"), ((k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in d.items()),
+               title="diagnostics")
 
 
 @trace_app.command("show")
@@ -211,10 +189,11 @@ def trace_review(path: Path, max_chars: int = typer.Option(1500, min=100, help="
 @traces_app.command("query")
 def traces_query(
     sql: str = typer.Argument(..., help="One SELECT over the views episodes, steps, calls, memory_ops."),
-    workspace: Optional[Path] = typer.Option(None, help="Workspace (default $AUTOMEM_WORKSPACE or ./automem-runs)."),
-    archive: Optional[Path] = typer.Option(None, help="Archive directory (default: <workspace>/archive)."),
+    workspace: Workspace = None,
+    archive: Archive = None,
     limit: int = typer.Option(50, min=1, help="Rows to print."),
     timeout: float = typer.Option(60.0, help="Seconds before the query is stopped."),
+    fmt: FormatOption = Format.table,
 ) -> None:
     """Run read-only SQL (DuckDB) over the archive. Partition columns: game, scaffold_hash."""
     from agent_core.archive import QueryError, run_query
@@ -224,12 +203,14 @@ def traces_query(
         result = run_query(archive or workspace_root(workspace) / "archive", sql, timeout_s=timeout)
     except QueryError as exc:
         _fail(str(exc))
-    table = Table(*result.column_names)
-    for row in result.slice(0, limit).to_pylist():
-        table.add_row(*(str(v)[:80] for v in row.values()))
-    console.print(table)
+    rows = [list(row.values()) for row in result.slice(0, limit).to_pylist()]
+    if fmt is Format.table:
+        print_rows(console, result.column_names, rows, cut=80)
+    else:
+        (write_csv if fmt is Format.csv else write_json)(result.column_names, rows)
     if result.num_rows > limit:
-        console.print(f"[dim]{result.num_rows - limit} more rows (--limit)[/dim]")
+        (console if fmt is Format.table else err_console).print(
+            f"[dim]{result.num_rows - limit} more rows (--limit)[/dim]")
 
 
 @app.command()
@@ -238,6 +219,7 @@ def serve(
     port: int = 8000,
     adapter: list[str] = typer.Option([], help="NAME=PATH of a peft adapter to serve (repeatable)."),
     device: Device = "auto",
+    dtype: DtypeOption = Dtype.bfloat16,
     max_batch: int = typer.Option(DEFAULT_MAX_BATCH, min=1, max=256, help="Concurrent requests decoded together "
                                   "(continuous batching); 1: one at a time."),
 ) -> None:
@@ -256,79 +238,37 @@ def serve(
         resolve_device(device)
     except ValueError as exc:
         _fail(str(exc))
-    run_server(host=host, port=port, adapters=adapters, device=device, max_batch=max_batch)
+    run_server(host=host, port=port, adapters=adapters, dtype=dtype.value, device=device, max_batch=max_batch)
 
 
-def parse_seeds(text: str) -> list[int]:
-    """`0-3` -> [0, 1, 2, 3]; `0,2,5` -> [0, 2, 5]."""
-    seeds: list[int] = []
+def _flow_params(params: type, run: RunOptions, **fields):
+    """`params` (a flow's parameters) from `fields` and the options every flow shares; a bad
+    value or an unreachable cluster fails here, before the flow starts."""
     try:
-        for part in text.split(","):
-            lo, sep, hi = part.strip().partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
-    except ValueError:
-        raise typer.BadParameter(f"seeds look like 0-3 or 0,2,5 (non-negative integers), got {text!r}") from None
-    if not seeds or any(s < 0 for s in seeds):
-        raise typer.BadParameter(f"seeds must be non-negative integers, got {text!r}")
-    return seeds
-
-
-def _models(base_url: Optional[str], model: Optional[str], max_tokens: Optional[int], constrain: str,
-            device: str, specialist: Optional[str] = None, temperature: Optional[float] = None):
-    """The `ModelConfig` the model options describe (ValueError when they do not fit)."""
-    from agent_core.models.config import ModelConfig
-
-    return ModelConfig(backend="openai" if base_url else "local", base_url=base_url, model=model,
-                       specialist=specialist, max_tokens=max_tokens, constrain=constrain, device=device,
-                       temperature=temperature)
-
-
-def _run_options(concurrency: int, base_url: Optional[str], model: Optional[str], max_tokens: Optional[int],
-                 constrain: str, device: str, dask: Optional[str], workspace: Optional[Path],
-                 temperature: Optional[float] = None, hooks_confinement: str = "os") -> dict:
-    """The parameters every flow that plays episodes shares, from the shared options; a Dask
-    cluster is checked now (reachable, a Prefect server set), before the flow starts."""
-    from flows.runners import RunnerConfig
-
-    runner = RunnerConfig(kind="dask", address=dask) if dask else RunnerConfig()
-    runner.check()
-    return dict(concurrency=concurrency, runner=runner,
-                models=_models(base_url, model, max_tokens, constrain, device, temperature=temperature),
-                workspace=str(workspace) if workspace else None, hooks={"confinement": hooks_confinement})
+        return params(**fields, **run.flow_params())
+    except (ValueError, RuntimeError, ConnectionError) as exc:
+        _fail(str(exc))
 
 
 @app.command("optimize-scaffold")
+@with_groups
 def optimize_scaffold(
-    env: str = typer.Option("crafter", "--env", help="`game` or `game/task`."),
-    seeds: str = typer.Option("0-3", help="Fixed evaluation seeds, e.g. 0-3 or 0,2,5."),
+    env: GameTask = "crafter",
+    seeds: Seeds = "0-3",
     iterations: int = typer.Option(2, min=1, help="Review iterations (K)."),
     patience: int = typer.Option(2, min=1, help="Stop after this many iterations without promotion (M)."),
-    steps: int = typer.Option(10, min=1, help="Step budget per episode."),
-    concurrency: int = typer.Option(4, min=1),
-    base_url: BaseUrl = None,
-    model: ServedModel = None,
-    max_tokens: MaxTokens = None,
-    constrain: Constrain = "on",
-    temperature: Temperature = None,
-    hooks_confinement: HooksConfinement = "os",
-    device: Device = "auto",
-    workspace: Workspace = None,
-    dask: Dask = None,
+    steps: Steps = 10,
+    run: RunOptions = RunOptions(),
 ) -> None:
-    """Outer loop 1: review, revise and gate the memory scaffold (meta-LLM from
-    AUTOMEM_META_BASE_URL / AUTOMEM_META_MODEL, else the rule-based reviewer)."""
+    """Outer loop 1: review, revise and gate the memory scaffold on fixed evaluation seeds
+    (meta-LLM from AUTOMEM_META_BASE_URL / AUTOMEM_META_MODEL, else the rule-based reviewer)."""
     from agent_core.workspace import configure_prefect_env
 
-    configure_prefect_env(workspace)
+    configure_prefect_env(run.workspace)
     from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
 
-    try:
-        params = ScaffoldLoopParams(game=env, seeds=parse_seeds(seeds), iterations=iterations, patience=patience,
-                                    max_steps=steps, **_run_options(concurrency, base_url, model, max_tokens,
-                                                                    constrain, device, dask, workspace, temperature,
-                                                                    hooks_confinement))
-    except (ValueError, RuntimeError, ConnectionError) as exc:
-        _fail(str(exc))
+    params = _flow_params(ScaffoldLoopParams, run, game=env, seeds=parse_seeds(seeds), iterations=iterations,
+                          patience=patience, max_steps=steps)
     result = scaffold_loop(params)
     for h in result["history"]:
         console.print(f"iteration {h['iteration']}: [bold]{h['verdict']}[/bold] - {h.get('reason', '')}")
@@ -336,75 +276,44 @@ def optimize_scaffold(
 
 
 @app.command()
+@with_groups
 def rollout(
-    env: list[str] = typer.Option(["crafter"], "--env", help="`game` or `game/task` (repeatable)."),
-    seeds: str = typer.Option("0-1", help="Seeds, e.g. 0-3 or 0,2,5."),
-    steps: int = typer.Option(10, min=1, help="Step budget per episode."),
-    concurrency: int = typer.Option(4, min=1),
-    base_url: BaseUrl = None,
-    model: ServedModel = None,
-    max_tokens: MaxTokens = None,
-    constrain: Constrain = "on",
-    temperature: Temperature = None,
-    hooks_confinement: HooksConfinement = "os",
-    device: Device = "auto",
-    workspace: Workspace = None,
-    dask: Dask = None,
+    games: GamesOptions = GamesOptions(seeds="0-1", steps=10),
+    run: RunOptions = RunOptions(),
 ) -> None:
     """Run the rollout flow (episodes -> Parquet archive -> report)."""
     from agent_core.workspace import configure_prefect_env
 
-    configure_prefect_env(workspace)
+    configure_prefect_env(run.workspace)
     from flows.rollout import RolloutParams, rollout as rollout_flow
 
-    try:
-        params = RolloutParams(games=env, seeds=parse_seeds(seeds), max_steps=steps,
-                               **_run_options(concurrency, base_url, model, max_tokens, constrain, device, dask,
-                                              workspace, temperature, hooks_confinement))
-    except (ValueError, RuntimeError, ConnectionError) as exc:
-        _fail(str(exc))
+    params = _flow_params(RolloutParams, run, **games.flow_params())
     result = rollout_flow(params)
     console.print(f"report: {result['report']}")
 
 
 @app.command()
+@with_groups
 def evaluate(
     arm: list[str] = typer.Option(..., "--arm", help="An agent: baseline, v0, incumbent or a scaffold "
                                   "directory, optionally +ADAPTER (e.g. v0+automem-runs/adapters/mem-1); repeatable."),
-    env: list[str] = typer.Option(["crafter"], "--env", help="`game` or `game/task` (repeatable; MiniHack tasks "
-                                  "are averaged per seed)."),
-    seeds: str = typer.Option("0-4", help="Seeds every arm plays, e.g. 0-4."),
-    steps: int = typer.Option(20, min=1, help="Step budget per episode (the same for every arm)."),
-    concurrency: int = typer.Option(4, min=1),
-    base_url: BaseUrl = None,
-    model: ServedModel = None,
-    max_tokens: MaxTokens = None,
-    constrain: Constrain = "on",
-    temperature: Temperature = None,
-    hooks_confinement: HooksConfinement = "os",
-    device: Device = "auto",
-    workspace: Workspace = None,
-    dask: Dask = None,
+    games: GamesOptions = GamesOptions(seeds="0-4", steps=20),
+    run: RunOptions = RunOptions(),
 ) -> None:
-    """Several agents on the same seeds: progression with 95% intervals, paired tests, plots."""
+    """Several agents on the same seeds and step budget: progression with 95% intervals (MiniHack
+    tasks averaged per seed), paired tests, plots."""
     from agent_core.workspace import configure_prefect_env
 
-    configure_prefect_env(workspace)
+    configure_prefect_env(run.workspace)
     from flows.evaluate import Arm, EvaluateParams, evaluate as evaluate_flow
 
-    try:
-        arms = [Arm(scaffold=a.split("+", 1)[0], adapter=a.split("+", 1)[1] if "+" in a else None) for a in arm]
-        params = EvaluateParams(arms=arms, games=env, seeds=parse_seeds(seeds), max_steps=steps,
-                                **_run_options(concurrency, base_url, model, max_tokens, constrain, device, dask,
-                                               workspace, temperature, hooks_confinement))
-    except (ValueError, RuntimeError, ConnectionError) as exc:
-        _fail(str(exc))
+    arms = [Arm(scaffold=a.split("+", 1)[0], adapter=a.split("+", 1)[1] if "+" in a else None) for a in arm]
+    params = _flow_params(EvaluateParams, run, arms=arms, **games.flow_params())
     result = evaluate_flow(params)
-    table = Table("arm", "game", "seeds", "progression", "BALROG SE", "95% CI")
-    for r in result["table"]:
-        ci = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None else f"- ({r['ci_note']})"
-        table.add_row(r["arm"], r["game"], str(r["n"]), f"{r['mean']:.3f}", f"{r['se']:.3f}", ci)
-    console.print(table)
+    rows = [(r["arm"], r["game"], r["n"], f"{r['mean']:.3f}", f"{r['se']:.3f}",
+             f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if r["ci_low"] is not None else f"- ({r['ci_note']})")
+            for r in result["table"]]
+    print_rows(console, ("arm", "game", "seeds", "progression", "BALROG SE", "95% CI"), rows)
     for c in result["comparisons"]:  # two-sided, Holm over all pairs and games
         console.print(f"{c['game']}: {c['b']} - {c['a']} {c['delta']:+.3f}, p {c['p']:.3f}, Holm p {c['p_holm']:.3f}: "
                       f"{c['direction']}")
@@ -413,8 +322,8 @@ def evaluate(
 
 @app.command()
 def report(
-    workspace: Optional[Path] = typer.Option(None, help="Workspace whose archive/ to read."),
-    archive: Optional[Path] = typer.Option(None, help="An archive directory (default: the workspace's)."),
+    workspace: Workspace = None,
+    archive: Archive = None,
     out: Optional[Path] = typer.Option(None, help="Report file (default: <workspace>/reports/archive-report.md)."),
 ) -> None:
     """Rebuild a report (progression with intervals, memory plots) from the Parquet archive alone."""
