@@ -11,7 +11,6 @@ layout of https://github.com/deepmind/boxoban-levels (`medium/train/*.txt`, `har
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from functools import lru_cache
@@ -21,11 +20,8 @@ import numpy as np
 
 from .base import EnvError, Observation
 from .nle_text import OBS_KEYS, NLETextEnv
+from .boxoban import BOXOBAN_SPLITS, boxoban_dir
 from .registry import MINIHACK_TASKS
-
-BOXOBAN_ENV_VAR = "AUTOMEM_BOXOBAN_LEVELS"
-#: task -> (level set, split) under the levels directory, as minihack's Boxoban classes
-BOXOBAN_SPLITS = {"Boxoban-Medium": ("medium", "train"), "Boxoban-Hard": ("hard", "")}
 
 _GOALS = {
     "MazeWalk": "find the staircase down (>) in a dark maze and step onto it",
@@ -72,24 +68,6 @@ def _seeded_boxoban() -> type:
                 self._levels = levels
 
     return SeededBoxoban
-
-
-def boxoban_dir(task: str, root: str | None) -> tuple[str, str]:
-    """(level-set dir, split) for a Boxoban task; EnvError when the levels are absent."""
-    level_set, split = BOXOBAN_SPLITS[task]
-    root = root or os.environ.get(BOXOBAN_ENV_VAR) or None
-    where = os.path.join(root, level_set, split) if root else None
-    if where and os.path.isdir(where) and any(f.endswith(".txt") for f in os.listdir(where)):
-        return os.path.abspath(os.path.join(root, level_set)), split  # type: ignore[arg-type]
-    looked = f" Looked in {where!r}." if where else ""
-    raise EnvError(
-        f"MiniHack task {task!r} needs the Boxoban level files, which minihack would download "
-        "at run time (not done here)."
-        f"{looked} Put the files of https://github.com/deepmind/boxoban-levels in a directory "
-        "DIR laid out as DIR/medium/train/*.txt and DIR/hard/*.txt (each level a '; N' line, "
-        "the map, then a blank line), then pass boxoban_levels=DIR or set "
-        f"{BOXOBAN_ENV_VAR}=DIR."
-    )
 
 
 class MiniHackEnv(NLETextEnv):

@@ -73,7 +73,7 @@ def env_options(game: str, task: str | None = None) -> dict[str, str]:
     without building it: part of episode keys."""
     name, task = resolve(game, task)
     if name == "minihack":
-        from environments.minihack_env import BOXOBAN_SPLITS, boxoban_dir
+        from environments.boxoban import BOXOBAN_SPLITS, boxoban_dir
 
         if task in BOXOBAN_SPLITS:
             return {"boxoban_levels": boxoban_dir(task, None)[0]}

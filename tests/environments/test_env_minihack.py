@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from environments import EnvError, make_env
-from environments.minihack_env import BOXOBAN_ENV_VAR, MiniHackEnv
+from environments.boxoban import BOXOBAN_ENV_VAR
+from environments.minihack_env import MiniHackEnv
 from replay import play as replay
 
 STEPS = {"north": (0, -1), "south": (0, 1), "east": (1, 0), "west": (-1, 0)}
