@@ -84,7 +84,8 @@ def bench_plain(args: argparse.Namespace) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from agent_core.training.lora import IGNORE, _loss_sum
+    from agent_core.training.encoding import IGNORE
+    from agent_core.training.loss import loss_sum
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(local_model_path(), dtype=torch.float32, local_files_only=True)
@@ -101,7 +102,7 @@ def bench_plain(args: argparse.Namespace) -> dict:
         model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
 
     def targets_only() -> None:
-        loss, n = _loss_sum(model, {"input_ids": ids, "attention_mask": mask, "labels": targets}, torch)
+        loss, n = loss_sum(model, {"input_ids": ids, "attention_mask": mask, "labels": targets}, torch)
         (loss / n).backward()
 
     # the variants alternate step by step, so background load hits both alike

@@ -350,7 +350,7 @@ def test_replies_closed_at_the_budget_run_but_are_targets_only_when_a_program_as
 def test_long_contexts_are_cut_in_the_middle_keeping_system_prompt_and_demonstrations(base_path):
     from transformers import AutoTokenizer
 
-    from agent_core.training.lora import encode_example
+    from agent_core.training.encoding import encode_example
 
     tok = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
     messages = [{"role": "system", "content": "SYSTEM RULES " * 5},

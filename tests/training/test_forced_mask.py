@@ -16,7 +16,7 @@ from agent_core.models.scripted import ScriptedModel
 from agent_core.scaffold import Scaffold
 from environments import make_env
 from agent_core.training.dataset import build_dataset, load_examples
-from agent_core.training.lora import IGNORE, encode_example, forced_mask
+from agent_core.training.encoding import IGNORE, encode_example, forced_mask
 from agent_core.training.program import Composition, CurationProgram, LoraSettings, RoutineMix
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from agent_core.training.dataset import build_dataset, load_examples
-from agent_core.training.lora import StepLog, batch_loss, collate, encode_example, split_held_out, train_lora
+from agent_core.training.encoding import encode_example
+from agent_core.training.lora import StepLog, split_held_out, train_lora
+from agent_core.training.loss import batch_loss, collate
 from agent_core.training.program import (
     Composition,
     CurationProgram,
