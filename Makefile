@@ -21,7 +21,7 @@ chromium:
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; } || \
 	  { echo "install Debian's 'chromium' package (needed by the UI test)"; exit 1; }
 
-# Scaffold hooks run under Landlock + seccomp (agent_core/hooks.py): the seccomp filter is
+# Scaffold hooks run under Landlock + seccomp (agent_core/hooks/confine.py): the seccomp filter is
 # built with Debian's libseccomp2 (present on most systems; installed here when missing).
 sandbox:
 	@ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || \

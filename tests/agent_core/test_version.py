@@ -18,7 +18,7 @@ def test_the_sources_are_found_from_the_code():
     sources = set(episode_sources())
     # the files the old hand list missed, found through imports (lazy ones included) and strings
     for path in ("agent_core/records.py", "agent_core/trace.py", "agent_core/models/base.py",
-                 "agent_core/hooks.py", "environments/registry.py", "environments/nethack_env.py",
+                 "agent_core/hooks/worker.py", "environments/registry.py", "environments/nethack_env.py",
                  "environments/minihack_env.py", "environments/crafter_env.py", "environments/tiny.py",
                  "environments/data/balrog_nethack_progression.json"):
         assert path in sources, path
