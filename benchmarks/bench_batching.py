@@ -78,8 +78,8 @@ def bench_passes(dtype: str, device: str, context: int = 1000, chunk: int = 256)
     import torch
     from transformers import AutoModelForCausalLM
 
-    from agent_core.models.batching import new_cache
     from agent_core.models.devices import resolve_device
+    from agent_core.models.prefix_cache import new_cache
     from agent_core.models.weights import local_model_path
 
     device = resolve_device(device)
@@ -115,8 +115,8 @@ def bench_adapters(dtype: str, device: str, context: int = 800, steps: int = 6) 
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from agent_core.models.batching import new_cache
     from agent_core.models.devices import resolve_device
+    from agent_core.models.prefix_cache import new_cache
     from agent_core.models.weights import local_model_path
 
     device = resolve_device(device)

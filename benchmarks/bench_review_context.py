@@ -81,9 +81,9 @@ class CountingModel(ScriptedToolModel):
 
 
 def real_tokens(tok, turns, tools) -> int:
-    from agent_core.models.tool_calls import _functions, render_messages, tools_prompt
+    from agent_core.models.tool_calls import render_messages, tool_functions, tools_prompt
 
-    functions = _functions(tools)
+    functions = tool_functions(tools)
     messages = render_messages([t.openai() for t in turns], tools_prompt(functions, list(functions)))
     text = tok.apply_chat_template([m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True)
     return len(tok(text).input_ids)

@@ -10,9 +10,12 @@ scheduler thread decodes them together. Each scheduler step:
 3. runs one forward pass over every decoding row, each feeding its sampled token and the
    tokens its grammar forces (jump-forward), and hands each row its last-position logits.
 
-Per-row state stays the row's own (`local._Row`): its grammar matcher and mask, sampling
+Per-row state stays the row's own (`decoding.Row`): its grammar matcher and mask, sampling
 settings and `torch.Generator`, budget and reply closing. Rows with different adapters run in
 one pass through peft's mixed-adapter batches (`adapter_names=`, "__base__" for the base).
+The scheduler drives the model only through the `row_model.RowModel` protocol (start a row,
+run a forward pass over rows, decode a row's logits, finish a row): the model owns each row's
+KV entry, its decoding and the prefix cache; the scheduler decides which rows share a pass.
 
 The batch's KV cache is one transformers `DynamicCache` of shape [rows, heads, length, dim]:
 a row shorter than the batch is padded on the left, and within a step a row that feeds fewer
@@ -34,125 +37,21 @@ import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent_core.models.base import ModelError
-
-if TYPE_CHECKING:
-    from agent_core.models.local import LocalModel, _Row
-
-#: the fewest shared tokens worth copying from another conversation's keys
-MIN_SHARED = 16
+from agent_core.models.decoding import Row
+from agent_core.models.prefix_cache import MIN_SHARED, PrefixEntry, common_prefix, copy_prefix
+from agent_core.models.row_model import RowModel
 
 #: rows decoded together by default, on CPU and CUDA (`ModelConfig.max_batch`, `automem serve`)
 DEFAULT_MAX_BATCH = 8
-#: peft's name for "no adapter" in a mixed-adapter batch
-BASE_ADAPTER = "__base__"
-
-
-@dataclass
-class PrefixEntry:
-    """A KV cache and exactly the tokens whose keys/values it holds."""
-
-    tokens: list[int]
-    cache: Any  # transformers DynamicCache
-    last_used: float = field(default_factory=time.monotonic)
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """How many leading tokens `a` and `b` share."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def new_cache(config: Any) -> Any:
-    """An empty KV cache for `config` whose layers append into spare room (`_growing_layer`)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=config)
-    cls = _growing_layer()
-    cache.layers = [cls() for _ in cache.layers]
-    return cache
-
-
-def copy_prefix(cache: Any, n: int) -> Any:
-    """A new cache holding copies of the first `n` positions of `cache` (batch of one)."""
-    copy = new_cache_like(cache)
-    for mine, theirs in zip(copy.layers, cache.layers, strict=True):
-        k = theirs.keys[:, :, :n].clone()
-        v = theirs.values[:, :, :n].clone()
-        mine.lazy_initialization(k, v)
-        mine.keys, mine.values = k, v
-    return copy
-
-
-def new_cache_like(cache: Any) -> Any:
-    """An empty growing cache with as many layers as `cache`."""
-    from transformers import DynamicCache
-
-    copy = DynamicCache()
-    cls = _growing_layer()
-    copy.layers = [cls() for _ in cache.layers]
-    return copy
-
-
-_GROWING: Any = None
-
-
-def _growing_layer() -> Any:
-    """transformers' `DynamicLayer`, appending new keys/values into spare capacity instead of
-    concatenating (a copy of the whole cache per layer and decoding step: with several rows of
-    ~2,000 tokens that copy rivals the forward pass). Tensors assigned from outside (a crop,
-    a batch join or re-pack) are adopted at the next update."""
-    global _GROWING
-    if _GROWING is not None:
-        return _GROWING
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        _kbuf: Any = None
-        _vbuf: Any = None
-        _kview: Any = None
-        _n = 0
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, reserve: int = 0,
-                   **kwargs: Any) -> tuple[Any, Any]:
-            """Append; `reserve`: room for at least that many positions (`_kbuf`, `_vbuf`;
-            never-written room is zeros)."""
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            if self._kbuf is None or self.keys is not self._kview:  # assigned from outside: adopt
-                self._kbuf, self._vbuf = self.keys, self.values
-                self._n = self.keys.shape[-2] if self.keys.numel() else 0
-            n, t = self._n, key_states.shape[-2]
-            if (self._kbuf.numel() == 0 or max(n + t, reserve) > self._kbuf.shape[-2]
-                    or self._kbuf.shape[:2] != key_states.shape[:2]):
-                room = max(reserve, n + t + max(128, (n + t) // 4))
-                shape = (*key_states.shape[:2], room, key_states.shape[-1])
-                keys, values = key_states.new_zeros(shape), value_states.new_zeros(shape)
-                if n:
-                    keys[:, :, :n] = self._kbuf[:, :, :n]
-                    values[:, :, :n] = self._vbuf[:, :, :n]
-                self._kbuf, self._vbuf = keys, values
-            self._kbuf[:, :, n:n + t] = key_states
-            self._vbuf[:, :, n:n + t] = value_states
-            self._n = n + t
-            self.keys = self._kview = self._kbuf[:, :, :n + t]
-            self.values = self._vbuf[:, :, :n + t]
-            return self.keys, self.values
-
-    _GROWING = GrowingLayer
-    return GrowingLayer
 
 
 class _Request:
     """A row plus how its caller waits for it."""
 
-    def __init__(self, row: _Row) -> None:
+    def __init__(self, row: Row) -> None:
         self.row = row
         self.event = threading.Event()
         self.error: BaseException | None = None
@@ -162,9 +61,13 @@ class _Request:
 
 
 class Batcher:
-    """The scheduler of one `LocalModel` (created by its first batched call)."""
+    """The scheduler of one model (a `LocalModel`, which creates it with its first batched
+    call), driven through the `RowModel` protocol."""
 
-    def __init__(self, owner: LocalModel) -> None:
+    def __init__(self, owner: RowModel) -> None:
+        import torch  # loaded already: the model runs on it
+
+        self._torch = torch
         # weak: the scheduler thread must not keep a discarded model (and its weights) alive
         self._owner = weakref.ref(owner)
         self._cond = threading.Condition()
@@ -177,7 +80,7 @@ class Batcher:
         self._thread.start()
 
     @property
-    def owner(self) -> LocalModel:
+    def owner(self) -> RowModel:
         owner = self._owner()
         if owner is None:
             raise ModelError("the local model was discarded")
@@ -185,7 +88,7 @@ class Batcher:
 
     # -- callers ------------------------------------------------------------------------------
 
-    def run(self, row: _Row, timeout_s: float | None = None) -> None:
+    def run(self, row: Row, timeout_s: float | None = None) -> None:
         """Decode `row` in the batch; returns when its reply is over. ModelError if it failed
         or did not finish within `timeout_s` (its row is then freed at the next step)."""
         req = _Request(row)
@@ -224,7 +127,7 @@ class Batcher:
                 while self._queue and len(self._joining) + len(self._active) < owner.max_batch:
                     self._joining.append(self._queue.popleft())
             try:
-                with owner._lock, owner._torch.inference_mode():
+                with owner.lock, self._torch.inference_mode():
                     self._step()
             except BaseException as exc:  # a fault of the batch as a whole: fail its rows, go on
                 for req in [*self._joining, *self._active]:
@@ -234,7 +137,6 @@ class Batcher:
             del owner  # hold no reference while idle
 
     def _step(self) -> None:
-        owner = self.owner
         self._drop_stale()
         if self._joining:
             self._prefill(self._joining[0])
@@ -248,7 +150,7 @@ class Batcher:
             if req.cancelled:
                 gone.append(req)
             elif req.row.entry is not None:  # started: its adapter must still be the same
-                tag = self._adapter_tag(req.row.name)
+                tag = self.owner.adapter_tag(req.row.name)
                 if tag is not req.adapter_tag:
                     self._fail(req, ModelError(
                         f"adapter {req.row.name!r} was unloaded or replaced while this reply was "
@@ -258,25 +160,16 @@ class Batcher:
         for req in gone:
             self._remove(req, keep_prefix=False)
 
-    def _adapter_tag(self, name: str) -> Any:
-        owner = self.owner
-        if name == owner.model_id:
-            return None
-        if name not in owner._adapters:
-            return False
-        return owner._peft.peft_config.get(name)
-
     def _prefill(self, req: _Request) -> None:
         """One chunk of a new row's prompt, in its own cache; the last chunk yields its first
         token and the row joins the batch (or ends at once)."""
-        owner, torch, row = self.owner, self.owner._torch, req.row
+        owner, torch, row = self.owner, self._torch, req.row
         try:
             if row.entry is None:
-                owner._check_model(row.name)
-                req.adapter_tag = self._adapter_tag(row.name)
-                owner._start_row(row)
+                req.adapter_tag = owner.adapter_tag(row.name)
+                owner.start_row(row)
                 self._share_from_batch(row)
-                if owner._before_forward(row):
+                if owner.before_forward(row):
                     self._joining.remove(req)
                     self._complete(req)
                     return
@@ -285,20 +178,15 @@ class Batcher:
             if owner.invariant:
                 logits = owner.rows_forward([row], [chunk])[0]
             else:
-                model, kwargs = owner._adapter_kwargs([row.name])
-                logits = model(
-                    input_ids=torch.tensor([chunk], device=owner.device), cache=row.entry.cache,
-                    use_cache=True, logits_to_keep=1, **kwargs,
-                ).logits[0, -1].cpu()
-            owner.prefill_s += time.perf_counter() - began
-            owner.prefill_tokens += len(chunk)
-            owner.forward_passes += 1
+                logits = owner.forward([row.name], input_ids=torch.tensor([chunk], device=owner.device),
+                                       cache=row.entry.cache)[0]
+            owner.count_pass(1, len(chunk), time.perf_counter() - began, prefill=True)
             row.passes += 1
             row.entry.tokens.extend(chunk)
             req.fed += len(chunk)
             if req.fed < len(row.feed):
                 return
-            owner._after_forward(row, logits)
+            owner.after_forward(row, logits)
         except Exception as exc:  # noqa: BLE001 (this row's fault only)
             self._fail(req, exc)
             self._joining.remove(req)
@@ -310,7 +198,7 @@ class Batcher:
         else:
             self._join(req)
 
-    def _share_from_batch(self, row: _Row) -> None:
+    def _share_from_batch(self, row: Row) -> None:
         """A new row whose prompt shares more with a row decoding in the batch than with its
         cached prefix (episodes started together share their system prompt and worked turns,
         and none is cached yet) starts from a copy of that row's keys for the shared part:
@@ -326,7 +214,7 @@ class Batcher:
         if best is None or shared < MIN_SHARED or shared <= row.reused:
             return
         if row.reused:  # a shorter cached prefix: give it back to the store
-            owner._keep_prefix(row.name, row.entry)
+            owner.keep_prefix(row.name, row.entry)
         source = self._active[best].row.entry.cache
         row.entry = PrefixEntry(row.prompt[:shared],
                                 copy_prefix(source, shared) if owner.invariant else self._extract(best, shared))
@@ -344,18 +232,16 @@ class Batcher:
         if owner.invariant:  # each row in its own cache: no batch cache, no mask
             began = time.perf_counter()
             logits = owner.rows_forward(rows, [r.feed for r in rows])
-            owner.decode_s += time.perf_counter() - began
+            seconds = time.perf_counter() - began
         else:
-            logits = self._padded_decode(rows)
-        owner.forward_passes += 1
-        owner.batched_passes += 1
-        owner.batched_rows += len(rows)
+            logits, seconds = self._padded_decode(rows)
+        owner.count_pass(len(rows), 0, seconds, prefill=False)
         for i, req in enumerate(list(self._active)):
             r = req.row
             r.passes += 1
             r.entry.tokens.extend(r.feed)
             try:
-                owner._after_forward(r, logits[i])
+                owner.after_forward(r, logits[i])
             except Exception as exc:  # noqa: BLE001 (this row's fault only)
                 self._fail(req, exc)
                 self._remove(req, keep_prefix=False)
@@ -363,9 +249,10 @@ class Batcher:
             self._remove(req, keep_prefix=True)
         self._repack_if_sparse()
 
-    def _padded_decode(self, rows: list[_Row]) -> Any:
-        """One pass over `rows` in the padded batch cache (not invariant); their logits."""
-        owner, torch = self.owner, self.owner._torch
+    def _padded_decode(self, rows: list[Row]) -> tuple[Any, float]:
+        """One pass over `rows` in the padded batch cache (not invariant); their logits and
+        the seconds in the forward pass."""
+        owner, torch = self.owner, self._torch
         width = max(len(r.feed) for r in rows)
         length = self._mask.shape[1]
         ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -378,21 +265,20 @@ class Batcher:
             positions[i, width - n:] = torch.arange(start, start + n)
             positions[i, : width - n] = start  # pads: any position, they are masked
         mask = torch.cat([self._mask, step_mask], dim=1)
-        model, kwargs = owner._adapter_kwargs([r.name for r in rows])
         began = time.perf_counter()
-        logits = model(
-            input_ids=ids.to(owner.device), attention_mask=mask.to(owner.device, torch.long),
-            position_ids=positions.to(owner.device), cache=self._cache, use_cache=True,
-            logits_to_keep=1, **kwargs,
-        ).logits[:, -1].cpu()
-        owner.decode_s += time.perf_counter() - began
+        logits = owner.forward(
+            [r.name for r in rows], input_ids=ids.to(owner.device),
+            attention_mask=mask.to(owner.device, torch.long), position_ids=positions.to(owner.device),
+            cache=self._cache,
+        )
+        seconds = time.perf_counter() - began
         self._mask = mask
         assert self._cache.get_seq_length() == length + width
-        return logits
+        return logits, seconds
 
     def _over(self, req: _Request) -> bool:
         try:
-            return self.owner._before_forward(req.row)
+            return self.owner.before_forward(req.row)
         except Exception as exc:  # noqa: BLE001
             self._fail(req, exc)
             req.cancelled = True
@@ -405,7 +291,7 @@ class Batcher:
 
     def _join(self, req: _Request) -> None:
         """Move a prefilled row's own cache into the batch (left-padded to a common length)."""
-        torch = self.owner._torch
+        torch = self._torch
         row = req.row
         if self.owner.invariant:  # it keeps its own cache
             self._active.append(req)
@@ -432,7 +318,7 @@ class Batcher:
         self._active.append(req)
 
     def _pad_cache(self, cache: Any, n: int) -> None:
-        torch = self.owner._torch
+        torch = self._torch
         for layer in self._layers(cache):
             k, v = layer.keys, layer.values
             layer.keys = torch.cat([k.new_zeros((*k.shape[:2], n, k.shape[3])), k], dim=2)
@@ -442,7 +328,7 @@ class Batcher:
         """Row `index`'s first `count` valid positions as a compact cache of its own."""
         owner = self.owner
         where = self._mask[index].nonzero().squeeze(1)[:count].to(owner.device)
-        cache = new_cache(owner._model.config)
+        cache = owner.new_cache()
         for mine, theirs in zip(self._layers(cache), self._layers(self._cache), strict=True):
             k = theirs.keys[index: index + 1].index_select(2, where)
             v = theirs.values[index: index + 1].index_select(2, where)
@@ -473,7 +359,7 @@ class Batcher:
         if not self._active:
             self._cache = self._mask = None
         else:
-            torch = self.owner._torch
+            torch = self._torch
             keep = torch.tensor([i for i in range(self._mask.shape[0]) if i != index])
             on_device = keep.to(self.owner.device)
             for layer in self._layers(self._cache):
@@ -501,7 +387,7 @@ class Batcher:
             return
         if float(self._mask.float().mean()) >= 1.0 - threshold:
             return
-        torch = self.owner._torch
+        torch = self._torch
         counts = self._mask.sum(dim=1)
         length = int(counts.max())
         order = []
@@ -522,19 +408,15 @@ class Batcher:
 
     # -- ends ---------------------------------------------------------------------------------
 
-    def _crop_entry(self, row: _Row) -> None:
+    def _crop_entry(self, row: Row) -> None:
         cache = row.entry.cache
         if cache is not None and cache.get_seq_length() > len(row.entry.tokens):
             cache.crop(len(row.entry.tokens) - cache.get_seq_length())
 
     def _complete(self, req: _Request) -> None:
-        owner = self.owner
         if req.cancelled:
             return
-        if owner.prefix_reuse and req.row.entry is not None and req.row.entry.cache is not None:
-            owner._finish_row(req.row)
-        else:
-            owner.generated_tokens += len(req.row.out)
+        self.owner.finish_row(req.row)
         req.event.set()
 
     def _fail(self, req: _Request, exc: BaseException) -> None:

@@ -144,7 +144,9 @@ class ToolRequestError(ValueError):
     """A request whose tools or tool_choice this server cannot honour (HTTP 400)."""
 
 
-def _functions(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def tool_functions(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A request's OpenAI `tools` as name -> {"description", "parameters"}; ToolRequestError
+    when an entry is not a function with a name and a JSON-schema object."""
     out = {}
     for t in tools:
         fn = t.get("function") if isinstance(t, dict) else None
@@ -158,7 +160,7 @@ def _functions(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _chosen(functions: dict[str, dict[str, Any]], tool_choice: Any) -> tuple[str, list[str]]:
+def tool_choice_mode(functions: dict[str, dict[str, Any]], tool_choice: Any) -> tuple[str, list[str]]:
     """(mode, names callable): mode none, auto or required."""
     if tool_choice is None or tool_choice == "auto":
         return ("auto", list(functions)) if functions else ("none", [])
@@ -259,8 +261,8 @@ def serve_tools(model: LocalModel, name: str, messages: list[dict[str, Any]], to
                 tool_choice: Any, params: SamplingParams) -> dict[str, Any]:
     """The chat-completions answer for a request with tools (or tool messages), on `model`'s
     base or adapter `name`. Raises ToolRequestError (400) or ModelError."""
-    functions = _functions(tools or [])
-    mode, names = _chosen(functions, tool_choice)
+    functions = tool_functions(tools or [])
+    mode, names = tool_choice_mode(functions, tool_choice)
     prompt = tools_prompt(functions, names) if mode != "none" else ""
     result = model.generate(render_messages(messages, prompt), params, model=name,
                             constraint=tool_grammar(functions, mode, names))

@@ -12,8 +12,8 @@ from fastapi import FastAPI, Request  # module level: the endpoint's annotations
 from fastapi.responses import JSONResponse
 
 from agent_core.models.base import ModelError
-from agent_core.models.tool_calls import (ChatTurn, ToolCall, ToolRequestError, _chosen, _functions,
-                                          parse_tool_reply, render_messages, tool_grammar)
+from agent_core.models.tool_calls import (ChatTurn, ToolCall, ToolRequestError, parse_tool_reply, render_messages,
+                                          tool_choice_mode, tool_functions, tool_grammar)
 from agent_core.records import SamplingParams
 from agent_core.meta.tool_specs import SqlArgs, TraceArgs
 
@@ -55,19 +55,19 @@ class _ByteTokenizer:
     ('<tool_call>{"name": "sql", "arguments": {"query": "x"}}</tool_call>', "auto", True),
 ])
 def test_grammar_holds_arguments_to_each_tools_schema(text, mode, ok):
-    functions = _functions(TOOLS)
+    functions = tool_functions(TOOLS)
     grammar = tool_grammar(functions, mode, list(functions))
     grammar.check()
     assert matcher_accepts(grammar, text) is ok
 
 
 def test_named_tool_choice_allows_only_that_tool():
-    functions = _functions(TOOLS)
-    mode, names = _chosen(functions, {"type": "function", "function": {"name": "trace"}})
+    functions = tool_functions(TOOLS)
+    mode, names = tool_choice_mode(functions, {"type": "function", "function": {"name": "trace"}})
     g = tool_grammar(functions, mode, names)
     assert matcher_accepts(g, '<tool_call>{"name": "trace", "arguments": {"episode": "e"}}</tool_call>')
     assert not matcher_accepts(g, '<tool_call>{"name": "sql", "arguments": {"query": "x"}}</tool_call>')
-    assert tool_grammar(functions, *_chosen(functions, "none")) is None
+    assert tool_grammar(functions, *tool_choice_mode(functions, "none")) is None
 
 
 @pytest.mark.parametrize("tools,choice,message", [
@@ -78,7 +78,7 @@ def test_named_tool_choice_allows_only_that_tool():
 ])
 def test_bad_tool_requests_say_what_is_valid(tools, choice, message):
     with pytest.raises(ToolRequestError, match=message):
-        _chosen(_functions(tools), choice)
+        tool_choice_mode(tool_functions(tools), choice)
 
 
 def test_messages_with_calls_and_results_render_in_the_call_convention():
