@@ -40,6 +40,8 @@ def print_rows(console: Console, columns: Sequence[str], rows: Iterable[Sequence
         return
     if title:
         console.print(Text(title, style="italic"), justify="center")
+    if not rows:
+        console.print(Text(f"no rows (columns: {', '.join(columns)})", style="dim"))
     for i, row in enumerate(rows, 1):
         console.rule(Text(f"record {i} of {len(rows)}", style="dim"), style="dim")
         record = Table.grid(padding=(0, 2))

@@ -79,6 +79,7 @@ def test_every_table_falls_back_the_same_way():
     assert "record 1 of 1" in narrow and "column_11  value 11" in narrow
     assert all(len(line) <= 80 for line in narrow.splitlines())
     assert "┃ column_0 ┃" in shown(400, columns, [[f"value {i}" for i in range(12)]])
+    assert "no rows (columns: column_0, column_1" in shown(80, columns, [])
     # a value that is markup-like is shown as it is
     assert "[bold]x[/bold]" in shown(80, ["metric", "value"], [["a", "[bold]x[/bold]"]])
 
