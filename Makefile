@@ -12,7 +12,9 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 run: install model sandbox
 	$(BIN)/automem run
 
+# The import contracts first (pyproject.toml, [tool.importlinter]): a broken layer fails in seconds.
 test: install model chromium sandbox
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 # The UI check in the suite needs a headless browser (Debian's chromium).

@@ -45,7 +45,7 @@ class StepDecision:
 _EXAMPLE_ARGS = {"file": "name.md", "text": "text", "old": "old passage", "new": "new passage", "key": "key",
                  "value": "value", "query": "keyword", "rewrite.text": "whole new text"}
 #: one example per memory op of the op table: its required arguments (CREATE shows its text too)
-_COMMAND_HELP = [format_command(name, **{a: _EXAMPLE_ARGS.get(f"{name}.{a}", _EXAMPLE_ARGS[a])
+COMMAND_HELP = [format_command(name, **{a: _EXAMPLE_ARGS.get(f"{name}.{a}", _EXAMPLE_ARGS[a])
                                          for a in (spec.args if name == "create" else spec.args[:spec.required])})
                  for name, spec in OPS.items() if spec.memory]
 
@@ -61,7 +61,7 @@ class MemoryAgent:
         self.actions = env_actions
         self.default_action = self._default_action(env_actions)
         allowed = set(self.cfg.log.allowed_ops) | set(self.cfg.plan.allowed_ops)
-        help_lines = [h for h in _COMMAND_HELP if _op_of(h) in allowed]
+        help_lines = [h for h in COMMAND_HELP if _op_of(h) in allowed]
         self._vars = dict(
             game=game,
             instructions=instructions,

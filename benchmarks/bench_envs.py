@@ -46,7 +46,7 @@ def text_env(env) -> tuple[Callable[[int], object], StepFn, int]:  # noqa: ANN00
 def crafter_cases() -> dict[str, tuple]:
     import crafter
 
-    from environments.crafter_env import CrafterEnv, _Crafter
+    from environments.crafter_env import CrafterEnv, RawCrafter
 
     def raw(env) -> tuple:  # noqa: ANN001
         def reset(seed: int) -> None:
@@ -58,7 +58,7 @@ def crafter_cases() -> dict[str, tuple]:
     kw = dict(area=(64, 64), view=(9, 9), size=(64, 64), reward=True, length=2000, seed=0)
     return {
         "crafter raw (renders pixels)": raw(crafter.Env(**kw)),
-        "crafter raw, no render": raw(_Crafter(**kw)),
+        "crafter raw, no render": raw(RawCrafter(**kw)),
         "crafter text wrapper": text_env(CrafterEnv()),
     }
 
@@ -67,11 +67,11 @@ def nle_cases() -> dict[str, tuple]:
     import gymnasium
     import nle  # noqa: F401
 
-    from environments.minihack_env import MiniHackEnv, _import_minihack
+    from environments.minihack_env import MiniHackEnv, import_minihack
     from environments.nethack_env import NetHackEnv
     from environments.nle_text import OBS_KEYS, seed_nle
 
-    _import_minihack()
+    import_minihack()
 
     def raw(env, n_actions: int) -> tuple:  # noqa: ANN001
         u = env.unwrapped

@@ -31,7 +31,8 @@ from agent_core.meta.loop import AgentBudget, context_tokens  # noqa: E402
 from agent_core.review.agentic import AgenticReviewer  # noqa: E402
 from agent_core.review.bundle import build_bundle  # noqa: E402
 from agent_core.review.candidate import HOOK_IMPORTS, HOOK_NAMES  # noqa: E402,F401
-from agent_core.review.reviewers import MetaLLMReviewer, NoRevision  # noqa: E402
+from agent_core.review.candidate import NoRevision  # noqa: E402
+from agent_core.review.reviewers import MetaLLMReviewer  # noqa: E402
 from agent_core.scaffold import Scaffold  # noqa: E402
 from synthetic_trace import write_synthetic_trace  # noqa: E402
 

@@ -65,7 +65,7 @@ INSTRUCTIONS = (
 )
 
 
-class _Crafter(crafter.Env):
+class RawCrafter(crafter.Env):
     """crafter.Env that is a function of its seed, and whose step/reset skip the pixel
     rendering unless `frames` is set."""
 
@@ -112,7 +112,7 @@ class CrafterEnv(TextEnv):
 
     Progression is the fraction of the 22 achievements unlocked this episode. The same
     seed gives the same episode in any process: crafter seeds its world from
-    hash((seed, episode)), we reset the episode counter on every reset, and `_Crafter`
+    hash((seed, episode)), we reset the episode counter on every reset, and `RawCrafter`
     removes the one dependence on memory addresses.
     """
 
@@ -133,7 +133,7 @@ class CrafterEnv(TextEnv):
             raise EnvError(f"max_steps must be positive, got {max_steps}")
         self.task = task
         self.max_steps = max_steps
-        self._env = _Crafter(
+        self._env = RawCrafter(
             area=(64, 64), view=VIEW, size=size, reward=True, length=max_steps, seed=0, frames=render
         )
         # id -> name, from crafter's own tables (materials first, then object classes).

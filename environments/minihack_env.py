@@ -34,7 +34,7 @@ _GOALS = {
 }
 
 
-def _import_minihack() -> None:
+def import_minihack() -> None:
     with warnings.catch_warnings():  # minihack imports pkg_resources, which warns
         warnings.simplefilter("ignore")
         import minihack  # noqa: F401  (registers the MiniHack envs with gymnasium)
@@ -96,7 +96,7 @@ class MiniHackEnv(NLETextEnv):
         if task in BOXOBAN_SPLITS:
             level_set, split = boxoban_dir(task, boxoban_levels)  # before any minihack import
             self.options = {"boxoban_levels": level_set}
-            _import_minihack()
+            import_minihack()
             # As minihack's MiniHackBoxobanMedium/Hard, with the levels read from level_set.
             kwargs.update(level_set=level_set, level_mode=split, reward_shaping_coefficient=0.1, penalty_time=-0.001)
             self._level_rng: random.Random | None = random.Random(0)
@@ -107,7 +107,7 @@ class MiniHackEnv(NLETextEnv):
         else:
             import gymnasium
 
-            _import_minihack()
+            import_minihack()
             self._level_rng = None
             env = gymnasium.make(f"MiniHack-{task}-v0", disable_env_checker=True, **kwargs)
         self._solved = False

@@ -125,7 +125,7 @@ def evaluate(params: EvaluateParams) -> dict:
                              {label: s["memory_chars"] for label, s in series.items()}, "step", "memory characters"))
         figures.append(lines(f"curve-{game}.png", f"{game}: progression over the episode",
                              {label: s["progression"] for label, s in series.items()}, "step", "progression"))
-    markdown = hooks_note(summaries) + _markdown(params, budget, games, table, comparisons)
+    markdown = hooks_note(summaries) + evaluation_markdown(params, budget, games, table, comparisons)
     from prefect.runtime import flow_run
 
     report = root / "reports" / f"evaluate-{flow_run.get_name() or 'local'}.md"
@@ -164,7 +164,7 @@ def summarise(owners: list[tuple[str, str, str, int]], summaries: list[EpisodeSu
     return table, comparisons
 
 
-def _markdown(params: EvaluateParams, budget: int, games: list[str], table: list[dict], comparisons: list[dict]) -> str:
+def evaluation_markdown(params: EvaluateParams, budget: int, games: list[str], table: list[dict], comparisons: list[dict]) -> str:
     lines_ = [f"# Evaluation: {len(params.arms)} arms, seeds {params.seeds}, {budget} steps", "",
               f"Model: {params.models.ids()[1]}. Progression is the mean over seeds (MiniHack: each seed "
               "averaged over its tasks first). **BALROG SE** is BALROG's standard error exactly: the population "

@@ -118,7 +118,8 @@ def scaffold_diff(old: Scaffold, new: Scaffold) -> str:
     return "\n".join(lines)
 
 
-def _key(text: str) -> str:
+def artifact_key(text: str) -> str:
+    """`text` as a Prefect artifact key (lowercase letters, digits and dashes)."""
     return "".join(c if c.isalnum() else "-" for c in text.lower())
 
 
@@ -201,7 +202,7 @@ def scaffold_loop(params: ScaffoldLoopParams = ScaffoldLoopParams()) -> dict:
 
 def _publish(params: ScaffoldLoopParams, iteration: int, incumbent: Scaffold, candidate: Scaffold,
              proposal, verdict: GateVerdict, env_steps: int = 0) -> None:
-    prefix = f"scaffold-loop-{_key(params.game)}"
+    prefix = f"scaffold-loop-{artifact_key(params.game)}"
     create_markdown_artifact(scaffold_diff(incumbent, candidate), key=f"{prefix}-diff",
                              description=f"iteration {iteration}: candidate vs incumbent")
     usage = [a["usage"] for a in proposal.attempts if a.get("usage")]

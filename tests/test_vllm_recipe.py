@@ -70,13 +70,13 @@ def test_the_gpu_preset_asks_for_batch_invariance():
 
 
 def test_the_evaluation_report_says_when_replays_are_not_exact(tmp_path):
-    from flows.evaluate import Arm, EvaluateParams, _markdown
+    from flows.evaluate import Arm, EvaluateParams, evaluation_markdown
 
     def report(**models) -> str:
         params = EvaluateParams(arms=[Arm(scaffold="baseline")], games=["tiny"], workspace=str(tmp_path),
                                 models=ModelConfig(backend="openai", base_url="http://127.0.0.1:9/v1", model="m",
                                                    **models))
-        return _markdown(params, 10, ["tiny"], [], [])
+        return evaluation_markdown(params, 10, ["tiny"], [], [])
 
     assert "Replays are not exact" in report()
     assert "Replays are not exact" not in report(batch_invariant=True)

@@ -149,7 +149,7 @@ class AgenticReviewer:
 
     def review(self, bundle: Any, incumbent: Any, feedback: list[str]) -> str:
         from agent_core.review.candidate import format_revision
-        from agent_core.review.reviewers import NoRevision
+        from agent_core.review.candidate import NoRevision
 
         toolbox = ReviewerToolbox(self.archive_root, incumbent, self.scaffolds_root, self.caps)
         run = recorded_run(self.model, toolbox, self.system_prompt(incumbent),

@@ -34,6 +34,15 @@ _FILE = re.compile(r'<file path="([^"\n]*)">\n?(.*?)</file>', re.S)
 _BLOCK = re.compile(r"<(analysis|changes)>(.*?)</\1>", re.S)
 
 
+class NoRevision(Exception):
+    """No revision this time: the rule-based reviewer found nothing its remedies address, or a
+    meta-LLM's reply did not end by itself (`reply` keeps its verbatim text for the record)."""
+
+    def __init__(self, message: str, reply: str | None = None):
+        super().__init__(message)
+        self.reply = reply
+
+
 class CandidateError(ValueError):
     """A revision that cannot be used; the message is fed back to the reviewer."""
 

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from agent_core.review.bundle import ReviewBundle
 from agent_core.review.candidate import CandidateError, parse_revision, validate_candidate
-from agent_core.review.reviewers import NoRevision, Reviewer
+from agent_core.review.candidate import NoRevision
+from agent_core.review.reviewers import Reviewer
 from agent_core.scaffold import Scaffold
 
 log = logging.getLogger(__name__)

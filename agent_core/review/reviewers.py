@@ -16,7 +16,7 @@ from agent_core.models.base import ChatModel
 from agent_core.records import Message, SamplingParams
 from agent_core.review.bundle import ReviewBundle
 from agent_core.commands import format_command
-from agent_core.review.candidate import HOOK_IMPORTS, HOOK_NAMES, Revision, format_revision
+from agent_core.review.candidate import HOOK_IMPORTS, HOOK_NAMES, NoRevision, Revision, format_revision
 from agent_core.scaffold import Scaffold
 
 PROMPT = Path(__file__).parent / "prompts" / "reviewer.jinja"
@@ -66,15 +66,6 @@ def make_reviewer(config: MetaLLMConfig, archive_root: Path | None = None, scaff
 
         return make_agentic_reviewer(config, model, archive_root, scaffolds_root, record_dir)
     return MetaLLMReviewer(model, config.params())
-
-
-class NoRevision(Exception):
-    """No revision this time: the rule-based reviewer found nothing its remedies address, or a
-    meta-LLM's reply did not end by itself (`reply` keeps its verbatim text for the record)."""
-
-    def __init__(self, message: str, reply: str | None = None):
-        super().__init__(message)
-        self.reply = reply
 
 
 class RuleBasedReviewer:

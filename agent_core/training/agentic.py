@@ -16,6 +16,7 @@ from agent_core.meta.tool_specs import Tool, ToolArgs, ToolCaps, ToolResult
 from agent_core.meta.tools import Toolbox
 from agent_core.models.tool_calls import ToolChatModel
 from agent_core.scaffold import Scaffold
+from agent_core.training.trials import describe_trial
 from agent_core.training.program import RULE_BASED_NOTE, CurationProgram, ProgramError, parse_program, \
     rule_based_program
 
@@ -71,8 +72,6 @@ class AgenticCurator:
         self.name = f"agentic:{model.model_id}"
 
     def program(self, scaffold: Any, digest: dict, trials: list[dict]) -> Any:
-        from agent_core.training.curator import describe_trial
-
         system = render(PROMPTS / "agentic_curator.jinja", game=scaffold.config.game, tables=archive_tables(),
                          max_steps=self.budget.max_steps, schema=json.dumps(CurationProgram.model_json_schema()),
                          example_note=RULE_BASED_NOTE, example=rule_based_program(digest).model_dump_json(indent=1))

@@ -14,6 +14,7 @@ from agent_core.meta.config import MetaLLMConfig
 from agent_core.models.base import ChatModel
 from agent_core.records import Message, SamplingParams
 from agent_core.scaffold import Scaffold
+from agent_core.training.trials import best_by_held_out, describe_trial, held_out_loss
 from agent_core.training.program import (RULE_BASED_NOTE, RULE_BASED_SQL, CurationProgram, ProgramError,
                                          parse_program, rule_based_program)
 
@@ -49,39 +50,6 @@ class Curator(Protocol):
     def program(self, scaffold: Scaffold, digest: dict, trials: list[dict]) -> CurationProgram:
         """The next trial's program; `ProgramError` when the reply is unusable."""
         ...
-
-
-def held_out_loss(trial: dict) -> float | None:
-    """The trial's loss on held-out episodes (`dataset.split_held_out`), the loss trials are
-    compared by: the training loss rewards memorising the pool. None when the pool had one
-    episode (nothing could be held out)."""
-    value = trial.get("eval_loss")
-    return None if value is None else float(value)
-
-
-def describe_trial(trial: dict) -> str:
-    """One line a curator reads about an earlier trial."""
-    if trial.get("error"):
-        return f"rejected: {trial['error']}"
-    held = held_out_loss(trial)
-    loss = (f"held-out loss {held:.3f} on {trial.get('eval_examples', '?')} examples of unseen episodes"
-            if held is not None else "no held-out loss (a single pool episode)")
-    parts = [f"{trial.get('examples', '?')} examples, {loss}, final training loss "
-             f"{trial.get('final_loss', float('nan')):.3f}"]
-    if "verdict" in trial:
-        v = trial["verdict"]
-        parts.append(f"specialist progression {v['mean_candidate']:.3f} vs base {v['mean_incumbent']:.3f} "
-                     f"({'promoted' if v['promote'] else 'not promoted'}: {v['reason']})")
-    if "diagnostics" in trial:
-        parts.append(f"write/search specialist {trial['diagnostics'].get('specialist')} vs base "
-                     f"{trial['diagnostics'].get('base')}")
-    return "; ".join(parts)
-
-
-def best_by_held_out(trials: list[dict]) -> dict | None:
-    """The trained trial with the lowest held-out loss (None: no trial has one)."""
-    scored = [t for t in trials if not t.get("error") and held_out_loss(t) is not None]
-    return min(scored, key=lambda t: (held_out_loss(t), t.get("trial", 0)), default=None)
 
 
 class MetaLLMCurator:
@@ -169,5 +137,4 @@ def make_curator(config: MetaLLMConfig, base_path: Path | None = None, archive_r
     return MetaLLMCurator(model, config.params(), base_path)
 
 
-__all__ = ["Curator", "MetaLLMCurator", "RuleBasedCurator", "make_curator", "describe_trial", "held_out_loss",
-           "best_by_held_out", "ProgramError"]
+__all__ = ["Curator", "MetaLLMCurator", "RuleBasedCurator", "make_curator", "ProgramError"]

@@ -214,14 +214,14 @@ def test_megabyte_inputs() -> None:
 
 
 def test_op_lists_derive_from_the_one_op_table(tmp_path):
-    from agent_core.agent import _COMMAND_HELP
+    from agent_core.agent import COMMAND_HELP
     from agent_core.commands import OPS, parse_reply
     from agent_core.memory import MemoryDir
     from agent_core.commands import MEMORY_OPS, READ_OPS, WRITE_OPS
 
     memory_ops = [n for n, s in OPS.items() if s.memory]
     assert sorted(MEMORY_OPS) == sorted(memory_ops) and set(READ_OPS) | set(WRITE_OPS) == set(memory_ops)
-    assert [parse_reply(h).commands[0].op for h in _COMMAND_HELP] == memory_ops  # help for every op
+    assert [parse_reply(h).commands[0].op for h in COMMAND_HELP] == memory_ops  # help for every op
     mem = MemoryDir(tmp_path)
     for name in memory_ops:  # memory runs every op of the table (a refusal text is fine, not "unknown")
         assert "unknown memory operation" not in mem.apply(name, {}).text

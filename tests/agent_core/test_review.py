@@ -16,7 +16,8 @@ from agent_core.review.bundle import build_bundle
 from agent_core.review.candidate import (CandidateError, Revision, format_revision, parse_revision,
                                          validate_candidate)
 from agent_core.review.propose import propose
-from agent_core.review.reviewers import MetaLLMReviewer, NoRevision, RuleBasedReviewer, worked_step
+from agent_core.review.candidate import NoRevision
+from agent_core.review.reviewers import MetaLLMReviewer, RuleBasedReviewer, worked_step
 from agent_core.scaffold import Scaffold
 from agent_core.trace import read_trace
 from environments import make_env

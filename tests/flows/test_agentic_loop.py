@@ -12,7 +12,7 @@ from agent_core.models.config import ModelConfig
 from agent_core.meta.loop import AgentBudget, render_review_trace
 from agent_core.scaffold import Scaffold
 from agent_core.trace import read_jsonl
-from flows.scaffold_loop import ScaffoldLoopParams, _key, scaffold_loop
+from flows.scaffold_loop import ScaffoldLoopParams, artifact_key, scaffold_loop
 
 
 def params(ws: Path, reviewer: MetaLLMConfig) -> ScaffoldLoopParams:
@@ -62,7 +62,7 @@ def test_agentic_reviewer_reads_the_archive_and_its_candidate_is_gated(tmp_path)
     assert "**sql** ok:" in artifact.data
     with get_client(sync_client=True) as client:
         [analysis] = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[f"scaffold-loop-{_key(params(ws, reviewer).game)}-analysis"])), limit=1)
+            key=ArtifactFilterKey(any_=[f"scaffold-loop-{artifact_key(params(ws, reviewer).game)}-analysis"])), limit=1)
     usage = entry["attempts"][0]["usage"]
     assert (f"meta-LLM 2 calls, {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens"
             in analysis.data) and f"{result['env_steps'][entry['candidate']]} environment steps" in analysis.data

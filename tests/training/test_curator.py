@@ -7,8 +7,8 @@ import pytest
 from agent_core.models.scripted import ScriptedModel
 from agent_core.records import SamplingParams
 from agent_core.scaffold import Scaffold
-from agent_core.training.curator import (OK_TURNS_SQL, VALID_TURNS_SQL, MetaLLMCurator, RuleBasedCurator,
-                                         describe_trial)
+from agent_core.training.curator import OK_TURNS_SQL, VALID_TURNS_SQL, MetaLLMCurator, RuleBasedCurator
+from agent_core.training.trials import describe_trial
 from agent_core.training.program import RULE_BASED_NOTE, RULE_BASED_SQL, ProgramError, rule_based_program
 
 DIGEST = {"memory_calls": {"log": 30, "plan": 10}, "games": {"tiny": {"progression": {"min": 0, "max": 0.3}}}}
