@@ -8,7 +8,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
@@ -37,6 +39,10 @@ def check_seeds(seeds: list[int]) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
     return seeds
+
+
+#: a flow's seed list: at least one, non-negative, distinct
+Seeds = Annotated[list[int], Field(min_length=1), AfterValidator(check_seeds)]
 
 
 def check_disjoint(**seed_sets: list[int]) -> None:
@@ -84,17 +90,12 @@ class GamesParams(RunParams):
     """Several games (`game` or `game/task`) on the same seeds, plus `RunParams`."""
 
     games: list[str] = Field(["tiny"], min_length=1, description="Games as `game` or `game/task`, e.g. crafter, minihack/Quest-Easy.")
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Seeds (non-negative, distinct); every game plays every seed.")
+    seeds: Seeds = Field([0, 1, 2], description="Seeds (non-negative, distinct); every game plays every seed.")
 
     @field_validator("games")
     @classmethod
     def _known_games(cls, games: list[str]) -> list[str]:
         return [canonical_game(g) for g in games]
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, seeds: list[int]) -> list[int]:
-        return check_seeds(seeds)
 
 
 class GameParams(RunParams):

@@ -23,7 +23,7 @@ from agent_core.plots import bars_with_intervals, lines, write_report
 from agent_core.records import EpisodeSummary
 from agent_core.registry import incumbent_path
 from agent_core.scaffold import BUILTIN_DIR, Scaffold, ScaffoldError
-from flows.common import GamesParams, hooks_note, run_episodes, sync
+from flows.common import GamesParams, Seeds, hooks_note, run_episodes, sync
 from tasks.archive import archive_traces, diagnose_traces
 
 
@@ -60,7 +60,7 @@ class EvaluateParams(GamesParams):
     Validated before any episode starts."""
 
     arms: list[Arm] = Field(min_length=1, description="The agents to compare.")
-    seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1, description="Every arm plays every seed.")
+    seeds: Seeds = Field([0, 1, 2, 3, 4], description="Every arm plays every seed.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The paired test between arms.")
 
     @model_validator(mode="after")

@@ -7,21 +7,21 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from agent_core.gate import GateConfig
 from agent_core.meta.config import MetaLLMConfig
 from agent_core.plots import Figure, bars_with_intervals as bars, lines as lines_plot, write_report
 from agent_core.training.program import TrainingBudget
-from flows.common import GameParams, check_seeds, sync
+from flows.common import GameParams, Seeds, sync
 from flows.scaffold_loop import ScaffoldLoopParams, scaffold_loop
 from flows.training_loop import TrainingLoopParams, training_loop
 
 
 class IterationParams(GameParams):
-    eval_seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1, description="Fixed evaluation seeds (both loops).")
-    pool_seeds: list[int] = Field([100, 101, 102, 103], min_length=1, description="Training-pool seeds, disjoint from eval_seeds.")
-    confirm_seeds: list[int] = Field([10, 11, 12, 13], min_length=1, description="Held-out seeds a winner of either "
+    eval_seeds: Seeds = Field([0, 1, 2, 3, 4], description="Fixed evaluation seeds (both loops).")
+    pool_seeds: Seeds = Field([100, 101, 102, 103], description="Training-pool seeds, disjoint from eval_seeds.")
+    confirm_seeds: Seeds = Field([10, 11, 12, 13], description="Held-out seeds a winner of either "
                                      "loop must win on again; disjoint from the others.")
     meta: MetaLLMConfig = Field(default_factory=MetaLLMConfig, description="The meta-LLM (reviewer and curator).")
     iterations: int = Field(2, ge=1, le=100, description="Scaffold-loop iterations.")
@@ -36,11 +36,6 @@ class IterationParams(GameParams):
     train_base: str | None = Field(None, description="Base weights to train on (default: the local model).")
     train_budget: TrainingBudget = Field(default_factory=TrainingBudget, description="The training device, "
                                          "and caps on each trial over the curator's LoRA settings.")
-
-    @field_validator("eval_seeds", "pool_seeds", "confirm_seeds")
-    @classmethod
-    def _seeds(cls, seeds: list[int]) -> list[int]:
-        return check_seeds(seeds)
 
     @model_validator(mode="after")
     def _loops(self) -> "IterationParams":

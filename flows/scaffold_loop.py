@@ -9,13 +9,13 @@ import difflib
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_core.gate import GateConfig, GateVerdict
 from agent_core.loop_records import IterationRecord
 from agent_core.meta.config import MetaLLMConfig
 from agent_core.scaffold import Scaffold
-from flows.common import GameParams, check_disjoint, check_seeds, run_episodes, sync
+from flows.common import GameParams, Seeds, check_disjoint, run_episodes, sync
 from tasks.archive import archive_traces
 from tasks.review import confirm_candidate, gate_candidate, promote_incumbent, review_scaffold
 
@@ -36,8 +36,8 @@ class ScreenConfig(BaseModel):
 class ScaffoldLoopParams(GameParams):
     """Outer loop 1. Validated before any episode starts."""
 
-    seeds: list[int] = Field([0, 1, 2, 3], min_length=1, description="Fixed evaluation seeds (incumbent and candidate play the same).")
-    confirm_seeds: list[int] = Field([10, 11, 12, 13], min_length=1, description="Held-out seeds a winner must win "
+    seeds: Seeds = Field([0, 1, 2, 3], description="Fixed evaluation seeds (incumbent and candidate play the same).")
+    confirm_seeds: Seeds = Field([10, 11, 12, 13], description="Held-out seeds a winner must win "
                                      "on again before promotion; the reviewer never sees them.")
     reviewer: MetaLLMConfig = Field(default_factory=MetaLLMConfig, description="Who writes candidates.")
     iterations: int = Field(2, ge=1, le=100, description="K: review iterations at most.")
@@ -51,11 +51,6 @@ class ScaffoldLoopParams(GameParams):
                                         "run have spent this many meta-LLM tokens (agentic reviewer's ledger).")
     max_meta_cost_usd: float | None = Field(None, gt=0.0, description="No further review once the reviews of "
                                             "this run have cost this many dollars (agentic reviewer's ledger).")
-
-    @field_validator("seeds", "confirm_seeds")
-    @classmethod
-    def _seeds(cls, seeds: list[int]) -> list[int]:
-        return check_seeds(seeds)
 
     @model_validator(mode="after")
     def _gate_can_promote(self) -> "ScaffoldLoopParams":

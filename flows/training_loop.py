@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from agent_core.diagnostics import Diagnostics, aggregate
 from agent_core.episode import EpisodeSpec
@@ -27,7 +27,7 @@ from agent_core.models.config import ModelConfig
 from agent_core.plots import write_report
 from agent_core.records import EpisodeSummary
 from agent_core.training.program import ProgramError, TrainingBudget
-from flows.common import GameParams, check_disjoint, check_seeds, run_episodes, sync
+from flows.common import GameParams, Seeds, check_disjoint, run_episodes, sync
 from tasks.archive import archive_traces, diagnose_traces
 from tasks.review import confirm_candidate, gate_candidate, promote_incumbent
 from tasks.training import build_sft_dataset, curate, digest_pool, serve_adapter, train_adapter
@@ -36,9 +36,9 @@ from tasks.training import build_sft_dataset, curate, digest_pool, serve_adapter
 class TrainingLoopParams(GameParams):
     """Outer loop 2. Validated before any episode starts."""
 
-    pool_seeds: list[int] = Field([100, 101, 102, 103], min_length=1, description="Seeds of the episode pool (training data).")
-    eval_seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1, description="Fixed evaluation seeds; disjoint from pool_seeds.")
-    confirm_seeds: list[int] = Field([10, 11, 12, 13], min_length=1, description="Held-out seeds the best trial must "
+    pool_seeds: Seeds = Field([100, 101, 102, 103], description="Seeds of the episode pool (training data).")
+    eval_seeds: Seeds = Field([0, 1, 2, 3, 4], description="Fixed evaluation seeds; disjoint from pool_seeds.")
+    confirm_seeds: Seeds = Field([10, 11, 12, 13], description="Held-out seeds the best trial must "
                                      "win on again before promotion; disjoint from the others, never shown to the curator.")
     meta: MetaLLMConfig = Field(default_factory=MetaLLMConfig, description="Who writes the curation programs.")
     trials: int = Field(2, ge=1, le=50, description="Curation/training trials per round.")
@@ -58,11 +58,6 @@ class TrainingLoopParams(GameParams):
                                          "and caps on each trial's LoRA training over the curator's settings.")
     train_base: str | None = Field(None, description="Base weights to train on (transformers folder); "
                                    "default: the local model. With a served model, the same base vLLM serves.")
-
-    @field_validator("pool_seeds", "eval_seeds", "confirm_seeds")
-    @classmethod
-    def _seeds(cls, seeds: list[int]) -> list[int]:
-        return check_seeds(seeds)
 
     @model_validator(mode="after")
     def _disjoint(self) -> "TrainingLoopParams":

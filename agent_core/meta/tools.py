@@ -72,7 +72,19 @@ class Toolbox:
         self._replay: dict[str, tuple[int, MemoryDir, Path]] = {}
         self.tools: dict[str, Tool] = {t.name: t for t in self._tools()}
 
+    #: a loop's submission tool, on its subclass: (name, argument model, what it submits); the
+    #: subclass's method of that name checks the submission
+    SUBMISSION: tuple[str, type, str] | None = None
+
     def _tools(self) -> list[Tool]:
+        tools = self._trace_tools()
+        if self.SUBMISSION:
+            name, args, what = self.SUBMISSION
+            tools.append(Tool(name=name, args=args, run=getattr(self, name), description=f"{what} It is "
+                              "validated at once; a rejection says why, and you may fix it and submit again."))
+        return tools
+
+    def _trace_tools(self) -> list[Tool]:
         return [
             Tool(name="sql", args=SqlArgs, run=self.sql,
                  description="Run one read-only SQL SELECT (DuckDB) over the trace archive; rows and "

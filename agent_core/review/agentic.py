@@ -13,7 +13,7 @@ from pydantic import Field
 
 from agent_core.meta.loop import AgentBudget, AgentRun, recorded_run
 from agent_core.meta.prompts import archive_tables, render
-from agent_core.meta.tool_specs import Hypothesis, Tool, ToolArgs, ToolCaps, ToolResult
+from agent_core.meta.tool_specs import Hypothesis, ToolArgs, ToolCaps, ToolResult
 from agent_core.meta.tools import Toolbox
 from agent_core.models.tool_calls import ToolChatModel
 from agent_core.scaffold import Scaffold
@@ -38,16 +38,12 @@ class ReviewerToolbox(Toolbox):
     templates, hooks in a sandbox, a smoke episode). Accepted: the tool result names the
     stored candidate and `accepted` holds (Revision, Scaffold, hypothesis)."""
 
+    SUBMISSION = ("submit_revision", SubmitRevisionArgs, "Submit the revised scaffold with its hypothesis.")
+
     def __init__(self, archive_root: Path | str, incumbent: Scaffold, scaffolds_root: Path | str,
                  caps: ToolCaps | None = None) -> None:
         super().__init__(archive_root, incumbent, scaffolds_root, caps)
         self.submissions: list[dict[str, Any]] = []
-
-    def _tools(self) -> list[Tool]:
-        return super()._tools() + [Tool(
-            name="submit_revision", args=SubmitRevisionArgs, run=self.submit_revision,
-            description="Submit the revised scaffold with its hypothesis. It is validated at once; a "
-            "rejection says why, and you may fix it and submit again.")]
 
     def submit_revision(self, args: SubmitRevisionArgs) -> ToolResult:
         from agent_core.review.candidate import CandidateError, Revision, format_revision, parse_revision, \

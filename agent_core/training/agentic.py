@@ -12,7 +12,7 @@ from pydantic import Field
 
 from agent_core.meta.loop import AgentBudget, AgentRun, recorded_run
 from agent_core.meta.prompts import archive_tables, render
-from agent_core.meta.tool_specs import Tool, ToolArgs, ToolCaps, ToolResult
+from agent_core.meta.tool_specs import ToolArgs, ToolCaps, ToolResult
 from agent_core.meta.tools import Toolbox
 from agent_core.models.tool_calls import ToolChatModel
 from agent_core.scaffold import Scaffold
@@ -33,16 +33,12 @@ class CuratorToolbox(Toolbox):
     """The curator's tools: the trace-store tools over the pool's archive and
     `submit_program` (checked by `parse_program`, with the LoRA settings against the base)."""
 
+    SUBMISSION = ("submit_program", SubmitProgramArgs, "Submit the curation program (JSON object).")
+
     def __init__(self, archive_root: Path | str, scaffold: Scaffold, base_path: Path | None = None,
                  caps: ToolCaps | None = None) -> None:
         super().__init__(archive_root, scaffold, None, caps)
         self.base_path = base_path
-
-    def _tools(self) -> list[Tool]:
-        return super()._tools() + [Tool(
-            name="submit_program", args=SubmitProgramArgs, run=self.submit_program,
-            description="Submit the curation program (JSON object). It is validated at once; a rejection "
-            "says why, and you may fix it and submit again.")]
 
     def submit_program(self, args: SubmitProgramArgs) -> ToolResult:
         from agent_core.training.dataset import select_calls  # the dataset builder's own selection check
