@@ -17,15 +17,15 @@ Target: a speed-up of at least 0.8 x N at N = 16 over N = 1.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import subprocess
 import tempfile
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' OpenAI stand-in
 
 LEVELS = (1, 2, 4, 8, 16)
 
@@ -35,33 +35,21 @@ def serve_with_delay(port: int, delay: float) -> None:
     target). It runs in a process of its own, so its work never competes with the client's
     for the interpreter lock, and keeps connections alive (HTTP/1.1) as vLLM's server does."""
 
-    class Handler(BaseHTTPRequestHandler):
+    from fake_openai import JSONHandler, chat_completion
+
+    class Handler(JSONHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # headers and body go out at once (no 40 ms delayed-ACK stall)
 
-        def _send(self, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
         def do_GET(self) -> None:  # noqa: N802 - /v1/models
-            self._send({"object": "list", "data": [{"id": "delay", "object": "model", "root": "delay"}]})
+            self.send_json({"object": "list", "data": [{"id": "delay", "object": "model", "root": "delay"}]})
 
         def do_POST(self) -> None:  # noqa: N802 - /v1/chat/completions
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = self.read_json()
             time.sleep(delay)
             last = body["messages"][-1]["content"]
             reply = "<|ACTION|>look<|END|>" if "world action" in last or "No action found" in last else "<|DONE|>"
-            self._send({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                                     "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-
-        def log_message(self, *args) -> None:
-            pass
+            self.send_json(chat_completion(body["model"], reply))
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True

@@ -15,7 +15,6 @@ from agent_core.models.base import Roles
 from agent_core.archive import archive_trace
 from agent_core.episode import run_episode
 from agent_core.models.base import ModelError
-from agent_core.models.config import RoutineScript
 from agent_core.models.scripted import ScriptedModel
 from agent_core.models.tool_calls import ScriptedToolModel, ToolCall, ToolCompletion
 from agent_core.meta.loop import AgentBudget, Price, run_agent
@@ -32,6 +31,7 @@ from environments import make_env
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_trace import DUPLICATE_TEXT, write_synthetic_trace  # noqa: E402
+from tiny_archive import archive_tiny  # noqa: E402
 
 TINY = Scaffold.builtin("tiny")
 STRUCTURAL = TINY.files["scaffold.yaml"].decode().replace("history_window: 2", "history_window: 3")
@@ -47,13 +47,7 @@ def submission(step: int = 1, episode: str = "e", files: dict | None = None) -> 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("agentic")
-    traces = []
-    for seed in (0, 1):
-        s = run_episode(make_env("tiny"), TINY, Roles(memory=ScriptedModel(RoutineScript().reply)), seed, 5,
-                        root / "eps" / str(seed))
-        archive_trace(s.trace_path, root / "archive")
-        traces.append(s.trace_path)
-    return root, traces
+    return root, archive_tiny(root, TINY, 5)
 
 
 def agent(store, model, budget=None, caps=None, tmp_path=None):

@@ -3,18 +3,18 @@ CPU (prefix KV reuse, LoRA handles, the OpenAI-compatible server)."""
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fake_openai import JSONHandler, chat_completion
 from agent_core.models import ChatModel, ModelError, ScriptedModel
 from agent_core.models.weights import local_model_path, prepare_local_model
 from agent_core.records import Message, SamplingParams
@@ -99,38 +99,17 @@ class _FlakyServer:
         self.bodies: list[dict[str, Any]] = []
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_POST(self) -> None:  # noqa: N802 (stdlib naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.read_json()
                 owner.attempts += 1
                 owner.bodies.append(body)
                 status = owner.statuses.pop(0) if owner.statuses else 200
                 if status == 200:
-                    payload: dict[str, Any] = {
-                        "id": "x",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body["model"],
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": reply},
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13},
-                    }
+                    self.send_json(chat_completion(body["model"], reply, "stop", 11, 2))
                 else:
-                    payload = {"error": {"message": error or f"status {status}", "type": "E", "code": status}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                    self.send_json({"error": {"message": error or f"status {status}", "type": "E", "code": status}},
+                                   status)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

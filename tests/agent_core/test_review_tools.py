@@ -7,17 +7,12 @@ import json
 
 import pytest
 
-from agent_core.models.base import Roles
-from agent_core.archive import archive_trace
-from agent_core.episode import run_episode
-from agent_core.models.config import RoutineScript
-from agent_core.models.scripted import ScriptedModel
 from agent_core.meta.tools import Toolbox
 from agent_core.review.agentic import ReviewerToolbox
 from agent_core.training.agentic import CuratorToolbox
 from agent_core.scaffold import Scaffold
 from agent_core.trace import read_trace
-from environments import make_env
+from tiny_archive import archive_tiny
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +20,7 @@ def store(tmp_path_factory):
     """Two 6-step tiny episodes, archived."""
     root = tmp_path_factory.mktemp("store")
     scaffold = Scaffold.builtin("tiny")
-    traces = []
-    for seed in (0, 1):
-        s = run_episode(make_env("tiny"), scaffold, Roles(memory=ScriptedModel(RoutineScript().reply)), seed, 6,
-                        root / "eps" / str(seed))
-        archive_trace(s.trace_path, root / "archive")
-        traces.append(read_trace(s.trace_path))
-    return root, scaffold, traces
+    return root, scaffold, [read_trace(path) for path in archive_tiny(root, scaffold, 6)]
 
 
 @pytest.fixture()

@@ -7,13 +7,14 @@ import json
 import shutil
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent_core.grammar import act_grammar
+from fake_openai import JSONHandler, chat_completion
 from agent_core.models.base import ModelError
 from agent_core.records import Message, SamplingParams
 
@@ -31,27 +32,13 @@ class FakeServer:
         self.extra: dict[str, Any] = {}  # more fields of the choice (`automem serve`'s own)
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_GET(self) -> None:  # noqa: N802
-                self._send({"object": "list", "data": owner.cards})
+                self.send_json({"object": "list", "data": owner.cards})
 
             def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                self._send({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                            "choices": [{"index": 0, "message": {"role": "assistant", "content": owner.reply},
-                                         "finish_reason": owner.finish, **owner.extra}],
-                            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.send_json(chat_completion(self.read_json()["model"], owner.reply, owner.finish, 3, 2,
+                                               **owner.extra))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

@@ -105,19 +105,30 @@ def test_fast() -> None:
     assert (time.perf_counter() - start) / 2000 < 200e-6  # microseconds, with a wide margin
 
 
+SEEDS = st.integers(min_value=0, max_value=2**40)
+
+
+def any_actions(env_class: type, max_size: int) -> st.SearchStrategy[list[str]]:
+    """The game's action names mixed with arbitrary text (invalid actions)."""
+    return st.lists(st.one_of(st.sampled_from(env_class.actions), st.text(max_size=12)), max_size=max_size)
+
+
+def steps_of(env, seed: int, actions: list[str]):  # noqa: ANN001, ANN201
+    """The step results of `actions` from `seed`, up to the step that ends the episode."""
+    env.reset(seed)
+    for a in actions:
+        result = env.step(a)
+        yield result
+        if result.done:
+            return
+
+
 @settings(max_examples=60, deadline=None)
-@given(
-    seed=st.integers(min_value=0, max_value=2**40),
-    actions=st.lists(st.one_of(st.sampled_from(TinyEnv.actions), st.text(max_size=12)), max_size=40),
-)
+@given(seed=SEEDS, actions=any_actions(TinyEnv, 40))
 def test_any_action_sequence_keeps_invariants(seed: int, actions: list[str]) -> None:
     env = TinyEnv()
-    env.reset(seed)
     invalid, last = 0, 0.0
-    for a in actions:
-        if env._done:
-            break
-        r = env.step(a)
+    for r in steps_of(env, seed, actions):
         invalid += r.action is None
         assert 0.0 <= env.progression <= 1.0 and env.progression >= last
         last = env.progression
@@ -243,18 +254,11 @@ def test_recall_bad_task_names_list_the_valid_ones() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    seed=st.integers(min_value=0, max_value=2**40),
-    actions=st.lists(st.one_of(st.sampled_from(RecallEnv.actions), st.text(max_size=12)), max_size=30),
-)
+@given(seed=SEEDS, actions=any_actions(RecallEnv, 30))
 def test_recall_any_action_sequence_keeps_invariants(seed: int, actions: list[str]) -> None:
     env = RecallEnv()
-    env.reset(seed)
     last = 0.0
-    for a in actions:
-        if env._done:
-            break
-        r = env.step(a)
+    for r in steps_of(env, seed, actions):
         assert env.progression in (0.0, 0.5, 1.0) and env.progression >= last
         assert not FACT.search(r.observation.text)
         last = env.progression
