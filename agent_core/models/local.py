@@ -126,6 +126,10 @@ class LocalModel:
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if not isinstance(torch_dtype, torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}")
+        #: a reply is the same bit for bit in any batch and after any cache history: the
+        #: invariant path in bf16 (in fp32 a linear layer rounds a row differently in 1 and 2+
+        #: rows, `invariant.py`); what `automem serve` tells clients
+        self.batch_invariant = invariant and torch_dtype == torch.bfloat16
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             self._model = AutoModelForCausalLM.from_pretrained(

@@ -177,7 +177,7 @@ def create_app(model: LocalModel) -> FastAPI:
         # `batch_invariant`: a reply does not depend on its batch-mates or the prefix cache
         # (`ModelConfig.batch_invariant` is checked against it)
         data = [{"id": model.model_id, "root": str(model.path), "parent": None, "config": base_config,
-                 "batch_invariant": model.invariant, **card}]
+                 "batch_invariant": model.batch_invariant, **card}]
         data += [
             {"id": name, "root": str(path), "parent": model.model_id, **card}
             for name, path in model.adapters.items()

@@ -103,6 +103,21 @@ def _at_once(calls: list[Any]) -> list[Any]:
 
 
 @pytest.mark.slow
+def test_the_server_says_batch_invariant_only_in_bf16(shipped_model: Any, local_model: Any, serve: Any) -> None:
+    """`automem serve --dtype float32` must not tell clients its replies replay exactly: fp32
+    linear layers round a row differently alone and batched (`invariant.py`)."""
+    import json
+    import urllib.request
+
+    said = []
+    for model in (shipped_model, local_model):  # bf16, fp32 (the session's): both on the invariant path
+        assert model.invariant
+        with serve(model) as url, urllib.request.urlopen(url + "/v1/models") as reply:
+            said.append(json.loads(reply.read())["data"][0]["batch_invariant"])
+    assert said == [True, False]
+
+
+@pytest.mark.slow
 def test_served_replies_are_the_same_alone_and_four_at_once(shipped_model: Any, serve: Any) -> None:
     from agent_core.models.openai_client import OpenAIChatModel
 

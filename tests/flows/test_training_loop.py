@@ -175,7 +175,7 @@ def test_an_adapter_the_server_cannot_load_fails_its_trial_with_the_servers_mess
     a real adapter trained, then loaded at a path the server cannot see (a wrong
     `server_paths` mapping): the trial fails with the server's 400 message, the run goes on."""
     ws = tmp_path / "ws"
-    served = ModelConfig(backend="openai", base_url=server_url, model=local_model.model_id, batch_invariant=True,
+    served = ModelConfig(backend="openai", base_url=server_url, model=local_model.model_id, batch_invariant=False,
                          server_paths={str(ws.resolve() / "adapters"): "/not-mounted/adapters"})
     result = training_loop(params(ws, models=served, train_base=str(local_model.path), eval_seeds=[0, 1],
                                   max_steps=2))
