@@ -135,6 +135,9 @@ class Batcher:
                 self._joining, self._active = [], []
                 self._cache = self._mask = None
             del owner  # hold no reference while idle
+            # the model's lock is not fair: a thread waiting for it between steps (an adapter
+            # load or unload) could wait out hundreds of steps, so give it its turn now
+            time.sleep(0)
 
     def _step(self) -> None:
         self._drop_stale()
