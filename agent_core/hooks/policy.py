@@ -13,18 +13,11 @@ from __future__ import annotations
 
 import ast
 import builtins as py_builtins
-import collections
-import collections.abc
-import functools
+import importlib
 import itertools
-import json
 import math
-import re
-import string
-import textwrap
 import threading
 import types
-import typing
 from typing import Any
 
 from RestrictedPython import compile_restricted_exec, safe_builtins
@@ -87,7 +80,7 @@ AVAILABLE_BUILTINS = frozenset(
 
 #: the allowed modules, imported with this module: the worker imports it before it confines
 #: itself, and Landlock then refuses reading any module file (`ModuleProxy` finds them loaded)
-_PRELOADED = (collections, collections.abc, functools, itertools, json, math, re, string, textwrap, typing)
+PRELOADED = tuple(importlib.import_module(name) for name in ALLOWED_MODULES)
 
 #: `ast.parse` in two threads at once can fail on CPython 3.11.7 ("AST constructor recursion
 #: depth mismatch"); episodes check their hooks in threads
