@@ -46,8 +46,8 @@ _EXAMPLE_ARGS = {"file": "name.md", "text": "text", "old": "old passage", "new":
                  "value": "value", "query": "keyword", "rewrite.text": "whole new text"}
 #: one example per memory op of the op table: its required arguments (CREATE shows its text too)
 COMMAND_HELP = [format_command(name, **{a: _EXAMPLE_ARGS.get(f"{name}.{a}", _EXAMPLE_ARGS[a])
-                                         for a in (spec.args if name == "create" else spec.args[:spec.required])})
-                 for name, spec in OPS.items() if spec.memory]
+                                        for a in (spec.args if name == "create" else spec.args[:spec.required])})
+                for name, spec in OPS.items() if spec.memory]
 
 
 class MemoryAgent:

@@ -54,12 +54,6 @@ class DatasetInfo(BaseModel):
     reused: bool = Field(description="True when the directory already existed and was kept.")
 
 
-def _after_look_ups(commands: list) -> bool:
-    """Whether anything but a world action follows a look-up group in one reply: the group
-    ends the reply, so the agent ran none of it (the action is cut from targets anyway)."""
-    return any(cmd.op != "action" for cmd in split_at_look_ups(commands)[1])
-
-
 def strip_actions(reply: str) -> str | None:
     """`reply` with every ACTION command cut out verbatim (the rest unchanged), or None when
     an ACTION tag cannot be cut cleanly (e.g. a malformed one the parser did not accept)."""
@@ -116,8 +110,10 @@ def _candidates(con: Any, ids: list[str], stats: Counter, closed_replies: bool =
             stats["dropped_closed_at_budget"] += 1
             continue
         commands = parse_reply(reply).commands
-        if sum(c.op in MEMORY_OPS for c in commands) > ran or _after_look_ups(commands):
-            # beyond max_ops, or written after a look-up group ended the reply: not all ran
+        # beyond max_ops, or written after a look-up group ended the reply: not all ran (a world
+        # action after it is cut from targets anyway)
+        if sum(c.op in MEMORY_OPS for c in commands) > ran or \
+                any(c.op != "action" for c in split_at_look_ups(commands)[1]):
             stats["dropped_ops_not_run"] += 1
             continue
         target = reply
